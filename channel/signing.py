@@ -1,0 +1,116 @@
+"""ECDSA over secp256k1 for channel transactions, on the hot path.
+
+Theory of operation. A commitment_signed with N HTLCs costs N + 1 signatures and
+the receiver N + 1 verifications; that signature work is the floor of the hub's
+throughput (DESIGN.md "Performance"), so everything around it must be small:
+
+- Signing calls libsecp256k1 (through coincurve's cffi binding) directly with the
+  32-byte secret: no ``PrivateKey`` object is built, because building one derives
+  two public keys (~30 us) that signing never needs. Nonces are RFC6979 (the
+  library default), so signatures are deterministic and match the BOLT #3 vectors
+  byte for byte; libsecp256k1 always produces low-S.
+- Public keys are parsed once and kept in an LRU cache keyed by their 33 bytes;
+  a channel verifies against the same few keys over and over.
+- Signatures cross the channel/ API as 64-byte compact ``r || s`` (what BOLT #2
+  messages carry). ``der_signature`` turns one into the DER form that goes into a
+  witness (followed by the sighash-type byte).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from coincurve import PublicKey
+from coincurve._libsecp256k1 import ffi, lib
+from coincurve.context import GLOBAL_CONTEXT
+
+SIGHASH_ALL = 1
+
+_CTX = GLOBAL_CONTEXT.ctx
+_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+@lru_cache(maxsize=8192)
+def parsed_pubkey(pubkey: bytes) -> Any:
+    """The libsecp256k1 ``secp256k1_pubkey*`` for a 33-byte key, parsed once."""
+    return PublicKey(pubkey).public_key
+
+
+def sign(secret: bytes, sighash: bytes) -> bytes:
+    """Compact 64-byte ECDSA signature (RFC6979 nonce, low-S) of a 32-byte digest."""
+    sig = ffi.new("secp256k1_ecdsa_signature *")
+    if not lib.secp256k1_ecdsa_sign(_CTX, sig, sighash, secret, ffi.NULL, ffi.NULL):
+        raise ValueError("invalid private key")
+    out = ffi.new("unsigned char[64]")
+    lib.secp256k1_ecdsa_signature_serialize_compact(_CTX, out, sig)
+    return bytes(ffi.buffer(out, 64))
+
+
+def verify(pubkey: bytes, sighash: bytes, signature: bytes) -> bool:
+    """True if the compact ``signature`` over ``sighash`` verifies for ``pubkey``.
+
+    A high-S signature does not verify (libsecp256k1 and BIP146 LOW_S policy).
+    Malformed keys or signatures verify as False rather than raise.
+    """
+    if len(signature) != 64 or len(sighash) != 32:
+        return False
+    sig = ffi.new("secp256k1_ecdsa_signature *")
+    if not lib.secp256k1_ecdsa_signature_parse_compact(_CTX, sig, signature):
+        return False
+    try:
+        key = parsed_pubkey(pubkey)
+    except ValueError:
+        return False
+    return bool(lib.secp256k1_ecdsa_verify(_CTX, sig, sighash, key))
+
+
+def _der_int(b: bytes) -> bytes:
+    b = b.lstrip(b"\x00") or b"\x00"
+    if b[0] & 0x80:
+        b = b"\x00" + b
+    return b"\x02" + bytes((len(b),)) + b
+
+
+def der_signature(signature: bytes) -> bytes:
+    """Strict DER (BIP66) encoding of a compact signature, without sighash byte."""
+    body = _der_int(signature[:32]) + _der_int(signature[32:])
+    return b"\x30" + bytes((len(body),)) + body
+
+
+def witness_signature(signature: bytes, sighash_type: int = SIGHASH_ALL) -> bytes:
+    """DER signature plus the sighash-type byte, as it goes into a witness."""
+    return der_signature(signature) + bytes((sighash_type,))
+
+
+def compact_signature(der: bytes) -> bytes:
+    """Compact 64-byte form of a DER signature (no sighash byte)."""
+    if len(der) < 8 or der[0] != 0x30 or der[1] != len(der) - 2:
+        raise ValueError("not a DER signature")
+    pos = 2
+    parts = []
+    for _ in range(2):
+        if der[pos] != 0x02:
+            raise ValueError("not a DER signature")
+        size = der[pos + 1]
+        value = der[pos + 2 : pos + 2 + size]
+        if len(value) != size or size == 0 or len(value.lstrip(b"\x00")) > 32:
+            raise ValueError("not a DER signature")
+        parts.append(value.lstrip(b"\x00").rjust(32, b"\x00"))
+        pos += 2 + size
+    if pos != len(der):
+        raise ValueError("not a DER signature")
+    return parts[0] + parts[1]
+
+
+def scalar_add(a: bytes, b: bytes) -> bytes:
+    """(a + b) mod n as 32 bytes: private-key tweaking for BOLT #3 derivation."""
+    return ((int.from_bytes(a, "big") + int.from_bytes(b, "big")) % _N).to_bytes(32, "big")
+
+
+def scalar_mul_add(a: bytes, x: bytes, b: bytes, y: bytes) -> bytes:
+    """(a*x + b*y) mod n as 32 bytes (revocation private key)."""
+    value = int.from_bytes(a, "big") * int.from_bytes(x, "big") + int.from_bytes(
+        b, "big"
+    ) * int.from_bytes(y, "big")
+    return (value % _N).to_bytes(32, "big")
