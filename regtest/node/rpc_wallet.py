@@ -1,0 +1,176 @@
+"""The faucet wallet's RPCs: getnewaddress, getbalance, listunspent, sendtoaddress."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from regtest.node.errors import (
+    RPC_INVALID_ADDRESS_OR_KEY,
+    RPC_INVALID_PARAMETER,
+    RPC_METHOD_DEPRECATED,
+    RPC_TYPE_ERROR,
+    RPC_VERIFY_ERROR,
+    RPC_VERIFY_REJECTED,
+    RPC_WALLET_INSUFFICIENT_FUNDS,
+    NodeRpcError,
+    TxRejected,
+)
+from regtest.node.jsonfmt import with_checksum
+from regtest.node.params import btc, sat_from_btc
+from regtest.node.rpc_methods import expect
+from regtest.node.validation import txid_of
+from regtest.node.wallet import WalletError
+
+if TYPE_CHECKING:
+    from regtest.node.node import Node
+
+
+def getnewaddress(node: Node, label: Any = "", address_type: Any = "bech32") -> str:
+    expect(label, "string")
+    expect(address_type, "string")
+    if address_type != "bech32":
+        raise NodeRpcError(RPC_INVALID_ADDRESS_OR_KEY, f"Unknown address type '{address_type}'")
+    return node.wallet.new_address()
+
+
+def getbalance(
+    node: Node,
+    dummy: Any = "*",
+    minconf: Any = 0,
+    include_watchonly: Any = None,
+    avoid_reuse: Any = True,
+) -> Any:
+    if dummy != "*":
+        raise NodeRpcError(
+            RPC_METHOD_DEPRECATED, 'dummy first argument must be excluded or set to "*".'
+        )
+    expect(minconf, "number")
+    coins = node.wallet.coins()
+    return btc(sum(c.coin.value for c in coins if c.confirmations >= minconf))
+
+
+def listunspent(
+    node: Node,
+    minconf: Any = 1,
+    maxconf: Any = 9999999,
+    addresses: Any = None,
+    include_unsafe: Any = True,
+    query_options: Any = None,
+) -> Any:
+    expect(minconf, "number")
+    expect(maxconf, "number")
+    wanted: set[str] | None = None
+    if addresses is not None:
+        expect(addresses, "array")
+        wanted = set()
+        from regtest.node.node import script_from_address
+
+        for address in addresses:
+            try:
+                script_from_address(address)
+            except ValueError:
+                raise NodeRpcError(
+                    RPC_INVALID_ADDRESS_OR_KEY, f"Invalid Bitcoin address: {address}"
+                ) from None
+            if address in wanted:
+                raise NodeRpcError(
+                    RPC_INVALID_PARAMETER, f"Invalid parameter, duplicated address: {address}"
+                )
+            wanted.add(address)
+    options = query_options or {}
+    include_immature = bool(options.get("include_immature_coinbase", False))
+    out = []
+    for wallet_coin in node.wallet.coins(include_immature=include_immature):
+        if not minconf <= wallet_coin.confirmations <= maxconf:
+            continue
+        address = node.wallet.address_of(wallet_coin.key_index)
+        if wanted is not None and address not in wanted:
+            continue
+        pubkey = node.wallet.pubkey_of(wallet_coin.key_index).hex()
+        out.append(
+            {
+                "txid": wallet_coin.outpoint[0].hex(),
+                "vout": wallet_coin.outpoint[1],
+                "address": address,
+                "label": "",
+                "scriptPubKey": wallet_coin.coin.script.hex(),
+                "amount": btc(wallet_coin.coin.value),
+                "confirmations": wallet_coin.confirmations,
+                "spendable": True,
+                "solvable": True,
+                "desc": with_checksum(f"wpkh({pubkey})"),
+                "parent_descs": [],
+                "safe": True,
+            }
+        )
+    return out
+
+
+def sendtoaddress(
+    node: Node,
+    address: Any,
+    amount: Any,
+    comment: Any = None,
+    comment_to: Any = None,
+    subtractfeefromamount: Any = False,
+    replaceable: Any = None,
+    conf_target: Any = None,
+    estimate_mode: Any = None,
+    avoid_reuse: Any = None,
+    fee_rate: Any = None,
+    verbose: Any = False,
+) -> Any:
+    from regtest.node.node import script_from_address
+
+    expect(address, "string")
+    try:
+        script = script_from_address(address)
+    except ValueError:
+        raise NodeRpcError(
+            RPC_INVALID_ADDRESS_OR_KEY, f"Invalid Bitcoin address: {address}"
+        ) from None
+    try:
+        amount_sat = sat_from_btc(amount)
+    except ValueError as exc:
+        raise NodeRpcError(RPC_TYPE_ERROR, str(exc)) from None
+    if amount_sat <= 0:
+        raise NodeRpcError(RPC_TYPE_ERROR, "Invalid amount for send")
+    try:
+        tx, _vout = node.wallet.create_spend(script, amount_sat)
+    except WalletError as exc:
+        raise NodeRpcError(RPC_WALLET_INSUFFICIENT_FUNDS, str(exc)) from None
+    try:
+        node.mempool.accept(tx, node.clock())
+    except TxRejected as exc:
+        code = RPC_VERIFY_ERROR if exc.missing_inputs else RPC_VERIFY_REJECTED
+        raise NodeRpcError(code, exc.text) from None
+    txid = txid_of(tx).hex()
+    if verbose:
+        return {"txid": txid, "fee_reason": "Fallback fee"}
+    return txid
+
+
+METHODS: dict[str, tuple[Any, list[str]]] = {
+    "getnewaddress": (getnewaddress, ["label", "address_type"]),
+    "getbalance": (getbalance, ["dummy", "minconf", "include_watchonly", "avoid_reuse"]),
+    "listunspent": (
+        listunspent,
+        ["minconf", "maxconf", "addresses", "include_unsafe", "query_options"],
+    ),
+    "sendtoaddress": (
+        sendtoaddress,
+        [
+            "address",
+            "amount",
+            "comment",
+            "comment_to",
+            "subtractfeefromamount",
+            "replaceable",
+            "conf_target",
+            "estimate_mode",
+            "avoid_reuse",
+            "fee_rate",
+            "verbose",
+        ],
+    ),
+}

@@ -1,0 +1,1 @@
+pytest_plugins = ["regtest.pytest_plugin"]
