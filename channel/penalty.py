@@ -1,0 +1,166 @@
+"""Penalty transactions: taking everything from a revoked commitment (BOLT #5
+"Revoked Transaction Close Handling").
+
+Theory of operation. When the peer publishes a commitment it has revoked, we hold
+its per-commitment secret (shachain.RevocationStore), and with our revocation
+basepoint secret that gives the private key of its ``revocationpubkey``. Every
+output that could pay the cheater is then ours:
+
+- its ``to_local``: witness ``<revocation_sig> 1`` (the OP_IF branch);
+- every HTLC output, offered or received: ``<revocation_sig> <revocationpubkey>``
+  (the OP_DUP OP_HASH160 branch);
+- the output of any HTLC-success/timeout transaction it manages to confirm from
+  that commitment (same script as to_local): ``<revocation_sig> 1``.
+
+The revoked commitment is the REMOTE one, so its keys are derived with the
+remote's basepoints as owner and our revocation basepoint. Outputs are found by
+their scriptPubKey, so the caller needs only the transaction seen on chain, the
+secret and the HTLCs that commitment carried (to rebuild HTLC scripts); to_local
+and second-stage outputs need nothing but the secret. to_remote (ours, P2WPKH) is
+swept by sweep.py like any other to_remote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from channel import scripts
+from channel.commitment import ChannelStatic, CommitmentHtlc, Side
+from channel.errors import TransactionError
+from channel.keys import (
+    ChannelSecrets,
+    CommitmentKeys,
+    derive_commitment_keys,
+    derive_revocation_privkey,
+    pubkey_from_secret,
+)
+from channel.spend import SpendableOutput, build_spend_tx
+from channel.tx import OutPoint, Tx
+
+
+def _revoked_keys(
+    static: ChannelStatic, secrets: ChannelSecrets, per_commitment_secret: bytes
+) -> tuple[CommitmentKeys, bytes]:
+    point = pubkey_from_secret(per_commitment_secret)
+    keys = derive_commitment_keys(static.remote.basepoints, static.local.basepoints, point)
+    revocation_privkey = derive_revocation_privkey(
+        secrets.revocation_basepoint_secret, per_commitment_secret
+    )
+    if pubkey_from_secret(revocation_privkey) != keys.revocation_pubkey:
+        raise TransactionError("revocation key does not match (wrong channel secrets?)")
+    return keys, revocation_privkey
+
+
+def _to_local_script(static: ChannelStatic, keys: CommitmentKeys) -> bytes:
+    # The remote's to_local is delayed by the to_self_delay WE demand.
+    return scripts.to_local_script(
+        keys.revocation_pubkey, static.local.to_self_delay, keys.local_delayed_pubkey
+    )
+
+
+def revoked_commitment_outputs(
+    static: ChannelStatic,
+    secrets: ChannelSecrets,
+    revoked_tx: Tx,
+    per_commitment_secret: bytes,
+    htlcs: Sequence[CommitmentHtlc] = (),
+) -> list[SpendableOutput]:
+    """The to_local and HTLC outputs of the peer's revoked commitment ``revoked_tx``.
+
+    ``htlcs`` are those of that commitment (channel frame: offered_by LOCAL = us).
+    Raises TransactionError if the secret does not produce any output script of
+    ``revoked_tx`` (not a commitment revoked with that secret).
+    """
+    keys, privkey = _revoked_keys(static, secrets, per_commitment_secret)
+    candidates: dict[bytes, tuple[bytes, tuple[bytes, ...], str]] = {}
+    to_local = _to_local_script(static, keys)
+    candidates[scripts.p2wsh(to_local)] = (to_local, (b"\x01", to_local), "to_local")
+    htlc_scripts = scripts.HtlcScripts(
+        keys.revocation_pubkey, keys.local_htlc_pubkey, keys.remote_htlc_pubkey
+    )
+    for h in htlcs:
+        if h.offered_by is Side.REMOTE:  # offered by the commitment's owner
+            wscript = htlc_scripts.offered(h.payment_hash)
+            kind = "offered_htlc"
+        else:
+            wscript = htlc_scripts.received(h.payment_hash, h.cltv_expiry)
+            kind = "received_htlc"
+        candidates[scripts.p2wsh(wscript)] = (
+            wscript,
+            (keys.revocation_pubkey, wscript),
+            f"{kind} {h.htlc_id}",
+        )
+    txid = revoked_tx.txid()
+    found = []
+    for index, out in enumerate(revoked_tx.outputs):
+        match = candidates.get(out.script_pubkey)
+        if match is not None:
+            wscript, suffix, what = match
+            found.append(
+                SpendableOutput(
+                    OutPoint(txid, index),
+                    out.amount_sat,
+                    wscript,
+                    privkey,
+                    suffix,
+                    description=what,
+                )
+            )
+    if not found:
+        raise TransactionError("no output of this transaction is revocable with that secret")
+    return found
+
+
+def revoked_second_stage_outputs(
+    static: ChannelStatic,
+    secrets: ChannelSecrets,
+    htlc_tx: Tx,
+    per_commitment_secret: bytes,
+) -> list[SpendableOutput]:
+    """The output(s) of an HTLC-success/timeout tx spent from a revoked commitment."""
+    keys, privkey = _revoked_keys(static, secrets, per_commitment_secret)
+    wscript = _to_local_script(static, keys)
+    spk = scripts.p2wsh(wscript)
+    txid = htlc_tx.txid()
+    found = [
+        SpendableOutput(
+            OutPoint(txid, i),
+            o.amount_sat,
+            wscript,
+            privkey,
+            (b"\x01", wscript),
+            description="second_stage",
+        )
+        for i, o in enumerate(htlc_tx.outputs)
+        if o.script_pubkey == spk
+    ]
+    if not found:
+        raise TransactionError("not a second-stage HTLC tx of a commitment with that secret")
+    return found
+
+
+def build_penalty_tx(
+    static: ChannelStatic,
+    secrets: ChannelSecrets,
+    revoked_tx: Tx,
+    per_commitment_secret: bytes,
+    htlcs: Sequence[CommitmentHtlc],
+    destination_script_pubkey: bytes,
+    feerate_per_kw: int,
+) -> Tx:
+    """One transaction taking to_local and every HTLC output of ``revoked_tx``."""
+    outputs = revoked_commitment_outputs(static, secrets, revoked_tx, per_commitment_secret, htlcs)
+    return build_spend_tx(outputs, destination_script_pubkey, feerate_per_kw)
+
+
+def build_second_stage_penalty_tx(
+    static: ChannelStatic,
+    secrets: ChannelSecrets,
+    htlc_tx: Tx,
+    per_commitment_secret: bytes,
+    destination_script_pubkey: bytes,
+    feerate_per_kw: int,
+) -> Tx:
+    """Take the output of the cheater's HTLC-success/timeout transaction."""
+    outputs = revoked_second_stage_outputs(static, secrets, htlc_tx, per_commitment_secret)
+    return build_spend_tx(outputs, destination_script_pubkey, feerate_per_kw)
