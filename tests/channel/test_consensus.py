@@ -233,7 +233,7 @@ def test_commitment_signature_is_checked(channel: Channel) -> None:
 
 def test_to_local_sweep_waits_for_to_self_delay(channel: Channel) -> None:
     node = channel.node
-    c, tx, _ = channel.signed_local_commitment(3)
+    _, tx, _ = channel.signed_local_commitment(3)
     broadcast(node, tx)
     confirmed_at = height(node)
     sweep = sweep_to_local(channel.static, channel.local, tx, 3, DEST, FEERATE)
