@@ -26,6 +26,7 @@ from __future__ import annotations
 import struct
 
 from channel import scripts
+from channel.errors import TransactionError
 from channel.sighash import SIGHASH_ALL
 from channel.signing import witness_signature
 from channel.tx import OutPoint, Tx, TxIn, TxOut, sha256d, varbytes
@@ -88,6 +89,8 @@ def build_htlc_tx(
     (revocationpubkey, owner's delayed key, to_self_delay).
     """
     fee = htlc_timeout_fee_sat(feerate_per_kw) if offered else htlc_success_fee_sat(feerate_per_kw)
+    if htlc_amount_sat <= fee:
+        raise TransactionError("HTLC amount does not cover its second-stage fee (trim it)")
     return Tx(
         version=CHANNEL_TX_VERSION,
         inputs=[TxIn(OutPoint(commitment_txid, output_index), sequence=0)],
