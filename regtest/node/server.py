@@ -111,8 +111,9 @@ class RpcServer:
 
         self._httpd = ThreadingHTTPServer((self.host, self._requested_port), Handler)
         self._httpd.daemon_threads = True
+        # a short poll interval keeps stop() fast (tests start and stop many servers)
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="regtest-rpc", daemon=True
+            target=self._httpd.serve_forever, args=(0.02,), name="regtest-rpc", daemon=True
         )
         self._thread.start()
 

@@ -9,6 +9,7 @@ from regtest.pytest_plugin import ManualClock
 from tests.regtest import txbuild as tb
 
 FEE = 1_000
+LOCKTIME_FAILED = "mandatory-script-verify-flag-failed (Locktime requirement not satisfied)"
 
 
 def fund(node: Node, script: bytes, amount: int, *, confirm: bool = True) -> tuple[str, int]:
@@ -119,7 +120,7 @@ def test_csv_script_refuses_a_sequence_below_its_delay(regtest_node: Node) -> No
     tx = tb.spend([(txid, vout)], [(tb.p2wpkh(tb.key(9)), 50_000 - FEE)], sequence=4)
     tb.set_witness(tx, 0, [tb.sign(tx, 0, script, 50_000, tb.key(3)), script])
     error = rejected(regtest_node, tb.raw(tx))
-    assert error.message == "mandatory-script-verify-flag-failed (Locktime requirement not satisfied)"
+    assert error.message == LOCKTIME_FAILED
 
 
 def test_time_based_csv_uses_median_time_past(
@@ -162,7 +163,7 @@ def test_cltv_script_refuses_a_lock_time_below_its_own(regtest_node: Node) -> No
                   lock_time=lock_height - 1, sequence=0xFFFFFFFE)
     tb.set_witness(tx, 0, [tb.sign(tx, 0, script, 50_000, tb.key(5)), script])
     error = rejected(regtest_node, tb.raw(tx))
-    assert error.message == "mandatory-script-verify-flag-failed (Locktime requirement not satisfied)"
+    assert error.message == LOCKTIME_FAILED
 
 
 # --- double spends, maturity, inflation ---------------------------------------------------
