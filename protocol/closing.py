@@ -1,0 +1,200 @@
+"""Cooperative close (BOLT #2 "Channel Close": shutdown, then closing_signed).
+
+1. Either side sends ``shutdown`` once none of its updates is uncommitted; the other
+   replies with its own as soon as the same holds for it. From then on no new HTLC.
+2. When both shutdowns are exchanged and no HTLC and no pending update remain in any
+   commitment (``drained``), the table's SHUTDOWN -> NEGOTIATING trigger fires.
+3. The funder proposes a fee with ``closing_signed`` (fee + signature of the closing tx
+   at that fee). Each answer is either the same fee (agreement: both now hold both
+   signatures and broadcast) or a counter-proposal strictly between the two last
+   proposals (BOLT #2: "MUST propose a value strictly between the received
+   fee_satoshis and its previously-sent fee_satoshis"). We move halfway each round,
+   so negotiation ends in about log2(gap) rounds.
+
+Every received closing signature is verified before anything depends on it; we persist
+before sending our own signature of a closing tx.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from proto import peer_pb2
+from protocol import commitments
+from protocol.actions import Broadcast, ChannelClosed, Send, Watch
+from protocol.book import LOCAL
+from protocol.config import CLOSING_WITNESS_WEIGHT, fee_upper_bound_sat
+from protocol.errors import Disposition, LocalProtocolError, RemoteProtocolError
+from protocol.messages import wrap
+from protocol.step import PERSIST, Step
+from protocol.table import LinkState
+
+if TYPE_CHECKING:
+    from channel.tx import Tx
+    from protocol.channel import Channel
+
+# BIP 141 standard output scripts we accept as a shutdown destination: P2PKH, P2SH,
+# P2WPKH, P2WSH, P2TR (BOLT #2 shutdown: "scriptpubkey ... is not in one of the above
+# forms: SHOULD send a warning").
+_MAX_SCRIPT = 42
+
+
+def _standard_script(script: bytes) -> bool:
+    n = len(script)
+    return (
+        (n == 25 and script[:3] == b"\x76\xa9\x14" and script[23:] == b"\x88\xac")
+        or (n == 23 and script[:2] == b"\xa9\x14" and script[22:] == b"\x87")
+        or (n == 22 and script[:2] == b"\x00\x14")
+        or (n == 34 and script[:2] in (b"\x00\x20", b"\x51\x20"))
+    )
+
+
+def shutdown_message(ch: Channel) -> peer_pb2.PeerMessage:
+    assert ch.d.local_shutdown_script is not None
+    return wrap(shutdown=peer_pb2.Shutdown(channel_id=ch.channel_id,
+                                           scriptpubkey=ch.d.local_shutdown_script))
+
+
+def _our_updates_pending(ch: Channel) -> bool:
+    return ch.d.book.pending(LOCAL.other(), lambda m: m.origin is LOCAL)
+
+
+def cmd_shutdown(ch: Channel) -> Step:
+    d = ch.d
+    if d.local_shutdown_script is not None:
+        raise LocalProtocolError("shutdown already sent")
+    if _our_updates_pending(ch):
+        raise LocalProtocolError("commit pending updates first (BOLT #2: MUST NOT send "
+                                 "shutdown with updates pending on the peer's commitment)")
+    if not _standard_script(d.close_script):
+        raise LocalProtocolError("close_script is not a standard scriptpubkey")
+    d.local_shutdown_script = d.close_script
+    return [PERSIST, Send(shutdown_message(ch))]
+
+
+def reply_shutdown_if_due(ch: Channel) -> Step:
+    """Our shutdown answering the peer's, once our own updates are all committed."""
+    d = ch.d
+    if (d.remote_shutdown_script is None or d.local_shutdown_script is not None
+            or _our_updates_pending(ch) or ch.link is not LinkState.UP):
+        return []
+    d.local_shutdown_script = d.close_script
+    return [PERSIST, Send(shutdown_message(ch))]
+
+
+def on_shutdown(ch: Channel, msg: peer_pb2.Shutdown, height: int) -> Step:
+    d = ch.d
+    if msg.channel_id != d.channel_id:
+        raise RemoteProtocolError("shutdown for another channel", Disposition.WARN)
+    if not _standard_script(msg.scriptpubkey):
+        raise RemoteProtocolError("shutdown scriptpubkey is not standard", Disposition.WARN)
+    if d.remote_shutdown_script is not None:
+        if msg.scriptpubkey != d.remote_shutdown_script:
+            raise RemoteProtocolError("shutdown repeated with a different scriptpubkey")
+        return []  # retransmitted after a reconnect
+    if ch.d.book.pending(LOCAL, lambda m: m.origin is not LOCAL):
+        raise RemoteProtocolError("shutdown with its updates still uncommitted")
+    d.remote_shutdown_script = msg.scriptpubkey
+    return [PERSIST, *reply_shutdown_if_due(ch)]
+
+
+def drained(ch: Channel) -> bool:
+    d = ch.d
+    return (d.local_shutdown_script is not None and d.remote_shutdown_script is not None
+            and not d.book.htlcs and not d.book.fee_updates
+            and not ch.awaiting_revocation())
+
+
+def on_drained(ch: Channel) -> Step:
+    return start_negotiation(ch)
+
+
+# -- fee negotiation ---------------------------------------------------------------------------
+
+
+def max_fee_sat(ch: Channel) -> int:
+    """BOLT #2 (legacy closing): at most the base fee of the final commitment."""
+    return fee_upper_bound_sat(ch.d.book.base_feerate_per_kw, 0)
+
+
+def ideal_fee_sat(ch: Channel) -> int:
+    d = ch.d
+    feerate = d.config.closing_feerate_per_kw or d.book.base_feerate_per_kw
+    tx = _closing_tx(ch, 0)
+    weight = 4 * len(tx.serialize_without_witness()) + CLOSING_WITNESS_WEIGHT
+    return min(feerate * weight // 1000, max_fee_sat(ch), _funder_sat(ch))
+
+
+def _funder_sat(ch: Channel) -> int:
+    v = ch.view_of(LOCAL, ch.d.local_ctn)
+    return (v.local_msat if ch.d.local_is_funder else v.remote_msat) // 1000
+
+
+def _closing_tx(ch: Channel, fee_sat: int) -> Tx:
+    d = ch.d
+    assert d.local_shutdown_script is not None and d.remote_shutdown_script is not None
+    return commitments.build_closing(ch.static, ch.view_of(LOCAL, d.local_ctn), fee_sat,
+                                     d.local_shutdown_script, d.remote_shutdown_script)
+
+
+def _propose(ch: Channel, fee_sat: int) -> Step:
+    tx = _closing_tx(ch, fee_sat)
+    sig = commitments.sign_closing(ch.static, ch.secrets, tx)
+    ch.d.closing_fee_sent_sat = fee_sat
+    return [PERSIST, Send(wrap(closing_signed=peer_pb2.ClosingSigned(
+        channel_id=ch.channel_id, fee_satoshis=fee_sat, signature=sig)))]
+
+
+def start_negotiation(ch: Channel) -> Step:
+    """The funder opens the negotiation (again, after a reconnect)."""
+    if not ch.d.local_is_funder or ch.link is not LinkState.UP:
+        return []
+    return _propose(ch, ideal_fee_sat(ch))
+
+
+def on_closing_signed(ch: Channel, msg: peer_pb2.ClosingSigned, height: int) -> Step:
+    d = ch.d
+    fee = msg.fee_satoshis
+    if msg.channel_id != d.channel_id:
+        raise RemoteProtocolError("closing_signed for another channel", Disposition.WARN)
+    if d.closing_txid:  # already agreed: only the peer's echo of the agreed fee is fine
+        if fee != d.closing_fee_sent_sat:
+            raise RemoteProtocolError("closing_signed after the close was agreed",
+                                      Disposition.WARN)
+        return []
+    if fee > max_fee_sat(ch) or fee > _funder_sat(ch):
+        raise RemoteProtocolError(f"closing fee {fee} sat above the final commitment fee",
+                                  Disposition.WARN)
+    sent, received = d.closing_fee_sent_sat, d.closing_fee_received_sat
+    if sent is not None and received is not None and fee != sent:
+        lo, hi = min(sent, received), max(sent, received)
+        if not lo < fee < hi:
+            raise RemoteProtocolError(
+                f"closing fee {fee} not strictly between {lo} and {hi}", Disposition.WARN)
+    tx = _closing_tx(ch, fee)
+    commitments.verify_closing(ch.static, tx, msg.signature)
+    # Verified: now decide.
+    d.closing_fee_received_sat = fee
+    ours = sent if sent is not None else ideal_fee_sat(ch)
+    if fee == sent:
+        return _agree(ch, tx, fee, msg.signature, send=False)
+    if abs(ours - fee) <= 1 or ours == fee:
+        return _agree(ch, tx, fee, msg.signature, send=True)
+    return _propose(ch, (ours + fee) // 2)
+
+
+def _agree(ch: Channel, tx: Tx, fee: int, remote_sig: bytes, *, send: bool) -> Step:
+    d = ch.d
+    local_sig = commitments.sign_closing(ch.static, ch.secrets, tx)
+    final = commitments.finalize_closing(ch.static, tx, local_sig, remote_sig)
+    d.closing_txid = final.txid()
+    d.closing_fee_sent_sat = fee
+    step: Step = [PERSIST]
+    if send:
+        step.append(Send(wrap(closing_signed=peer_pb2.ClosingSigned(
+            channel_id=ch.channel_id, fee_satoshis=fee, signature=local_sig))))
+    step += [Broadcast(final.serialize(), d.closing_txid, "cooperative close"),
+             Watch("closing", d.closing_txid),
+             ChannelClosed(d.closing_txid, fee)]
+    return step
+

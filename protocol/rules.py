@@ -1,0 +1,235 @@
+"""BOLT #2 acceptance rules: every check runs before anything is mutated (DESIGN rule 4).
+
+Each ``*_problem`` function looks at the channel as it is and at a proposed change, and
+returns None (acceptable) or a ``Problem``: a readable message plus what happens to the
+channel if the PEER proposed it. The caller raises ``RemoteProtocolError`` for a received
+message and ``LocalProtocolError`` for a command: the same rules bind both directions
+(BOLT #2 states each rule twice, "a sending node MUST NOT" / "a receiving node SHOULD
+fail"), so they are written once, for a ``sender`` side.
+
+The views used (see ``protocol.book``):
+
+- ``min_view(side)``: every update ``side`` proposed, plus the other side's updates that
+  ``side`` has already acknowledged. The other side's unacknowledged updates can only
+  raise ``side``'s balance (fail-backs of its HTLCs) or leave it alone, so this is the
+  lowest balance ``side`` can have in any commitment still to be built;
+- the fee bound: the commitment fee at the highest feerate known with every live HTLC as
+  an output (``config.fee_upper_bound_sat``): no future commitment's fee exceeds it.
+
+Keeping "funder's min_view balance >= fee bound" true after every accepted change (adds
+from either side and fee updates: removals never lower it) is what guarantees no
+commitment we will be asked to build or sign has a fee its funder cannot pay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from channel.commitment import ChannelStatic, Side
+from protocol.book import LOCAL, REMOTE, Book, Htlc, Mark, Pred, View
+from protocol.commitments import is_trimmed
+from protocol.config import (
+    CLTV_EXPIRY_LOCKTIME_THRESHOLD,
+    MAX_ACCEPTED_HTLCS_LIMIT,
+    MAX_CLTV_EXPIRY_DELTA_BLOCKS,
+    MIN_CLTV_EXPIRY_MARGIN_BLOCKS,
+    MIN_DUST_LIMIT_SAT,
+    LocalConfig,
+    fee_upper_bound_sat,
+)
+from protocol.errors import Disposition
+from protocol.state import ChannelData, RemoteParams
+
+CLOSE = Disposition.CLOSE
+WARN = Disposition.WARN
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    message: str
+    disposition: Disposition = CLOSE
+
+
+def min_view_pred(d: ChannelData, side: Side) -> Pred:
+    """See the module docstring: ``side``'s updates plus those it acknowledged."""
+    oldest = d.local_ctn if side is LOCAL else d.remote_oldest_ctn
+
+    def pred(m: Mark) -> bool:
+        if m.origin is side:
+            return True
+        c = m.ctn(side)
+        return c is not None and c <= oldest
+
+    return pred
+
+
+def reserve_msat(d: ChannelData, side: Side) -> int:
+    """The reserve ``side`` must keep: the one its peer demanded of it."""
+    assert d.remote is not None
+    return 1000 * (d.config.channel_reserve_sat if side is REMOTE else d.remote.channel_reserve_sat)
+
+
+def funder(d: ChannelData) -> Side:
+    return LOCAL if d.local_is_funder else REMOTE
+
+
+def fee_bound_msat(book: Book, extra_htlcs: int = 0, feerate_per_kw: int | None = None) -> int:
+    feerate = book.max_feerate() if feerate_per_kw is None else max(book.max_feerate(),
+                                                                     feerate_per_kw)
+    return 1000 * fee_upper_bound_sat(feerate, len(book.htlcs) + extra_htlcs)
+
+
+def add_problem(d: ChannelData, static: ChannelStatic, sender: Side, htlc_id: int,
+                amount_msat: int, payment_hash: bytes, cltv_expiry: int,
+                height: int) -> Problem | None:
+    """BOLT #2 update_add_htlc, "Requirements" (both the sending and receiving lists)."""
+    assert d.remote is not None
+    receiver_cfg_min = (d.config.htlc_minimum_msat if sender is REMOTE
+                        else d.remote.htlc_minimum_msat)
+    max_accepted = d.config.max_accepted_htlcs if sender is REMOTE else d.remote.max_accepted_htlcs
+    max_in_flight = (d.config.max_htlc_value_in_flight_msat if sender is REMOTE
+                     else d.remote.max_htlc_value_in_flight_msat)
+    book = d.book
+    expected_id = book.next_remote_htlc_id if sender is REMOTE else book.next_local_htlc_id
+    if htlc_id != expected_id:
+        return Problem(f"update_add_htlc id {htlc_id}: expected {expected_id} "
+                       "(duplicate or out-of-order HTLC id)")
+    if len(payment_hash) != 32:
+        return Problem("payment_hash must be 32 bytes")
+    if amount_msat <= 0:
+        return Problem("amount_msat is 0")
+    if amount_msat < receiver_cfg_min:
+        return Problem(f"amount_msat {amount_msat} below htlc_minimum_msat {receiver_cfg_min}")
+    if cltv_expiry >= CLTV_EXPIRY_LOCKTIME_THRESHOLD:
+        return Problem(f"cltv_expiry {cltv_expiry} is not a block height")
+    if cltv_expiry <= height + MIN_CLTV_EXPIRY_MARGIN_BLOCKS:
+        return Problem(f"cltv_expiry {cltv_expiry} is expired or too close to height {height}",
+                       WARN)
+    if cltv_expiry > height + MAX_CLTV_EXPIRY_DELTA_BLOCKS:
+        return Problem(f"cltv_expiry {cltv_expiry} is too far beyond height {height}", WARN)
+
+    view = book.view(min_view_pred(d, sender))
+    offered = view.offered(sender)
+    if len(offered) + 1 > max_accepted:
+        return Problem(f"more than max_accepted_htlcs {max_accepted} HTLCs offered")
+    in_flight = sum(h.amount_msat for h in offered) + amount_msat
+    if in_flight > max_in_flight:
+        return Problem(f"{in_flight} msat in flight exceeds max_htlc_value_in_flight_msat "
+                       f"{max_in_flight}")
+    fee_msat = fee_bound_msat(book, extra_htlcs=1)
+    balance_after = view.balance(sender) - amount_msat
+    needed = reserve_msat(d, sender) + (fee_msat if funder(d) is sender else 0)
+    if balance_after < needed:
+        return Problem(f"sender cannot afford {amount_msat} msat: balance {view.balance(sender)} "
+                       f"msat, needs {needed} msat of reserve and fee left")
+    if funder(d) is not sender:
+        f_side = funder(d)
+        f_balance = book.view(min_view_pred(d, f_side)).balance(f_side)
+        # Sending: BOLT #2 "SHOULD NOT offer ... if [the funder] cannot pay the fee ...
+        # while maintaining its channel reserve". Receiving: only the hard limit, the
+        # fee itself, and a warning (a race with the funder's own adds, not malice).
+        f_needed = fee_msat + (reserve_msat(d, f_side) if sender is LOCAL else 0)
+        if f_balance < f_needed:
+            return Problem(f"the funder could not pay the commitment fee with one more HTLC "
+                           f"({f_balance} < {f_needed} msat)", WARN)
+    candidate = Htlc(sender, htlc_id, amount_msat, payment_hash, cltv_expiry, b"",
+                     Mark(sender, 0))
+    return dust_problem(d, static, view, candidate)
+
+
+def dust_problem(d: ChannelData, static: ChannelStatic, view: View,
+                 candidate: Htlc) -> Problem | None:
+    """BOLT #2 max_dust_htlc_exposure_msat: trimmed HTLCs are lost to fees if the channel
+    closes on chain, so their sum on either commitment is capped."""
+    feerate = d.book.max_feerate()
+    for owner in (LOCAL, REMOTE):
+        if not is_trimmed(static, owner, candidate, feerate):
+            continue
+        exposure = candidate.amount_msat + sum(
+            h.amount_msat for h in view.htlcs if is_trimmed(static, owner, h, feerate))
+        if exposure > d.config.max_dust_htlc_exposure_msat:
+            return Problem(f"dust HTLC exposure {exposure} msat would exceed "
+                           f"{d.config.max_dust_htlc_exposure_msat} msat", WARN)
+    return None
+
+
+def fee_problem(d: ChannelData, sender: Side, feerate_per_kw: int) -> Problem | None:
+    """BOLT #2 update_fee requirements."""
+    if funder(d) is not sender:
+        return Problem("update_fee from the side that is not the funder")
+    cfg = d.config
+    if not cfg.min_feerate_per_kw <= feerate_per_kw <= cfg.max_feerate_per_kw:
+        return Problem(f"feerate_per_kw {feerate_per_kw} outside "
+                       f"[{cfg.min_feerate_per_kw}, {cfg.max_feerate_per_kw}]", WARN)
+    balance = d.book.view(min_view_pred(d, sender)).balance(sender)
+    needed = fee_bound_msat(d.book, feerate_per_kw=feerate_per_kw)
+    if sender is LOCAL:
+        needed += reserve_msat(d, sender)
+    if balance < needed:
+        return Problem(f"the funder cannot afford feerate_per_kw {feerate_per_kw} "
+                       f"({balance} < {needed} msat)", WARN)
+    return None
+
+
+def settle_problem(d: ChannelData, sender: Side, htlc_id: int,
+                   preimage: bytes | None) -> tuple[Htlc | None, Problem | None]:
+    """BOLT #2 update_fulfill_htlc / update_fail_htlc: the HTLC (offered by the other
+    side) must be irrevocably committed in both commitments and not already removed;
+    a preimage must hash to its payment_hash."""
+    offerer = sender.other()
+    htlc = d.book.htlcs.get((offerer, htlc_id))
+    kind = "update_fulfill_htlc" if preimage is not None else "update_fail_htlc"
+    if htlc is None:
+        return None, Problem(f"{kind}: unknown HTLC id {htlc_id}")
+    lc, rc = htlc.add.local_ctn, htlc.add.remote_ctn
+    if lc is None or rc is None or lc > d.local_ctn or rc > d.remote_oldest_ctn:
+        return None, Problem(f"{kind}: HTLC {htlc_id} is not irrevocably committed yet")
+    if htlc.removal is not None:
+        return None, Problem(f"{kind}: HTLC {htlc_id} was already removed")
+    if preimage is not None and hashlib.sha256(preimage).digest() != htlc.payment_hash:
+        return None, Problem(f"{kind}: preimage does not match payment_hash of HTLC {htlc_id}")
+    return htlc, None
+
+
+def params_problem(cfg: LocalConfig, funding_sat: int, their: RemoteParams,
+                   feerate_per_kw: int, funder_balance_msat: int) -> Problem | None:
+    """BOLT #2 open_channel / accept_channel receiver requirements for the peer's
+    parameters (``their``) against our policy."""
+    if their.to_self_delay > cfg.max_to_self_delay:
+        return Problem(f"to_self_delay {their.to_self_delay} > {cfg.max_to_self_delay}")
+    if not 1 <= their.max_accepted_htlcs <= MAX_ACCEPTED_HTLCS_LIMIT:
+        return Problem(f"max_accepted_htlcs {their.max_accepted_htlcs} out of range")
+    if their.dust_limit_sat < MIN_DUST_LIMIT_SAT:
+        return Problem(f"dust_limit_satoshis {their.dust_limit_sat} < {MIN_DUST_LIMIT_SAT}")
+    if their.dust_limit_sat > their.channel_reserve_sat:
+        return Problem("dust_limit_satoshis is greater than channel_reserve_satoshis")
+    if their.channel_reserve_sat < cfg.dust_limit_sat:
+        return Problem("channel_reserve_satoshis is less than our dust_limit_satoshis")
+    if cfg.channel_reserve_sat < their.dust_limit_sat:
+        return Problem("our channel_reserve_satoshis is less than their dust_limit_satoshis")
+    if their.channel_reserve_sat > funding_sat or cfg.channel_reserve_sat > funding_sat:
+        return Problem("channel_reserve_satoshis exceeds the funding amount")
+    if not cfg.min_feerate_per_kw <= feerate_per_kw <= cfg.max_feerate_per_kw:
+        return Problem(f"feerate_per_kw {feerate_per_kw} unreasonable")
+    if funder_balance_msat < 1000 * fee_upper_bound_sat(feerate_per_kw, 0):
+        return Problem("the funder cannot pay the fee of the first commitment")
+    for point in (their.basepoints.funding_pubkey, their.basepoints.revocation_basepoint,
+                  their.basepoints.payment_basepoint, their.basepoints.delayed_payment_basepoint,
+                  their.basepoints.htlc_basepoint):
+        if not valid_point(point):
+            return Problem("invalid basepoint")
+    return None
+
+
+def valid_point(point: bytes) -> bool:
+    """A 33-byte compressed secp256k1 point that parses."""
+    if len(point) != 33 or point[0] not in (2, 3):
+        return False
+    from coincurve import PublicKey
+
+    try:
+        PublicKey(point)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,235 @@
+"""Normal operation (BOLT #2 "Normal Operation"): updates, commitment_signed,
+revoke_and_ack, from both directions.
+
+Each function validates first (``protocol.rules``, signature checks through
+``protocol.commitments``) and mutates only once nothing can fail any more.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from channel.errors import ShachainError
+from channel.keys import pubkey_from_secret
+from proto import peer_pb2
+from protocol import closing, rules
+from protocol.actions import HtlcFailed, HtlcFulfilled, HtlcReceived, Send, Watch
+from protocol.book import LOCAL, REMOTE, Htlc, Mark, in_commitment
+from protocol.commitments import sign_remote, verify_local
+from protocol.errors import Disposition, LocalProtocolError, RemoteProtocolError
+from protocol.messages import wrap
+from protocol.step import PERSIST, Step
+
+if TYPE_CHECKING:
+    from protocol.channel import Channel
+
+
+def _local(problem: rules.Problem | None) -> None:
+    if problem is not None:
+        raise LocalProtocolError(problem.message)
+
+
+def _remote(problem: rules.Problem | None) -> None:
+    if problem is not None:
+        raise RemoteProtocolError(problem.message, problem.disposition)
+
+
+def add_message(ch: Channel, h: Htlc) -> peer_pb2.PeerMessage:
+    return wrap(update_add_htlc=peer_pb2.UpdateAddHtlc(
+        channel_id=ch.channel_id, id=h.htlc_id, amount_msat=h.amount_msat,
+        payment_hash=h.payment_hash, cltv_expiry=h.cltv_expiry,
+        onion_routing_packet=h.onion))
+
+
+def removal_message(ch: Channel, h: Htlc) -> peer_pb2.PeerMessage:
+    r = h.removal
+    assert r is not None
+    if r.preimage is not None:
+        return wrap(update_fulfill_htlc=peer_pb2.UpdateFulfillHtlc(
+            channel_id=ch.channel_id, id=h.htlc_id, payment_preimage=r.preimage))
+    return wrap(update_fail_htlc=peer_pb2.UpdateFailHtlc(
+        channel_id=ch.channel_id, id=h.htlc_id, reason=r.reason))
+
+
+def fee_message(ch: Channel, feerate_per_kw: int) -> peer_pb2.PeerMessage:
+    return wrap(update_fee=peer_pb2.UpdateFee(channel_id=ch.channel_id,
+                                              feerate_per_kw=feerate_per_kw))
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def cmd_add(ch: Channel, amount_msat: int, payment_hash: bytes, cltv_expiry: int, height: int,
+            onion: bytes) -> Step:
+    d = ch.d
+    if d.local_shutdown_script is not None:
+        raise LocalProtocolError("no new HTLC after our shutdown")
+    _local(rules.add_problem(d, ch.static, LOCAL, d.book.next_local_htlc_id, amount_msat,
+                             payment_hash, cltv_expiry, height))
+    h = d.book.add_htlc(LOCAL, amount_msat, payment_hash, cltv_expiry, onion)
+    return [Send(add_message(ch, h))]
+
+
+def cmd_settle(ch: Channel, htlc_id: int, preimage: bytes | None, reason: bytes) -> Step:
+    htlc, problem = rules.settle_problem(ch.d, LOCAL, htlc_id, preimage)
+    _local(problem)
+    assert htlc is not None
+    ch.d.book.remove_htlc(htlc, preimage, reason)
+    return [Send(removal_message(ch, htlc))]
+
+
+def cmd_fee(ch: Channel, feerate_per_kw: int) -> Step:
+    _local(rules.fee_problem(ch.d, LOCAL, feerate_per_kw))
+    ch.d.book.update_fee(LOCAL, feerate_per_kw)
+    return [Send(fee_message(ch, feerate_per_kw))]
+
+
+def cmd_commit(ch: Channel) -> Step:
+    """BOLT #2 commitment_signed, sending: covers every update so far; only one
+    unrevoked signature outstanding (the next point comes with revoke_and_ack)."""
+    if ch.awaiting_revocation():
+        raise LocalProtocolError("waiting for revoke_and_ack before signing again")
+    if not ch.has_uncommitted_changes():
+        raise LocalProtocolError("no update to commit (BOLT #2: MUST NOT send "
+                                 "commitment_signed without updates)")
+    return sign_next_remote(ch) + closing.reply_shutdown_if_due(ch)
+
+
+def sign_next_remote(ch: Channel) -> Step:
+    d = ch.d
+    new_ctn = d.remote_ctn + 1
+    current = in_commitment(REMOTE, d.remote_ctn)
+    eligible = ch.remote_eligible
+
+    def next_view(m: Mark) -> bool:
+        return current(m) or (m.remote_ctn is None and eligible(m))
+
+    commitment = ch.build_remote(new_ctn, d.book.view(next_view))
+    sigs = sign_remote(ch.static, ch.secrets, commitment)
+    d.book.commit(REMOTE, new_ctn, eligible)
+    d.remote_ctn = new_ctn
+    d.remote_commit_txids[new_ctn] = commitment.txid
+    d.last_sent_was_revoke = False
+    return [PERSIST, Send(wrap(commitment_signed=peer_pb2.CommitmentSigned(
+        channel_id=ch.channel_id, signature=sigs.commitment_signature,
+        htlc_signatures=list(sigs.htlc_signatures))))]
+
+
+# -- received updates -------------------------------------------------------------------------
+
+
+def on_add(ch: Channel, msg: peer_pb2.UpdateAddHtlc, height: int) -> Step:
+    d = ch.d
+    if d.remote_shutdown_script is not None:
+        raise RemoteProtocolError("update_add_htlc after the peer's shutdown")
+    _remote(rules.add_problem(d, ch.static, REMOTE, msg.id, msg.amount_msat, msg.payment_hash,
+                              msg.cltv_expiry, height))
+    d.book.add_htlc(REMOTE, msg.amount_msat, msg.payment_hash, msg.cltv_expiry,
+                    msg.onion_routing_packet)
+    return []
+
+
+def on_fulfill(ch: Channel, msg: peer_pb2.UpdateFulfillHtlc, height: int) -> Step:
+    htlc, problem = rules.settle_problem(ch.d, REMOTE, msg.id, msg.payment_preimage)
+    _remote(problem)
+    assert htlc is not None
+    ch.d.book.remove_htlc(htlc, msg.payment_preimage, b"")
+    if htlc.htlc_id in ch.reported_preimages:
+        return []
+    ch.reported_preimages.add(htlc.htlc_id)
+    return [HtlcFulfilled(htlc.htlc_id, htlc.payment_hash, msg.payment_preimage)]
+
+
+def on_fail(ch: Channel, msg: peer_pb2.UpdateFailHtlc, height: int) -> Step:
+    htlc, problem = rules.settle_problem(ch.d, REMOTE, msg.id, None)
+    _remote(problem)
+    assert htlc is not None
+    ch.d.book.remove_htlc(htlc, None, msg.reason)
+    return []
+
+
+def on_fee(ch: Channel, msg: peer_pb2.UpdateFee, height: int) -> Step:
+    _remote(rules.fee_problem(ch.d, REMOTE, msg.feerate_per_kw))
+    ch.d.book.update_fee(REMOTE, msg.feerate_per_kw)
+    return []
+
+
+# -- commitment_signed / revoke_and_ack ---------------------------------------------------------
+
+
+def on_commitment_signed(ch: Channel, msg: peer_pb2.CommitmentSigned, height: int) -> Step:
+    """BOLT #2 commitment_signed, receiving: verify every signature of our next
+    commitment, then (persist first!) revoke the previous one."""
+    d = ch.d
+    eligible = ch.local_eligible()
+    if not d.book.pending(LOCAL, eligible):
+        raise RemoteProtocolError("commitment_signed without any update")
+    new_ctn = d.local_ctn + 1
+    current = in_commitment(LOCAL, d.local_ctn)
+
+    def next_view(m: Mark) -> bool:
+        return current(m) or (m.local_ctn is None and eligible(m))
+
+    commitment = ch.build_local(new_ctn, d.book.view(next_view))
+    verify_local(ch.static, commitment, msg.signature, tuple(msg.htlc_signatures))
+    # Verified: from here on nothing can fail.
+    d.book.commit(LOCAL, new_ctn, eligible)
+    d.local_ctn = new_ctn
+    d.local_commit_signature = msg.signature
+    d.local_htlc_signatures = tuple(msg.htlc_signatures)
+    d.last_sent_was_revoke = True
+    events = _prune(ch)
+    return [PERSIST, Send(revoke_message(ch)), *events]
+
+
+def revoke_message(ch: Channel) -> peer_pb2.PeerMessage:
+    """revoke_and_ack for our commitment ``local_ctn - 1`` (also used to retransmit)."""
+    n = ch.d.local_ctn
+    return wrap(revoke_and_ack=peer_pb2.RevokeAndAck(
+        channel_id=ch.channel_id,
+        per_commitment_secret=ch.secrets.per_commitment_secret(n - 1),
+        next_per_commitment_point=ch.secrets.per_commitment_point(n + 1)))
+
+
+def on_revoke_and_ack(ch: Channel, msg: peer_pb2.RevokeAndAck, height: int) -> Step:
+    """BOLT #2 revoke_and_ack, receiving: the secret must match the point of the
+    commitment it revokes and be consistent with the earlier ones (shachain)."""
+    d = ch.d
+    if not ch.awaiting_revocation():
+        raise RemoteProtocolError("revoke_and_ack without an outstanding commitment_signed")
+    if pubkey_from_secret(msg.per_commitment_secret) != d.remote_current_point:
+        raise RemoteProtocolError("per_commitment_secret does not match the "
+                                  "per_commitment_point of the revoked commitment")
+    if not rules.valid_point(msg.next_per_commitment_point):
+        raise RemoteProtocolError("invalid next_per_commitment_point")
+    revoked = d.remote_oldest_ctn
+    try:
+        ch.revocations.add_commitment_secret(revoked, msg.per_commitment_secret)
+    except ShachainError as exc:  # the store is unchanged when it raises
+        raise RemoteProtocolError(f"per_commitment_secret not derivable: {exc}",
+                                  Disposition.CLOSE) from exc
+    d.remote_secrets = ch.revocations.to_bytes()
+    d.remote_oldest_ctn = revoked + 1
+    d.remote_current_point = d.remote_next_point
+    d.remote_next_point = msg.next_per_commitment_point
+    step: Step = [PERSIST]
+    txid = d.remote_commit_txids.pop(revoked, None)
+    if txid is not None:
+        step.append(Watch("revoked_commitment", txid, commitment_number=revoked))
+    for h in d.book.htlcs.values():
+        if h.offered_by is REMOTE and h.add.remote_ctn == d.remote_oldest_ctn:
+            step.append(HtlcReceived(h.htlc_id, h.amount_msat, h.payment_hash, h.cltv_expiry,
+                                     h.onion))
+    step.extend(_prune(ch))
+    return step
+
+
+def _prune(ch: Channel) -> Step:
+    gone = ch.d.book.prune(ch.d.local_ctn, ch.d.remote_oldest_ctn)
+    step: Step = []
+    for h in gone:
+        if h.offered_by is LOCAL:
+            ch.reported_preimages.discard(h.htlc_id)
+        if h.offered_by is LOCAL and h.removal is not None and not h.removal.fulfilled:
+            step.append(HtlcFailed(h.htlc_id, h.payment_hash, reason=h.removal.reason))
+    return step
