@@ -257,9 +257,8 @@ def build_commitment(
 
     timeout_fee = htlc_txs.htlc_timeout_fee_sat(feerate_per_kw)
     success_fee = htlc_txs.htlc_success_fee_sat(feerate_per_kw)
-    htlc_scripts = scripts.HtlcScripts(
-        keys.revocation_pubkey, keys.local_htlc_pubkey, keys.remote_htlc_pubkey
-    )
+    # Built at the first untrimmed HTLC: only then are the HTLC keys derived.
+    htlc_scripts: scripts.HtlcScripts | None = None
     # (amount_sat, script_pubkey, cltv_expiry, kind, htlc, witness_script); kind is
     # 0 for HTLC outputs, 1 to_local, 2 to_remote.
     entries: list[tuple[int, bytes, int, int, CommitmentHtlc | None, bytes]] = []
@@ -268,6 +267,10 @@ def build_commitment(
         offered = h.offered_by is owner
         if amount_sat < dust_limit_sat + (timeout_fee if offered else success_fee):
             continue
+        if htlc_scripts is None:
+            htlc_scripts = scripts.HtlcScripts(
+                keys.revocation_pubkey, keys.local_htlc_pubkey, keys.remote_htlc_pubkey
+            )
         if offered:
             wscript = htlc_scripts.offered(h.payment_hash)
         else:
@@ -380,9 +383,12 @@ def sign_counterparty_commitment(
     """Our signatures of the peer's commitment (what commitment_signed sends)."""
     if commitment.owner is not Side.REMOTE:
         raise ValueError("sign_counterparty_commitment signs the REMOTE commitment")
+    commitment_signature = sign(secrets.funding_privkey, commitment_sighash(static, commitment))
+    if not commitment.htlc_outputs:
+        return CommitmentSignatures(commitment_signature, ())
     htlc_privkey = derive_privkey(secrets.htlc_basepoint_secret, commitment.per_commitment_point)
     return CommitmentSignatures(
-        commitment_signature=sign(secrets.funding_privkey, commitment_sighash(static, commitment)),
+        commitment_signature=commitment_signature,
         htlc_signatures=tuple(sign(htlc_privkey, d) for d in htlc_sighashes(commitment)),
     )
 

@@ -28,13 +28,21 @@ needed to build, sign, verify and later watch a commitment.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
+from typing import TYPE_CHECKING
 
 from coincurve import PublicKey
 
 from channel import shachain
-from channel.signing import parsed_pubkey, scalar_add, scalar_mul_add
+from channel.signing import (
+    mul_add_pubkeys,
+    parse_pubkey,
+    parsed_pubkey,
+    scalar_add,
+    scalar_mul_add,
+    tweak_add_pubkey,
+)
 
 _N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
@@ -58,8 +66,7 @@ def _valid_secret(secret: bytes) -> bytes:
 @lru_cache(maxsize=8192)
 def derive_pubkey(basepoint: bytes, per_commitment_point: bytes) -> bytes:
     """basepoint + SHA256(per_commitment_point || basepoint) * G."""
-    tweak = _sha256(per_commitment_point + basepoint)
-    return bytes(PublicKey(parsed_pubkey(basepoint)).add(tweak).format())
+    return tweak_add_pubkey(basepoint, _sha256(per_commitment_point + basepoint))
 
 
 def derive_privkey(basepoint_secret: bytes, per_commitment_point: bytes) -> bytes:
@@ -71,11 +78,14 @@ def derive_privkey(basepoint_secret: bytes, per_commitment_point: bytes) -> byte
 @lru_cache(maxsize=4096)
 def derive_revocation_pubkey(revocation_basepoint: bytes, per_commitment_point: bytes) -> bytes:
     """BOLT #3 revocationpubkey."""
-    t1 = _sha256(revocation_basepoint + per_commitment_point)
-    t2 = _sha256(per_commitment_point + revocation_basepoint)
-    a = PublicKey(parsed_pubkey(revocation_basepoint)).multiply(t1)
-    b = PublicKey(parsed_pubkey(per_commitment_point)).multiply(t2)
-    return bytes(PublicKey.combine_keys([a, b]).format())
+    # The basepoint is long-lived (parsed once, cached); the point is fresh per
+    # commitment, so it is parsed here and not kept.
+    return mul_add_pubkeys(
+        parsed_pubkey(revocation_basepoint),
+        _sha256(revocation_basepoint + per_commitment_point),
+        parse_pubkey(per_commitment_point),
+        _sha256(per_commitment_point + revocation_basepoint),
+    )
 
 
 def derive_revocation_privkey(
@@ -163,12 +173,21 @@ class ChannelSecrets:
         return "ChannelSecrets(<redacted>)"
 
 
+_LAZY_HTLC_KEYS = {"local_htlc_pubkey": 0, "remote_htlc_pubkey": 1}
+
+
 @dataclass(frozen=True, slots=True)
 class CommitmentKeys:
     """The keys of one commitment, in the OWNER's frame as BOLT #3 names them.
 
     ``local_*`` belongs to the commitment's owner, ``remote_*`` to the other
     party, whichever of them is us.
+
+    From ``derive_commitment_keys`` the two HTLC keys are derived on first access
+    (a commitment without untrimmed HTLCs never needs them, and they are two of
+    the four EC derivations of a commitment); equality, hashing and repr read them
+    like any other field, so such an instance is indistinguishable from one built
+    with all six keys.
     """
 
     per_commitment_point: bytes
@@ -177,20 +196,41 @@ class CommitmentKeys:
     local_htlc_pubkey: bytes
     remote_htlc_pubkey: bytes
     remote_payment_pubkey: bytes  # static remote key: other's payment_basepoint
+    # (owner htlc_basepoint, other htlc_basepoint) while the HTLC keys are pending.
+    _htlc_basepoints: tuple[bytes, bytes] | None = field(default=None, repr=False, compare=False)
+
+    if not TYPE_CHECKING:  # keep attribute typos visible to mypy
+
+        def __getattr__(self, name: str) -> bytes:
+            # Only reached when a slot is unset: a pending HTLC key.
+            which = _LAZY_HTLC_KEYS.get(name)
+            basepoints = self._htlc_basepoints
+            if which is None or basepoints is None:
+                raise AttributeError(name)
+            value = derive_pubkey(basepoints[which], self.per_commitment_point)
+            object.__setattr__(self, name, value)
+            return value
 
 
 @lru_cache(maxsize=1024)
 def derive_commitment_keys(
     owner: Basepoints, other: Basepoints, per_commitment_point: bytes
 ) -> CommitmentKeys:
-    """All keys of the owner's commitment with ``per_commitment_point``."""
-    return CommitmentKeys(
-        per_commitment_point=per_commitment_point,
-        revocation_pubkey=derive_revocation_pubkey(
-            other.revocation_basepoint, per_commitment_point
-        ),
-        local_delayed_pubkey=derive_pubkey(owner.delayed_payment_basepoint, per_commitment_point),
-        local_htlc_pubkey=derive_pubkey(owner.htlc_basepoint, per_commitment_point),
-        remote_htlc_pubkey=derive_pubkey(other.htlc_basepoint, per_commitment_point),
-        remote_payment_pubkey=other.payment_basepoint,
+    """All keys of the owner's commitment with ``per_commitment_point`` (the HTLC
+    keys derived on first access, see ``CommitmentKeys``)."""
+    keys = object.__new__(CommitmentKeys)
+    init = object.__setattr__
+    init(keys, "per_commitment_point", per_commitment_point)
+    init(
+        keys,
+        "revocation_pubkey",
+        derive_revocation_pubkey(other.revocation_basepoint, per_commitment_point),
     )
+    init(
+        keys,
+        "local_delayed_pubkey",
+        derive_pubkey(owner.delayed_payment_basepoint, per_commitment_point),
+    )
+    init(keys, "remote_payment_pubkey", other.payment_basepoint)
+    init(keys, "_htlc_basepoints", (owner.htlc_basepoint, other.htlc_basepoint))
+    return keys
