@@ -24,6 +24,7 @@ HTLC costs three SHA256d of short strings. Tests check it against sighash.py.
 from __future__ import annotations
 
 import struct
+from hashlib import sha256 as _sha256
 
 from channel import scripts
 from channel.errors import TransactionError
@@ -123,7 +124,7 @@ def htlc_tx_witness(
 class HtlcSighasher:
     """BIP143 digests of all HTLC transactions spending one commitment."""
 
-    __slots__ = ("_feerate_per_kw", "_out_script", "_prefix", "_txid")
+    __slots__ = ("_out_script", "_prefix", "_success_fee", "_timeout_fee", "_txid")
 
     _HASH_SEQUENCE_ZERO = sha256d(b"\x00\x00\x00\x00")
     _SIGHASH_TYPE = _U32.pack(SIGHASH_ALL)
@@ -133,7 +134,8 @@ class HtlcSighasher:
     ) -> None:
         self._txid = commitment_txid
         self._out_script = varbytes(second_stage_script_pubkey)
-        self._feerate_per_kw = feerate_per_kw
+        self._timeout_fee = htlc_timeout_fee_sat(feerate_per_kw)
+        self._success_fee = htlc_success_fee_sat(feerate_per_kw)
         self._prefix = _U32.pack(CHANNEL_TX_VERSION)
 
     def sighash(
@@ -145,24 +147,32 @@ class HtlcSighasher:
         cltv_expiry: int,
     ) -> bytes:
         if offered:
-            fee = htlc_timeout_fee_sat(self._feerate_per_kw)
+            fee = self._timeout_fee
             locktime = cltv_expiry
         else:
-            fee = htlc_success_fee_sat(self._feerate_per_kw)
+            fee = self._success_fee
             locktime = 0
         outpoint = self._txid + _U32.pack(output_index)
-        return sha256d(
-            self._prefix
-            + sha256d(outpoint)
-            + self._HASH_SEQUENCE_ZERO
-            + outpoint
-            + varbytes(witness_script)
-            + _U64.pack(htlc_amount_sat)
-            + b"\x00\x00\x00\x00"
-            + sha256d(_U64.pack(htlc_amount_sat - fee) + self._out_script)
-            + _U32.pack(locktime)
-            + self._SIGHASH_TYPE
-        )
+        return _sha256(
+            _sha256(
+                b"".join(
+                    (
+                        self._prefix,
+                        _sha256(_sha256(outpoint).digest()).digest(),  # hashPrevouts
+                        self._HASH_SEQUENCE_ZERO,
+                        outpoint,
+                        varbytes(witness_script),
+                        _U64.pack(htlc_amount_sat),
+                        b"\x00\x00\x00\x00",  # nSequence
+                        _sha256(  # hashOutputs
+                            _sha256(_U64.pack(htlc_amount_sat - fee) + self._out_script).digest()
+                        ).digest(),
+                        _U32.pack(locktime),
+                        self._SIGHASH_TYPE,
+                    )
+                )
+            ).digest()
+        ).digest()
 
 
 def second_stage_script_pubkey(
