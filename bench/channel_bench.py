@@ -13,8 +13,18 @@ What is measured, per HTLC count N in 0, 10, 100, 483:
 Beside them, coincurve's own ``PrivateKey.sign`` and ``PublicKey.verify`` rates on
 a 32-byte digest, measured in the same run. The ratio is the measured cost over
 (N + 1) raw operations: 1.0 would mean the channel code costs nothing beyond the
-signatures. The per-commitment key derivation (four EC tweaks) is included in
-the cost, not in the floor, so small N carry it visibly.
+signatures. N + 1 is the raw signature work the commitment contains: one
+signature of the commitment itself (so exactly one sign for N = 0) and one per
+untrimmed HTLC (every HTLC here is above the dust limit).
+
+The per-commitment key derivation is included in the cost, not in the floor, so
+small N carry it visibly: the revocation key (two variable-base multiplications)
+and the delayed key (one fixed-base tweak) always, the two HTLC keys (two more
+tweaks) only when an HTLC is untrimmed. Each measured commitment derives its keys
+afresh (the memo caches are cleared and each point is parsed anew). The second
+table splits the build+sign time per commitment into that derivation (timed on
+its own), the N + 1 raw signatures (at the raw rate above) and the rest (scripts,
+outputs, BIP69 sort, serialization, sighashes, call overhead).
 """
 
 from __future__ import annotations
@@ -50,6 +60,9 @@ class Figures:
     sign_ratio: float
     verify_per_s: float
     verify_ratio: float
+    derive_us: float  # key derivation of one commitment (the part build+sign pays)
+    signs_us: float  # (N + 1) raw signatures at the raw rate
+    rest_us: float  # build+sign time per commitment minus the two above
 
 
 def _rate(fn: Callable[[int], object], min_seconds: float) -> float:
@@ -173,15 +186,33 @@ def measure(n_htlcs: int, min_seconds: float, raw_sign: float, raw_verify: float
         keys.derive_revocation_pubkey.cache_clear()
         verify_one(i)
 
+    owner_bp = static.remote.basepoints
+    other_bp = static.local.basepoints
+
+    def fresh_derive(i: int) -> object:
+        keys.derive_commitment_keys.cache_clear()
+        keys.derive_pubkey.cache_clear()
+        keys.derive_revocation_pubkey.cache_clear()
+        k = keys.derive_commitment_keys(owner_bp, other_bp, remote_points[i % pool])
+        if n_htlcs:  # the HTLC keys are derived only when an HTLC output needs them
+            return (k.local_htlc_pubkey, k.remote_htlc_pubkey)
+        return k
+
     sign_rate = _rate(fresh_sign, min_seconds)
     verify_rate = _rate(fresh_verify, min_seconds)
+    derive_rate = _rate(fresh_derive, min_seconds / 2)
     ops = n_htlcs + 1
+    derive_us = 1e6 / derive_rate
+    signs_us = ops * 1e6 / raw_sign
     return Figures(
         htlcs=n_htlcs,
         sign_per_s=sign_rate,
         sign_ratio=(1 / sign_rate) / (ops / raw_sign),
         verify_per_s=verify_rate,
         verify_ratio=(1 / verify_rate) / (ops / raw_verify),
+        derive_us=derive_us,
+        signs_us=signs_us,
+        rest_us=1e6 / sign_rate - derive_us - signs_us,
     )
 
 
@@ -195,8 +226,10 @@ def main() -> None:
     print(f"coincurve raw verify: {raw_verify:10.0f} /s  ({1e6 / raw_verify:6.1f} us)")
     print()
     print(f"{'HTLCs':>5}  {'build+sign/s':>12}  {'ratio':>6}  {'build+verify/s':>14}  {'ratio':>6}")
+    figures = []
     for n in HTLC_COUNTS:
         f = measure(n, seconds, raw_sign, raw_verify)
+        figures.append(f)
         print(
             f"{f.htlcs:5d}  {f.sign_per_s:12.1f}  {f.sign_ratio:6.2f}  "
             f"{f.verify_per_s:14.1f}  {f.verify_ratio:6.2f}"
@@ -204,6 +237,15 @@ def main() -> None:
     print()
     print("ratio = measured time per commitment / ((HTLCs + 1) x raw coincurve op);")
     print("goal: build+sign ratio <= 2.0 (DESIGN.md, Performance).")
+    print()
+    print("build+sign per commitment, us:")
+    print(f"{'HTLCs':>5}  {'total':>9}  {'derive keys':>11}  {'raw signs':>9}  {'rest':>8}")
+    for f in figures:
+        print(
+            f"{f.htlcs:5d}  {1e6 / f.sign_per_s:9.1f}  {f.derive_us:11.1f}  "
+            f"{f.signs_us:9.1f}  {f.rest_us:8.1f}"
+        )
+    print("(rest: scripts, outputs, sort, serialization, sighashes, call overhead)")
 
 
 if __name__ == "__main__":
