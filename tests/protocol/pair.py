@@ -186,11 +186,17 @@ class ChannelPair:
             if p.channel.link is not LinkState.DOWN:
                 self.apply(p, p.channel.disconnected())
 
-    def reconnect(self) -> None:
+    def reconnect(self, *, exchange: bool = False) -> None:
+        """Both send channel_reestablish; with ``exchange`` both are delivered at once
+        (what they trigger, retransmissions included, stays in flight)."""
         for p in (self.a, self.b):
             if p.channel.link is LinkState.DOWN and p.channel.state not in (
                     ChannelState.FAILED, ChannelState.CLOSED):
                 self.apply(p, p.channel.reconnected())
+        if exchange:
+            for p in (self.a, self.b):
+                if p.outbox and p.outbox[0].WhichOneof("body") == "channel_reestablish":
+                    self.deliver_one(p)
 
     def restart(self, name: str) -> None:
         """Crash ``name`` and rebuild it from its last Persist only; the link drops."""
