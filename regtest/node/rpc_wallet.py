@@ -9,17 +9,11 @@ from regtest.node.errors import (
     RPC_INVALID_PARAMETER,
     RPC_METHOD_DEPRECATED,
     RPC_TYPE_ERROR,
-    RPC_VERIFY_ERROR,
-    RPC_VERIFY_REJECTED,
-    RPC_WALLET_INSUFFICIENT_FUNDS,
     NodeRpcError,
-    TxRejected,
 )
 from regtest.node.jsonfmt import with_checksum
 from regtest.node.params import btc, sat_from_btc
 from regtest.node.rpc_methods import expect
-from regtest.node.validation import txid_of
-from regtest.node.wallet import WalletError
 
 if TYPE_CHECKING:
     from regtest.node.node import Node
@@ -135,16 +129,7 @@ def sendtoaddress(
         raise NodeRpcError(RPC_TYPE_ERROR, str(exc)) from None
     if amount_sat <= 0:
         raise NodeRpcError(RPC_TYPE_ERROR, "Invalid amount for send")
-    try:
-        tx, _vout = node.wallet.create_spend(script, amount_sat)
-    except WalletError as exc:
-        raise NodeRpcError(RPC_WALLET_INSUFFICIENT_FUNDS, str(exc)) from None
-    try:
-        node.mempool.accept(tx, node.clock())
-    except TxRejected as exc:
-        code = RPC_VERIFY_ERROR if exc.missing_inputs else RPC_VERIFY_REJECTED
-        raise NodeRpcError(code, exc.text) from None
-    txid = txid_of(tx).hex()
+    txid, _vout = node.send_to_script(script, amount_sat)
     if verbose:
         return {"txid": txid, "fee_reason": "Fallback fee"}
     return txid
