@@ -75,6 +75,9 @@ class Htlc:
     onion: bytes
     add: Mark
     removal: Removal | None = None
+    # Set when a peer's add broke our local policy (protocol.rules.policy_problem): it is
+    # failed back as soon as it is irrevocably committed instead of being reported.
+    policy_failure: str = ""
 
     def as_commitment_htlc(self) -> CommitmentHtlc:
         return CommitmentHtlc(

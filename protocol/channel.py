@@ -144,7 +144,8 @@ class Channel:
         out = []
         for h in d.book.htlcs.values():
             lc, rc = h.add.local_ctn, h.add.remote_ctn
-            if (h.offered_by is REMOTE and h.removal is None and lc is not None
+            if (h.offered_by is REMOTE and h.removal is None and not h.policy_failure
+                    and lc is not None
                     and rc is not None and rc <= d.remote_oldest_ctn):
                 out.append((h.htlc_id, h.amount_msat, h.payment_hash, h.cltv_expiry))
         return out

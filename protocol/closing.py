@@ -106,7 +106,7 @@ def drained(ch: Channel) -> bool:
 
 
 def on_drained(ch: Channel) -> Step:
-    return start_negotiation(ch)
+    return start_negotiation(ch, link_up=ch.link is LinkState.UP)
 
 
 # -- fee negotiation ---------------------------------------------------------------------------
@@ -145,9 +145,9 @@ def _propose(ch: Channel, fee_sat: int) -> Step:
         channel_id=ch.channel_id, fee_satoshis=fee_sat, signature=sig)))]
 
 
-def start_negotiation(ch: Channel) -> Step:
-    """The funder opens the negotiation (again, after a reconnect)."""
-    if not ch.d.local_is_funder or ch.link is not LinkState.UP:
+def start_negotiation(ch: Channel, *, link_up: bool) -> Step:
+    """The funder opens the negotiation (again, after a reconnect: BOLT #2 restarts it)."""
+    if not ch.d.local_is_funder or not link_up:
         return []
     return _propose(ch, ideal_fee_sat(ch))
 

@@ -17,6 +17,7 @@ from channel.commitment import (
     CommitmentSignatures,
     Side,
     build_commitment,
+    commitment_fee_sat,
     finalize_holder_commitment,
     is_htlc_trimmed,
     sign_counterparty_commitment,
@@ -83,6 +84,12 @@ def verify_local(static: ChannelStatic, commitment: Commitment, signature: bytes
 def finalize_local(static: ChannelStatic, secrets: ChannelSecrets, commitment: Commitment,
                    remote_signature: bytes) -> Tx:
     return finalize_holder_commitment(static, secrets, commitment, remote_signature)
+
+
+def commitment_fee_msat(static: ChannelStatic, owner: Side, htlcs: list[Htlc],
+                        feerate_per_kw: int) -> int:
+    return 1000 * commitment_fee_sat(static, owner, [h.as_commitment_htlc() for h in htlcs],
+                                     feerate_per_kw)
 
 
 def is_trimmed(static: ChannelStatic, owner: Side, htlc: Htlc, feerate_per_kw: int) -> bool:

@@ -115,7 +115,7 @@ def on_reestablish(ch: Channel, msg: peer_pb2.ChannelReestablish, height: int) -
         step.append(Send(closing.shutdown_message(ch)))  # BOLT #2: MUST retransmit shutdown
     step += _resend_removals(ch)
     if d.state is ChannelState.NEGOTIATING:
-        step += closing.start_negotiation(ch)
+        step += closing.start_negotiation(ch, link_up=True)
     return step
 
 
@@ -145,6 +145,11 @@ def _retransmit_commitment(ch: Channel) -> Step:
 
 def _resend_removals(ch: Channel) -> Step:
     step: Step = []
+    for h in ch.d.book.htlcs.values():  # policy failures a restart left unfailed
+        rc = h.add.remote_ctn
+        if h.policy_failure and h.removal is None and rc is not None \
+                and rc <= ch.d.remote_oldest_ctn:
+            step += updates.fail_back(ch, h)
     pending, ch.resend_removals = ch.resend_removals, []
     for htlc_id, preimage, reason in pending:
         try:

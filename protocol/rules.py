@@ -83,7 +83,15 @@ def fee_bound_msat(book: Book, extra_htlcs: int = 0, feerate_per_kw: int | None 
 def add_problem(d: ChannelData, static: ChannelStatic, sender: Side, htlc_id: int,
                 amount_msat: int, payment_hash: bytes, cltv_expiry: int,
                 height: int) -> Problem | None:
-    """BOLT #2 update_add_htlc, "Requirements" (both the sending and receiving lists)."""
+    """BOLT #2 update_add_htlc, "Requirements" (both the sending and receiving lists).
+
+    The limits checked on both sides are computed on views both sides agree on (the
+    sender's own updates plus what it acknowledged: messages are ordered, so the
+    receiver has seen the same acknowledgements when the add arrives). Only the fee
+    differs: the sender checks against the fee *bound* (conservative, holds whatever
+    crosses on the wire), the receiver against the exact fee of the commitment it
+    would sign next, so an honest sender never trips the receiver's check.
+    """
     assert d.remote is not None
     receiver_cfg_min = (d.config.htlc_minimum_msat if sender is REMOTE
                         else d.remote.htlc_minimum_msat)
@@ -103,12 +111,6 @@ def add_problem(d: ChannelData, static: ChannelStatic, sender: Side, htlc_id: in
         return Problem(f"amount_msat {amount_msat} below htlc_minimum_msat {receiver_cfg_min}")
     if cltv_expiry >= CLTV_EXPIRY_LOCKTIME_THRESHOLD:
         return Problem(f"cltv_expiry {cltv_expiry} is not a block height")
-    if cltv_expiry <= height + MIN_CLTV_EXPIRY_MARGIN_BLOCKS:
-        return Problem(f"cltv_expiry {cltv_expiry} is expired or too close to height {height}",
-                       WARN)
-    if cltv_expiry > height + MAX_CLTV_EXPIRY_DELTA_BLOCKS:
-        return Problem(f"cltv_expiry {cltv_expiry} is too far beyond height {height}", WARN)
-
     view = book.view(min_view_pred(d, sender))
     offered = view.offered(sender)
     if len(offered) + 1 > max_accepted:
@@ -117,25 +119,91 @@ def add_problem(d: ChannelData, static: ChannelStatic, sender: Side, htlc_id: in
     if in_flight > max_in_flight:
         return Problem(f"{in_flight} msat in flight exceeds max_htlc_value_in_flight_msat "
                        f"{max_in_flight}")
-    fee_msat = fee_bound_msat(book, extra_htlcs=1)
-    balance_after = view.balance(sender) - amount_msat
-    needed = reserve_msat(d, sender) + (fee_msat if funder(d) is sender else 0)
-    if balance_after < needed:
-        return Problem(f"sender cannot afford {amount_msat} msat: balance {view.balance(sender)} "
-                       f"msat, needs {needed} msat of reserve and fee left")
-    if funder(d) is not sender:
-        f_side = funder(d)
-        f_balance = book.view(min_view_pred(d, f_side)).balance(f_side)
-        # Sending: BOLT #2 "SHOULD NOT offer ... if [the funder] cannot pay the fee ...
-        # while maintaining its channel reserve". Receiving: only the hard limit, the
-        # fee itself, and a warning (a race with the funder's own adds, not malice).
-        f_needed = fee_msat + (reserve_msat(d, f_side) if sender is LOCAL else 0)
-        if f_balance < f_needed:
-            return Problem(f"the funder could not pay the commitment fee with one more HTLC "
-                           f"({f_balance} < {f_needed} msat)", WARN)
     candidate = Htlc(sender, htlc_id, amount_msat, payment_hash, cltv_expiry, b"",
                      Mark(sender, 0))
-    return dust_problem(d, static, view, candidate)
+    if sender is LOCAL:
+        return (_local_affordability(d, view, amount_msat)
+                or policy_problem(d, static, candidate, height))
+    return _remote_affordability(d, static, candidate)
+
+
+def _peer_slots(d: ChannelData) -> int:
+    """How many more HTLCs the non-funder may still add without asking the funder."""
+    assert d.remote is not None
+    fundee = funder(d).other()
+    limit = d.config.max_accepted_htlcs if fundee is REMOTE else d.remote.max_accepted_htlcs
+    count = sum(1 for h in d.book.htlcs.values() if h.offered_by is fundee)
+    return max(0, limit - count)
+
+
+def _local_affordability(d: ChannelData, view: View, amount_msat: int) -> Problem | None:
+    """Our own add. As funder we keep, besides our reserve, the fee of a commitment with
+    every live HTLC, this one, and every HTLC the peer may still add, at the highest
+    feerate pending: the peer's adds cross ours on the wire and we pay for them (the
+    fee-spike problem of BOLT #2; rust-lightning keeps a similar buffer)."""
+    if funder(d) is LOCAL:
+        needed = reserve_msat(d, LOCAL) + fee_bound_msat(d.book, 1 + _peer_slots(d))
+        if view.local_msat - amount_msat < needed:
+            return Problem(f"cannot afford {amount_msat} msat: balance {view.local_msat} msat, "
+                           f"needs {needed} msat of reserve and fee headroom left")
+        return None
+    if view.local_msat - amount_msat < reserve_msat(d, LOCAL):
+        return Problem(f"cannot afford {amount_msat} msat and keep the channel reserve")
+    # BOLT #2: "SHOULD NOT offer amount_msat if ... [the funder] cannot pay the fee for the
+    # updated local or remote transaction ... while maintaining its channel reserve".
+    f_balance = d.book.view(min_view_pred(d, REMOTE)).remote_msat
+    if f_balance < reserve_msat(d, REMOTE) + fee_bound_msat(d.book, 1):
+        return Problem("the funder could not pay the commitment fee with one more HTLC")
+    return None
+
+
+def next_local_pred(d: ChannelData) -> Pred:
+    """Updates in the commitment the peer's next commitment_signed signs for us."""
+    local_ctn, oldest = d.local_ctn, d.remote_oldest_ctn
+
+    def pred(m: Mark) -> bool:
+        if m.local_ctn is not None:
+            return m.local_ctn <= local_ctn
+        return m.origin is REMOTE or (m.remote_ctn is not None and m.remote_ctn <= oldest)
+
+    return pred
+
+
+def _remote_affordability(d: ChannelData, static: ChannelStatic,
+                          candidate: Htlc) -> Problem | None:
+    """The peer's add: exact check on the commitment it will sign next (BOLT #2
+    receiving: "an amount_msat that the sending node cannot afford at the current
+    feerate_per_kw (while maintaining its channel reserve)")."""
+    from protocol.commitments import commitment_fee_msat
+
+    view = d.book.view(next_local_pred(d))
+    htlcs = [*view.htlcs, candidate]
+    fee_msat = commitment_fee_msat(static, LOCAL, htlcs, view.feerate_per_kw)
+    sender_left = view.remote_msat - candidate.amount_msat
+    needed = reserve_msat(d, REMOTE) + (fee_msat if funder(d) is REMOTE else 0)
+    if sender_left < needed:
+        return Problem(f"sender cannot afford {candidate.amount_msat} msat: "
+                       f"{view.remote_msat} msat, needs {needed} msat of reserve and fee left")
+    if funder(d) is LOCAL and view.local_msat < fee_msat:
+        return Problem("with this HTLC we (the funder) could not pay the commitment fee")
+    return None
+
+
+def policy_problem(d: ChannelData, static: ChannelStatic, htlc: Htlc,
+                   height: int) -> Problem | None:
+    """Local acceptance policy that depends on the height and the feerate, which the two
+    sides may see differently for a moment. Our own adds are refused; a peer's add that
+    breaks it is not a protocol violation (refusing a message it may already have
+    committed would loop forever through reestablish): it is accepted and failed back
+    once committed (BOLT #2: dust exposure "SHOULD fail this HTLC once it's committed";
+    BOLT #4 expiry_too_soon / expiry_too_far)."""
+    if htlc.cltv_expiry <= height + MIN_CLTV_EXPIRY_MARGIN_BLOCKS:
+        return Problem(f"cltv_expiry {htlc.cltv_expiry} is expired or too close to height "
+                       f"{height}", WARN)
+    if htlc.cltv_expiry > height + MAX_CLTV_EXPIRY_DELTA_BLOCKS:
+        return Problem(f"cltv_expiry {htlc.cltv_expiry} is too far beyond height {height}", WARN)
+    view = d.book.view(min_view_pred(d, htlc.offered_by))
+    return dust_problem(d, static, view, htlc)
 
 
 def dust_problem(d: ChannelData, static: ChannelStatic, view: View,
@@ -154,21 +222,30 @@ def dust_problem(d: ChannelData, static: ChannelStatic, view: View,
     return None
 
 
-def fee_problem(d: ChannelData, sender: Side, feerate_per_kw: int) -> Problem | None:
-    """BOLT #2 update_fee requirements."""
+def fee_problem(d: ChannelData, static: ChannelStatic, sender: Side,
+                feerate_per_kw: int) -> Problem | None:
+    """BOLT #2 update_fee: only the funder sends it; the feerate must be sane; the funder
+    must afford it (we, as funder, with the same headroom as for our adds; the peer
+    exactly, on the commitment it signs next)."""
     if funder(d) is not sender:
         return Problem("update_fee from the side that is not the funder")
     cfg = d.config
     if not cfg.min_feerate_per_kw <= feerate_per_kw <= cfg.max_feerate_per_kw:
         return Problem(f"feerate_per_kw {feerate_per_kw} outside "
-                       f"[{cfg.min_feerate_per_kw}, {cfg.max_feerate_per_kw}]", WARN)
-    balance = d.book.view(min_view_pred(d, sender)).balance(sender)
-    needed = fee_bound_msat(d.book, feerate_per_kw=feerate_per_kw)
+                       f"[{cfg.min_feerate_per_kw}, {cfg.max_feerate_per_kw}]")
     if sender is LOCAL:
-        needed += reserve_msat(d, sender)
-    if balance < needed:
-        return Problem(f"the funder cannot afford feerate_per_kw {feerate_per_kw} "
-                       f"({balance} < {needed} msat)", WARN)
+        balance = d.book.view(min_view_pred(d, LOCAL)).local_msat
+        needed = reserve_msat(d, LOCAL) + fee_bound_msat(d.book, _peer_slots(d), feerate_per_kw)
+        if balance < needed:
+            return Problem(f"cannot afford feerate_per_kw {feerate_per_kw} "
+                           f"({balance} < {needed} msat)")
+        return None
+    from protocol.commitments import commitment_fee_msat
+
+    view = d.book.view(next_local_pred(d))
+    fee_msat = commitment_fee_msat(static, LOCAL, view.htlcs, feerate_per_kw)
+    if view.remote_msat < fee_msat:
+        return Problem(f"the funder cannot afford feerate_per_kw {feerate_per_kw}")
     return None
 
 

@@ -113,7 +113,7 @@ def _htlc(h: Htlc) -> dict[str, Any]:
     return {
         "offered_by": h.offered_by.value, "htlc_id": h.htlc_id, "amount_msat": h.amount_msat,
         "payment_hash": h.payment_hash.hex(), "cltv_expiry": h.cltv_expiry,
-        "onion": h.onion.hex(), "add": _mark(h.add),
+        "onion": h.onion.hex(), "add": _mark(h.add), "policy_failure": h.policy_failure,
         "removal": None if r is None else {
             "mark": _mark(r.mark), "preimage": _b(r.preimage), "reason": r.reason.hex(),
         },
@@ -126,6 +126,7 @@ def _uhtlc(x: dict[str, Any]) -> Htlc:
         Side(x["offered_by"]), int(x["htlc_id"]), int(x["amount_msat"]), _ub(x["payment_hash"]),
         int(x["cltv_expiry"]), _ub(x["onion"]), _umark(x["add"]),
         None if r is None else Removal(_umark(r["mark"]), _uob(r["preimage"]), _ub(r["reason"])),
+        str(x["policy_failure"]),
     )
 
 

@@ -128,6 +128,8 @@ def _build() -> dict[tuple[ChannelState, Event], ChannelState]:
         # A retransmitted channel_ready after reconnect is redundant (BOLT #2: "MUST
         # ignore any redundant channel_ready it receives").
         (S.NORMAL, E.RECV_CHANNEL_READY): S.NORMAL,
+        (S.SHUTDOWN, E.RECV_CHANNEL_READY): S.SHUTDOWN,
+        (S.NEGOTIATING, E.RECV_CHANNEL_READY): S.NEGOTIATING,
         (S.NORMAL, E.CMD_FUNDING_CONFIRMED): S.NORMAL,
         # Normal operation.
         (S.NORMAL, E.RECV_UPDATE_ADD_HTLC): S.NORMAL,

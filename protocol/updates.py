@@ -79,7 +79,7 @@ def cmd_settle(ch: Channel, htlc_id: int, preimage: bytes | None, reason: bytes)
 
 
 def cmd_fee(ch: Channel, feerate_per_kw: int) -> Step:
-    _local(rules.fee_problem(ch.d, LOCAL, feerate_per_kw))
+    _local(rules.fee_problem(ch.d, ch.static, LOCAL, feerate_per_kw))
     ch.d.book.update_fee(LOCAL, feerate_per_kw)
     return [Send(fee_message(ch, feerate_per_kw))]
 
@@ -124,8 +124,11 @@ def on_add(ch: Channel, msg: peer_pb2.UpdateAddHtlc, height: int) -> Step:
         raise RemoteProtocolError("update_add_htlc after the peer's shutdown")
     _remote(rules.add_problem(d, ch.static, REMOTE, msg.id, msg.amount_msat, msg.payment_hash,
                               msg.cltv_expiry, height))
-    d.book.add_htlc(REMOTE, msg.amount_msat, msg.payment_hash, msg.cltv_expiry,
-                    msg.onion_routing_packet)
+    h = d.book.add_htlc(REMOTE, msg.amount_msat, msg.payment_hash, msg.cltv_expiry,
+                        msg.onion_routing_packet)
+    policy = rules.policy_problem(d, ch.static, h, height)
+    if policy is not None:
+        h.policy_failure = policy.message
     return []
 
 
@@ -149,7 +152,7 @@ def on_fail(ch: Channel, msg: peer_pb2.UpdateFailHtlc, height: int) -> Step:
 
 
 def on_fee(ch: Channel, msg: peer_pb2.UpdateFee, height: int) -> Step:
-    _remote(rules.fee_problem(ch.d, REMOTE, msg.feerate_per_kw))
+    _remote(rules.fee_problem(ch.d, ch.static, REMOTE, msg.feerate_per_kw))
     ch.d.book.update_fee(REMOTE, msg.feerate_per_kw)
     return []
 
@@ -216,12 +219,23 @@ def on_revoke_and_ack(ch: Channel, msg: peer_pb2.RevokeAndAck, height: int) -> S
     txid = d.remote_commit_txids.pop(revoked, None)
     if txid is not None:
         step.append(Watch("revoked_commitment", txid, commitment_number=revoked))
-    for h in d.book.htlcs.values():
+    for h in list(d.book.htlcs.values()):
         if h.offered_by is REMOTE and h.add.remote_ctn == d.remote_oldest_ctn:
-            step.append(HtlcReceived(h.htlc_id, h.amount_msat, h.payment_hash, h.cltv_expiry,
-                                     h.onion))
+            if h.policy_failure:
+                step += fail_back(ch, h)
+            else:
+                step.append(HtlcReceived(h.htlc_id, h.amount_msat, h.payment_hash,
+                                         h.cltv_expiry, h.onion))
     step.extend(_prune(ch))
     return step
+
+
+def fail_back(ch: Channel, h: Htlc) -> Step:
+    """Fail a peer's HTLC that broke our policy, now that it is irrevocably committed."""
+    if h.removal is not None:
+        return []
+    ch.d.book.remove_htlc(h, None, h.policy_failure.encode())
+    return [Send(removal_message(ch, h))]
 
 
 def _prune(ch: Channel) -> Step:

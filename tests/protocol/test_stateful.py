@@ -26,7 +26,7 @@ from tests.protocol.pair import ChannelPair, hash_of, preimage_of
 SIDES = st.sampled_from(["a", "b"])
 # Dust (trimmed), small, medium, large HTLCs.
 AMOUNTS = st.sampled_from([700_000, 1_000_000, 3_000_000, 20_000_000, 90_000_000])
-FEERATES = st.sampled_from([253, 750, 1000, 2000, 4000])
+FEERATES = st.sampled_from([253, 750, 1000, 2000, 4000, 12000])
 CONFIG = LocalConfig(max_accepted_htlcs=12, channel_reserve_sat=10_000,
                      max_dust_htlc_exposure_msat=5_000_000)
 
@@ -48,7 +48,7 @@ class ChannelSchedules(RuleBasedStateMachine):
         except LocalProtocolError:
             assert p.channel.snapshot() == before, "refused command changed the state"
 
-    @rule(side=SIDES, amount=AMOUNTS, cltv=st.integers(10, 200))
+    @rule(side=SIDES, amount=AMOUNTS, cltv=st.integers(1, 200))
     def add(self, side: str, amount: int, cltv: int) -> None:
         self.counter += 1
         pre = preimage_of(self.counter)
@@ -56,7 +56,7 @@ class ChannelSchedules(RuleBasedStateMachine):
         self._command(side, lambda c: c.add_htlc(amount, hash_of(pre), self.pair.height + cltv,
                                                  height=self.pair.height))
 
-    @rule(side=SIDES, amount=AMOUNTS, cltv=st.integers(10, 200))
+    @rule(side=SIDES, amount=AMOUNTS, cltv=st.integers(1, 200))
     def add_another(self, side: str, amount: int, cltv: int) -> None:
         self.add(side, amount, cltv)  # a second rule doubles the weight of adds
 
@@ -80,6 +80,12 @@ class ChannelSchedules(RuleBasedStateMachine):
     @rule(feerate=FEERATES)
     def update_fee(self, feerate: int) -> None:
         self._command("a", lambda c: c.update_fee(feerate))
+
+    @rule(blocks=st.integers(1, 6))
+    def mine(self, blocks: int) -> None:
+        """Time passes: HTLCs added at the old height may arrive too close to expiry and
+        are then failed back (policy), never refused."""
+        self.pair.height += blocks
 
     @rule(side=SIDES)
     def commit(self, side: str) -> None:
