@@ -124,9 +124,11 @@ def on_add(ch: Channel, msg: peer_pb2.UpdateAddHtlc, height: int) -> Step:
         raise RemoteProtocolError("update_add_htlc after the peer's shutdown")
     _remote(rules.add_problem(d, ch.static, REMOTE, msg.id, msg.amount_msat, msg.payment_hash,
                               msg.cltv_expiry, height))
+    candidate = Htlc(REMOTE, msg.id, msg.amount_msat, msg.payment_hash, msg.cltv_expiry,
+                     b"", Mark(REMOTE, 0))
+    policy = rules.policy_problem(d, ch.static, candidate, height)
     h = d.book.add_htlc(REMOTE, msg.amount_msat, msg.payment_hash, msg.cltv_expiry,
                         msg.onion_routing_packet)
-    policy = rules.policy_problem(d, ch.static, h, height)
     if policy is not None:
         h.policy_failure = policy.message
     return []
