@@ -72,11 +72,12 @@ def cmd_shutdown(ch: Channel) -> Step:
     return [PERSIST, Send(shutdown_message(ch))]
 
 
-def reply_shutdown_if_due(ch: Channel) -> Step:
+def reply_shutdown_if_due(ch: Channel, *, link_up: bool | None = None) -> Step:
     """Our shutdown answering the peer's, once our own updates are all committed."""
     d = ch.d
+    up = ch.link is LinkState.UP if link_up is None else link_up
     if (d.remote_shutdown_script is None or d.local_shutdown_script is not None
-            or _our_updates_pending(ch) or ch.link is not LinkState.UP):
+            or _our_updates_pending(ch) or not up):
         return []
     d.local_shutdown_script = d.close_script
     return [PERSIST, Send(shutdown_message(ch))]

@@ -113,6 +113,8 @@ def on_reestablish(ch: Channel, msg: peer_pb2.ChannelReestablish, height: int) -
         step += revoke_part + commit_part
     if d.local_shutdown_script is not None:
         step.append(Send(closing.shutdown_message(ch)))  # BOLT #2: MUST retransmit shutdown
+    else:  # a shutdown we owed while our updates were pending: they are gone now
+        step += closing.reply_shutdown_if_due(ch, link_up=True)
     step += _resend_removals(ch)
     if d.state is ChannelState.NEGOTIATING:
         step += closing.start_negotiation(ch, link_up=True)

@@ -134,6 +134,9 @@ def _build() -> dict[tuple[ChannelState, Event], ChannelState]:
         # Normal operation.
         (S.NORMAL, E.RECV_UPDATE_ADD_HTLC): S.NORMAL,
         (S.NORMAL, E.CMD_ADD_HTLC): S.NORMAL,
+        # After OUR shutdown the peer may still add until its own shutdown reaches us
+        # (BOLT #2: only the shutdown's *sender* "MUST NOT send update_add_htlc").
+        (S.SHUTDOWN, E.RECV_UPDATE_ADD_HTLC): S.SHUTDOWN,
         # Close: shutdown either way; SHUTDOWN -> NEGOTIATING is triggered.
         (S.NORMAL, E.CMD_SHUTDOWN): S.SHUTDOWN,
         (S.NORMAL, E.RECV_SHUTDOWN): S.SHUTDOWN,
