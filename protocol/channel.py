@@ -68,6 +68,18 @@ class Channel:
         # Removals (fulfill/fail) of ours a disconnect reverted, re-sent after reestablish.
         self.resend_removals: list[tuple[int, bytes | None, bytes]] = []
         self.reported_preimages: set[int] = set()
+        self._points: dict[int, bytes] = {}  # recent per-commitment points (hot path)
+
+    def local_point(self, commitment_number: int) -> bytes:
+        """Our per-commitment point, memoised: each is needed several times in a row
+        (build, sign, revoke_and_ack) and derives through 48 shachain steps."""
+        point = self._points.get(commitment_number)
+        if point is None:
+            if len(self._points) > 8:
+                self._points.clear()
+            point = self._points[commitment_number] = self.secrets.per_commitment_point(
+                commitment_number)
+        return point
 
     # -- construction ---------------------------------------------------------------------
 
@@ -123,7 +135,7 @@ class Channel:
     def build_local(self, commitment_number: int, view: View | None = None) -> Commitment:
         v = self.view_of(LOCAL, commitment_number) if view is None else view
         return commitments.build(self.static, LOCAL, commitment_number,
-                                 self.secrets.per_commitment_point(commitment_number), v)
+                                 self.local_point(commitment_number), v)
 
     def build_remote(self, commitment_number: int, view: View | None = None) -> Commitment:
         d = self.d

@@ -49,7 +49,7 @@ def _our_params(ch: Channel) -> dict[str, object]:
         payment_basepoint=bp.payment_basepoint,
         delayed_payment_basepoint=bp.delayed_payment_basepoint,
         htlc_basepoint=bp.htlc_basepoint,
-        first_per_commitment_point=ch.secrets.per_commitment_point(0),
+        first_per_commitment_point=ch.local_point(0),
     )
 
 
@@ -189,7 +189,7 @@ def on_funding_signed(ch: Channel, msg: peer_pb2.FundingSigned, height: int) -> 
 
 def ready_message(ch: Channel) -> peer_pb2.PeerMessage:
     return wrap(channel_ready=peer_pb2.ChannelReady(
-        channel_id=ch.channel_id, second_per_commitment_point=ch.secrets.per_commitment_point(1)))
+        channel_id=ch.channel_id, second_per_commitment_point=ch.local_point(1)))
 
 
 def cmd_funding_confirmed(ch: Channel) -> Step:

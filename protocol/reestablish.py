@@ -66,7 +66,7 @@ def cmd_reconnected(ch: Channel) -> Step:
         next_commitment_number=d.local_ctn + 1,
         next_revocation_number=d.remote_oldest_ctn,
         your_last_per_commitment_secret=last_secret,
-        my_current_per_commitment_point=ch.secrets.per_commitment_point(d.local_ctn))))]
+        my_current_per_commitment_point=ch.local_point(d.local_ctn))))]
 
 
 def on_reestablish(ch: Channel, msg: peer_pb2.ChannelReestablish, height: int) -> Step:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from channel.commitment import Side
@@ -135,13 +136,22 @@ def _basepoints(b: Basepoints) -> list[str]:
             b.delayed_payment_basepoint.hex(), b.htlc_basepoint.hex()]
 
 
+@lru_cache(maxsize=64)
+def _config_items(cfg: LocalConfig) -> tuple[tuple[str, Any], ...]:
+    return tuple((f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg))
+
+
+def _config_dict(cfg: LocalConfig) -> dict[str, Any]:
+    return dict(_config_items(cfg))  # (asdict deep-copies: slow on the hot path)
+
+
 def to_snapshot(d: ChannelData) -> dict[str, Any]:
     """The plain, JSON-ready form of ``d`` (see the module docstring)."""
     r = d.remote
     book = d.book
     return {
         "version": SNAPSHOT_VERSION,
-        "config": dataclasses.asdict(d.config),
+        "config": _config_dict(d.config),
         "channel_seed": d.channel_seed.hex(),
         "local_is_funder": d.local_is_funder,
         "temporary_channel_id": d.temporary_channel_id.hex(),

@@ -193,7 +193,7 @@ def revoke_message(ch: Channel) -> peer_pb2.PeerMessage:
     return wrap(revoke_and_ack=peer_pb2.RevokeAndAck(
         channel_id=ch.channel_id,
         per_commitment_secret=ch.secrets.per_commitment_secret(n - 1),
-        next_per_commitment_point=ch.secrets.per_commitment_point(n + 1)))
+        next_per_commitment_point=ch.local_point(n + 1)))
 
 
 def on_revoke_and_ack(ch: Channel, msg: peer_pb2.RevokeAndAck, height: int) -> Step:
