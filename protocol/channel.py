@@ -122,6 +122,14 @@ class Channel:
             self._static = commitments.make_static(self.d, self.secrets)
         return self._static
 
+    @property
+    def minimum_depth(self) -> int:
+        """Confirmations to wait before ``funding_confirmed()``: the fundee's demand."""
+        d = self.d
+        if d.local_is_funder:
+            return d.remote.minimum_depth if d.remote is not None else 0
+        return d.config.minimum_depth
+
     def snapshot(self) -> dict[str, Any]:
         return to_snapshot(self.d)
 

@@ -173,9 +173,23 @@ class ChannelSchedules(RuleBasedStateMachine):
             assert p.channel.state is ChannelState.NORMAL, p.channel.state
 
     def teardown(self) -> None:
-        self.pair.settle()
-        self.pair.check_same_commitments()
-        self.pair.check_invariants()
+        pair = self.pair
+        pair.settle()
+        pair.check_same_commitments()
+        pair.check_invariants()
+        # Whatever the history, the channel then closes cooperatively: resolve every HTLC,
+        # shut down, negotiate, and both publish the same closing transaction.
+        pair.do("b", lambda c: c.shutdown())
+        for _ in range(20):
+            for p in (pair.a, pair.b):
+                for htlc_id, _, payment_hash, _ in p.channel.received_htlcs():
+                    pre = self.preimages[payment_hash]
+                    pair.do(p.name, lambda c, i=htlc_id, pre=pre: c.fulfill_htlc(i, pre))
+            pair.settle()
+            if pair.a.channel.state is ChannelState.CLOSED:
+                break
+        assert pair.a.channel.state is ChannelState.CLOSED is pair.b.channel.state
+        assert pair.a.broadcasts[-1].raw_tx == pair.b.broadcasts[-1].raw_tx
 
 
 TestChannelSchedules = ChannelSchedules.TestCase
