@@ -32,7 +32,7 @@ from channel.keys import ChannelSecrets
 from channel.shachain import RevocationStore
 from proto import peer_pb2
 from protocol import closing, commitments, opening, reestablish, updates
-from protocol.actions import Action, Broadcast, ChannelFailed, Persist, Send
+from protocol.actions import Action, Broadcast, ChannelFailed, HtlcFailed, Persist, Send
 from protocol.book import LOCAL, REMOTE, Book, Mark, View, in_commitment
 from protocol.config import LocalConfig
 from protocol.errors import Disposition, LocalProtocolError, RemoteProtocolError
@@ -68,6 +68,7 @@ class Channel:
         # Removals (fulfill/fail) of ours a disconnect reverted, re-sent after reestablish.
         self.resend_removals: list[tuple[int, bytes | None, bytes]] = []
         self.reported_preimages: set[int] = set()
+        self.pending_events: list[Action] = []
         self._points: dict[int, bytes] = {}  # recent per-commitment points (hot path)
 
     def local_point(self, commitment_number: int) -> bytes:
@@ -102,7 +103,11 @@ class Channel:
         """Rebuild from the latest persisted snapshot. The channel is disconnected (call
         ``reconnected()`` when a link is up); updates no commitment covered are gone."""
         ch = cls(from_snapshot(snapshot), LinkState.DOWN)
-        ch.d.book.revert_uncommitted()
+        dropped = ch.d.book.revert_uncommitted()
+        # Reported by the first reconnected(), like a disconnect would have.
+        ch.pending_events = [HtlcFailed(h.htlc_id, h.payment_hash,
+                                        local_reason="restarted before the HTLC was committed")
+                             for h in dropped]
         ch.d.closing_fee_sent_sat = ch.d.closing_fee_received_sat = None
         return ch
 

@@ -59,14 +59,17 @@ def on_disconnected(ch: Channel) -> Step:
 
 def cmd_reconnected(ch: Channel) -> Step:
     d = ch.d
+    events: Step = list(ch.pending_events)
+    ch.pending_events = []
     last_secret = (ch.revocations.get_commitment_secret(d.remote_oldest_ctn - 1)
                    if d.remote_oldest_ctn > 0 else ZERO32)
-    return [Send(wrap(channel_reestablish=peer_pb2.ChannelReestablish(
+    return [*events, Send(wrap(channel_reestablish=peer_pb2.ChannelReestablish(
         channel_id=ch.channel_id,
         next_commitment_number=d.local_ctn + 1,
         next_revocation_number=d.remote_oldest_ctn,
         your_last_per_commitment_secret=last_secret,
         my_current_per_commitment_point=ch.local_point(d.local_ctn))))]
+
 
 
 def on_reestablish(ch: Channel, msg: peer_pb2.ChannelReestablish, height: int) -> Step:

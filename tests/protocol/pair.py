@@ -201,7 +201,11 @@ class ChannelPair:
     def restart(self, name: str) -> None:
         """Crash ``name`` and rebuild it from its last Persist only; the link drops."""
         p = self.party(name)
-        self.disconnect()
+        q = self.other(p)
+        p.outbox.clear()
+        q.outbox.clear()
+        if q.channel.link is not LinkState.DOWN:  # the survivor sees the link drop
+            self.apply(q, q.channel.disconnected())
         assert p.persisted is not None
         p.channel = Channel.restore(copy.deepcopy(p.persisted))
         assert p.channel.d.local_ctn > p.max_revoked

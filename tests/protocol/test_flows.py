@@ -340,3 +340,17 @@ def test_warning_is_reported_and_changes_nothing() -> None:
 
 def test_hash_helpers() -> None:
     assert hash_of(preimage_of(1)) != hash_of(preimage_of(2))
+
+
+def test_restart_reports_adds_that_were_never_committed() -> None:
+    pair = ChannelPair()
+    pair.add("b", 1_000_000, 1)
+    pair.do("b", lambda c: c.commit())  # persisted with the add committed ...
+    pair.add("b", 2_000_000, 2)
+    pair.deliver_all()  # ... a's commitment_signed makes b persist the second, uncommitted
+    pair.restart("b")
+    pair.reconnect()
+    dropped = [e for e in pair.b.events if isinstance(e, HtlcFailed) and e.local_reason]
+    assert [e.htlc_id for e in dropped] == [1]
+    pair.settle()
+    pair.check_same_commitments()
