@@ -7,8 +7,16 @@ How a driver (hub or client) uses it::
     actions = ch.open(funding_sat=..., push_msat=..., feerate_per_kw=...)
     actions = ch.handle(peer_message, height=current_height)         # every received message
     actions = ch.add_htlc(amount_msat, payment_hash, cltv_expiry, height=h)   # commands...
-    actions = ch.commit()
+    actions = ch.commit()                 # when ch.can_commit(): batches every pending update
+    ch.disconnected(); ch.reconnected()   # link down / up: channel_reestablish does the rest
     ch = Channel.restore(last_persisted_snapshot)                    # after a restart
+    ch.received_htlcs()                   # after a restart: peer HTLCs still to settle
+
+Driver loop, per returned action in order: ``Persist`` -> write durably (group commit
+is fine) before executing anything after it; ``Send`` -> queue on the peer link (a
+frame may batch several); ``Broadcast``/``Watch`` -> chain; events -> application.
+On ``RemoteProtocolError``: IGNORE -> drop the message; WARN -> send ``warning``,
+``disconnected()``, reconnect later; CLOSE -> ``fail(exc.message)``.
 
 Every call returns a list of actions (``protocol.actions``) to execute in order, or
 raises ``LocalProtocolError`` (a refused command) / ``RemoteProtocolError`` (a refused
