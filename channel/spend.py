@@ -6,7 +6,8 @@ unlocked by one signature plus a few fixed witness items (``1`` for the revocati
 branch of to_local, the revocation pubkey for an HTLC, a preimage, an empty item),
 into one output we choose. ``SpendableOutput`` describes one such input; the fee
 comes from the transaction's weight with the largest DER signature (72 bytes plus
-the sighash byte), so the real fee rate is never below the one asked for. All
+the sighash byte), rounded up to a whole satoshi, so the real fee rate is never
+below the one asked for. All
 inputs are signed with SIGHASH_ALL over one ``Bip143Precomputed``.
 """
 
@@ -69,7 +70,7 @@ def build_spend_tx(
     )
     for txin, o in zip(tx.inputs, outputs, strict=True):
         txin.witness = [b"\x00" * MAX_WITNESS_SIGNATURE_SIZE, *o.witness_suffix]
-    fee_sat = feerate_per_kw * tx.weight() // 1000
+    fee_sat = -(-feerate_per_kw * tx.weight() // 1000)  # rounded up: never below the rate
     amount_sat = total_sat - fee_sat
     if amount_sat < dust_limit_sat:
         raise TransactionError(
