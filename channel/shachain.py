@@ -72,8 +72,9 @@ class _Known:
 class RevocationStore:
     """The compact store of the per-commitment secrets a peer has revealed.
 
-    Secrets must arrive in order of decreasing index (increasing commitment
-    number), which is the order revoke_and_ack delivers them. The store is mutable
+    Secrets must arrive one by one in order of decreasing index (increasing
+    commitment number), which is the order revoke_and_ack delivers them; any
+    other index is refused. The store is mutable
     but validates before it mutates: a refused secret leaves it unchanged.
     """
 
@@ -90,6 +91,14 @@ class RevocationStore:
             raise ShachainError("a per-commitment secret is 32 bytes")
         if not 0 <= index <= MAX_INDEX:
             raise ShachainError("index out of range")
+        lowest = self.lowest_index()
+        if lowest is not None and index != lowest - 1:
+            # One secret per revocation, in order: a replay of an older index could
+            # overwrite a bucket-0 secret unchecked, and a skipped index leaves a
+            # commitment whose secret nothing derives.
+            raise ShachainError(
+                f"secret for index {index} out of order: expected index {lowest - 1}"
+            )
         bucket = _bucket(index)
         for b in range(bucket):
             known = self._known[b]

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+
 from channel import scripts
-from channel.keys import pubkey_from_secret
+from channel.errors import ShachainError
+from channel.keys import ChannelSecrets, pubkey_from_secret
+from channel.shachain import RevocationStore
 from channel.spend import SpendableOutput, build_spend_tx
 from channel.tx import OutPoint
 
@@ -27,3 +31,25 @@ def test_claim_fee_is_never_below_the_requested_feerate() -> None:
             tx = build_spend_tx([spend], dest, feerate)
             fee = spend.amount_sat - tx.outputs[0].amount_sat
             assert fee * 1000 >= feerate * tx.weight(), (i, feerate, fee, tx.weight())
+
+
+def test_revocation_store_refuses_a_secret_at_a_wrong_index() -> None:
+    peer = ChannelSecrets.from_seed(b"\x05" * 32)
+    store = RevocationStore()
+    for n in range(4):
+        store.add_commitment_secret(n, peer.per_commitment_secret(n))
+    before = store.to_bytes()
+    # Replaying an already revoked commitment with a forged secret (an odd index:
+    # nothing below it to check against) must not overwrite what we hold.
+    with pytest.raises(ShachainError):
+        store.add_commitment_secret(2, b"\x66" * 32)
+    # Secrets arrive one commitment at a time: skipping one leaves a secret that no
+    # stored one derives (and may evict one that nothing else derives).
+    with pytest.raises(ShachainError):
+        store.add_commitment_secret(6, peer.per_commitment_secret(6))
+    with pytest.raises(ShachainError):
+        store.add_commitment_secret(0, peer.per_commitment_secret(0))
+    assert store.to_bytes() == before
+    assert all(store.get_commitment_secret(n) == peer.per_commitment_secret(n) for n in range(4))
+    store.add_commitment_secret(4, peer.per_commitment_secret(4))
+    assert store.get_commitment_secret(4) == peer.per_commitment_secret(4)
