@@ -1,17 +1,24 @@
 """`make demo`: the story Chanhub can tell today, on the embedded defaults.
 
-It starts the regtest node as a separate process (as an operator would, through
-the harness), then, over bitcoind's JSON-RPC with the client the hub uses:
-mines the faucet's first coins, funds Alice's address, confirms it, has Alice
-pay Bob with a transaction signed here (not by the node's wallet), confirms
-that, shows the node refusing a double spend of Alice's coin, and prints
-heights and balances along the way. Later issues add the hub, clients, channels,
-payments, a refund and the three ways a channel ends.
+Act 1, the chain. It starts the regtest node as a separate process (as an
+operator would, through the harness), then, over bitcoind's JSON-RPC with the
+client the hub uses: mines the faucet's first coins, funds Alice's address,
+confirms it, has Alice pay Bob with a transaction signed here (not by the node's
+wallet), confirms that, shows the node refusing a double spend of Alice's coin,
+and prints heights and balances along the way.
+
+Act 2, channels. Alice and Bob open channels directly with each other
+(`regtest.twoparty`: two protocol/ state machines in this process, every
+transaction judged by the node): payments off-chain, then the three ways a
+channel ends: a cooperative close, a force close with the delayed sweep, and a
+breach punished by a penalty. Later issues put the hub between them, with gRPC,
+clients, invoices and a refund.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import shutil
 import sys
@@ -25,10 +32,14 @@ from channel.chain import BitcoinRpc, RpcError, sat_to_btc
 from channel.keys import pubkey_from_secret
 from channel.scripts import hash160, p2wpkh, p2wpkh_script_code
 from channel.spend import SpendableOutput, build_spend_tx
-from channel.tx import OutPoint
+from channel.tx import OutPoint, Tx
+from protocol import Broadcast, Channel
 from regtest.harness import NodeEndpoint, free_port, start_node, stop_node
+from regtest.twoparty import TwoPartyChannel
 
 FEERATE_PER_KW = 2_500  # 10 sat/vB: comfortably above the node's relay minimum
+CHANNEL_SAT = 1_000_000
+TO_SELF_DELAY = 6  # blocks; short so the demo mines little (real channels use ~144)
 
 
 class DemoKey:
@@ -119,9 +130,77 @@ async def story(endpoint: NodeEndpoint) -> None:
             raise AssertionError("the node accepted a double spend")
 
         say(
-            f"final: height {await rpc.getblockcount()}, tip {await rpc.getbestblockhash()}, "
+            f"chain: height {await rpc.getblockcount()}, tip {await rpc.getbestblockhash()}, "
             f"faucet {sat_to_btc(await rpc.getbalance_sat())} BTC"
         )
+        await channel_story(rpc)
+
+
+def show_balances(pair: TwoPartyChannel) -> str:
+    alice_msat, bob_msat = pair.balances_msat()
+    return f"Alice {alice_msat // 1000:,} sat, Bob {bob_msat // 1000:,} sat"
+
+
+async def channel_story(rpc: BitcoinRpc) -> None:
+    say("\n-- channels: Alice (funder, payer) and Bob (payee) --")
+    coop = TwoPartyChannel(rpc, label="demo coop")
+    funding_tx = await coop.open(CHANNEL_SAT)
+    say(f"channel 1 open: {CHANNEL_SAT:,} sat in 2-of-2 output {funding_tx.txid_hex()}:0")
+    for number, amount_sat in enumerate((120_000, 30_000, 5_000), start=1):
+        coop.pay(amount_sat * 1000, f"demo {number}")
+        say(f"  off-chain payment {number}: {amount_sat:,} sat -> {show_balances(coop)}")
+    closing_tx, fee_sat = await coop.cooperative_close()
+    say(
+        f"  cooperative close {closing_tx.txid_hex()} confirmed: Bob gets "
+        f"{value_to(closing_tx, coop.b.close_script):,} sat, Alice "
+        f"{value_to(closing_tx, coop.a.close_script):,} sat (she paid the {fee_sat} sat fee)"
+    )
+
+    force = TwoPartyChannel(rpc, label="demo force", to_self_delay=TO_SELF_DELAY)
+    await force.open(CHANNEL_SAT)
+    force.pay(200_000_000, "demo force")
+    say(f"channel 2 open and paid: {show_balances(force)}")
+    commitment_tx = await force.force_close(force.a, "Bob stopped answering")
+    say(f"  Alice force-closes: her commitment {commitment_tx.txid_hex()} confirmed")
+    bob_sweep = force.sweep_to_remote(force.b, commitment_tx)
+    await force.broadcast(bob_sweep)
+    say(f"  Bob sweeps his {bob_sweep.outputs[0].amount_sat:,} sat at once")
+    alice_sweep = force.sweep_to_local(force.a, commitment_tx)
+    try:
+        await force.broadcast(alice_sweep)
+    except RpcError as refusal:
+        say(f"  Alice's sweep before {TO_SELF_DELAY} blocks: refused ({refusal.message})")
+    await force.mine(TO_SELF_DELAY - 1)
+    await force.broadcast(alice_sweep)
+    await force.mine(1)
+    say(f"  after {TO_SELF_DELAY} blocks Alice sweeps {alice_sweep.outputs[0].amount_sat:,} sat")
+
+    breach = TwoPartyChannel(rpc, label="demo breach", to_self_delay=TO_SELF_DELAY)
+    await breach.open(CHANNEL_SAT)
+    breach.pay(100_000_000, "demo breach 1")
+    backup = copy.deepcopy(breach.a.snapshots[-1])
+    breach.pay(600_000_000, "demo breach 2")
+    say(f"channel 3 open and paid: {show_balances(breach)}; Alice kept an old backup")
+    cheater = Channel.restore(backup)
+    revoked = next(a for a in cheater.fail("restored a backup") if isinstance(a, Broadcast))
+    revoked_tx = Tx.parse(revoked.raw_tx)
+    await breach.broadcast(revoked_tx)
+    await breach.mine(1)
+    say(f"  Alice publishes her revoked commitment {revoked_tx.txid_hex()} (it confirms)")
+    penalty = breach.penalty(breach.b, revoked_tx)
+    await breach.broadcast(penalty)
+    bob_own = breach.sweep_to_remote(breach.b, revoked_tx)
+    await breach.broadcast(bob_own)
+    await breach.mine(1)
+    say(
+        f"  Bob punishes: penalty takes Alice's {penalty.outputs[0].amount_sat:,} sat, "
+        f"plus his own {bob_own.outputs[0].amount_sat:,} sat; Alice keeps nothing"
+    )
+    say(f"chain: height {await rpc.getblockcount()}")
+
+
+def value_to(tx: Tx, script_pubkey: bytes) -> int:
+    return sum(out.amount_sat for out in tx.outputs if out.script_pubkey == script_pubkey)
 
 
 def main(argv: list[str] | None = None) -> int:
