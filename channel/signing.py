@@ -11,6 +11,8 @@ throughput (DESIGN.md "Performance"), so everything around it must be small:
   byte for byte; libsecp256k1 always produces low-S.
 - Public keys are parsed once and kept in an LRU cache keyed by their 33 bytes;
   a channel verifies against the same few keys over and over.
+- Secret-side derivations (``scalar_add``, ``scalar_mul_add``) run in libsecp256k1's
+  constant-time scalar code, never in Python integers.
 - The BOLT #3 key derivations (keys.py) run on parsed ``secp256k1_pubkey``
   structs through the same binding: ``tweak_add_pubkey`` sums ``t*G`` from a
   fixed-base table of G in one ``ec_pubkey_combine`` (see ``_g_table``), cheaper
@@ -189,14 +191,40 @@ def compact_signature(der: bytes) -> bytes:
     return parts[0] + parts[1]
 
 
+def _secret_buffer(secret: bytes) -> Any:
+    if len(secret) != 32:
+        raise ValueError("a secret is 32 bytes")
+    buf = ffi.new("unsigned char[32]")
+    ffi.memmove(buf, secret, 32)
+    return buf
+
+
 def scalar_add(a: bytes, b: bytes) -> bytes:
-    """(a + b) mod n as 32 bytes: private-key tweaking for BOLT #3 derivation."""
-    return ((int.from_bytes(a, "big") + int.from_bytes(b, "big")) % _N).to_bytes(32, "big")
+    """(a + b) mod n as 32 bytes: private-key tweaking for BOLT #3 derivation.
+
+    ``a`` is a secret: the sum runs in libsecp256k1's constant-time scalar code
+    (``ec_seckey_tweak_add``), not in Python's variable-time integers. ValueError
+    if ``a`` is not a valid secret, ``b`` is not below n, or the sum is zero.
+    """
+    out = _secret_buffer(a)
+    if len(b) != 32 or not lib.secp256k1_ec_seckey_tweak_add(_CTX, out, b):
+        raise ValueError("invalid secret, tweak out of range or zero sum")
+    return bytes(ffi.buffer(out, 32))
 
 
 def scalar_mul_add(a: bytes, x: bytes, b: bytes, y: bytes) -> bytes:
-    """(a*x + b*y) mod n as 32 bytes (revocation private key)."""
-    value = int.from_bytes(a, "big") * int.from_bytes(x, "big") + int.from_bytes(
-        b, "big"
-    ) * int.from_bytes(y, "big")
-    return (value % _N).to_bytes(32, "big")
+    """(a*x + b*y) mod n as 32 bytes (revocation private key), for secrets ``a``,
+    ``b`` and public factors ``x``, ``y``; constant time (libsecp256k1's
+    ``ec_seckey_tweak_mul``/``tweak_add``). ValueError on an invalid secret, a
+    factor that is zero or not below n, or a zero result."""
+    ax = _secret_buffer(a)
+    by = _secret_buffer(b)
+    if not (
+        len(x) == 32
+        and len(y) == 32
+        and lib.secp256k1_ec_seckey_tweak_mul(_CTX, ax, x)
+        and lib.secp256k1_ec_seckey_tweak_mul(_CTX, by, y)
+        and lib.secp256k1_ec_seckey_tweak_add(_CTX, ax, bytes(ffi.buffer(by, 32)))
+    ):
+        raise ValueError("invalid secret or factor, or zero result")
+    return bytes(ffi.buffer(ax, 32))

@@ -53,3 +53,30 @@ def test_revocation_store_refuses_a_secret_at_a_wrong_index() -> None:
     assert all(store.get_commitment_secret(n) == peer.per_commitment_secret(n) for n in range(4))
     store.add_commitment_secret(4, peer.per_commitment_secret(4))
     assert store.get_commitment_secret(4) == peer.per_commitment_secret(4)
+
+
+N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def test_secret_scalar_arithmetic_refuses_invalid_results() -> None:
+    # The secret-side derivations now run in libsecp256k1's constant-time scalar
+    # code; like it, they refuse what is not a valid private key instead of
+    # returning one (a zero sum came back as 32 zero bytes).
+    from channel.signing import scalar_add, scalar_mul_add
+
+    a = hashlib.sha256(b"a").digest()
+    b = hashlib.sha256(b"b").digest()
+    x = hashlib.sha256(b"x").digest()
+    y = hashlib.sha256(b"y").digest()
+    ia, ib, ix, iy = (int.from_bytes(v, "big") for v in (a, b, x, y))
+    assert scalar_add(a, b) == ((ia + ib) % N).to_bytes(32, "big")
+    assert scalar_mul_add(a, x, b, y) == ((ia * ix + ib * iy) % N).to_bytes(32, "big")
+    minus_a = (N - ia).to_bytes(32, "big")
+    with pytest.raises(ValueError):
+        scalar_add(a, minus_a)  # a + (-a) = 0: not a key
+    with pytest.raises(ValueError):
+        scalar_add(bytes(32), b)  # zero secret
+    with pytest.raises(ValueError):
+        scalar_add(N.to_bytes(32, "big"), b)  # secret not below n
+    with pytest.raises(ValueError):
+        scalar_mul_add(a, x, (N - ia * ix % N).to_bytes(32, "big"), (1).to_bytes(32, "big"))
