@@ -172,22 +172,33 @@ def witness_signature(signature: bytes, sighash_type: int = SIGHASH_ALL) -> byte
 
 
 def compact_signature(der: bytes) -> bytes:
-    """Compact 64-byte form of a DER signature (no sighash byte)."""
-    if len(der) < 8 or der[0] != 0x30 or der[1] != len(der) - 2:
-        raise ValueError("not a DER signature")
-    pos = 2
+    """Compact 64-byte form of a strict-DER (BIP66) signature, without sighash byte.
+
+    Refuses what Bitcoin Core's IsValidSignatureEncoding refuses: wrong lengths,
+    trailing data, empty, negative or non-minimally encoded integers, and
+    integers longer than 32 bytes (ValueError). The S value is not judged here:
+    ``verify`` refuses a high-S signature.
+    """
+    size = len(der)
+    if not 8 <= size <= 72 or der[0] != 0x30 or der[1] != size - 2 or der[2] != 0x02:
+        raise ValueError("not a strict DER signature")
+    len_r = der[3]
+    if 5 + len_r >= size or der[4 + len_r] != 0x02:
+        raise ValueError("not a strict DER signature")
+    len_s = der[5 + len_r]
+    if len_r + len_s + 6 != size:
+        raise ValueError("not a strict DER signature")
     parts = []
-    for _ in range(2):
-        if der[pos] != 0x02:
-            raise ValueError("not a DER signature")
-        size = der[pos + 1]
-        value = der[pos + 2 : pos + 2 + size]
-        if len(value) != size or size == 0 or len(value.lstrip(b"\x00")) > 32:
-            raise ValueError("not a DER signature")
-        parts.append(value.lstrip(b"\x00").rjust(32, b"\x00"))
-        pos += 2 + size
-    if pos != len(der):
-        raise ValueError("not a DER signature")
+    for value in (der[4 : 4 + len_r], der[6 + len_r :]):
+        if (
+            not value
+            or value[0] & 0x80  # negative
+            or (len(value) > 1 and value[0] == 0 and not value[1] & 0x80)  # not minimal
+            or len(value) > 33
+            or (len(value) == 33 and value[0] != 0)
+        ):
+            raise ValueError("not a strict DER signature")
+        parts.append(value[-32:].rjust(32, b"\x00"))
     return parts[0] + parts[1]
 
 

@@ -80,3 +80,33 @@ def test_secret_scalar_arithmetic_refuses_invalid_results() -> None:
         scalar_add(N.to_bytes(32, "big"), b)  # secret not below n
     with pytest.raises(ValueError):
         scalar_mul_add(a, x, (N - ia * ix % N).to_bytes(32, "big"), (1).to_bytes(32, "big"))
+
+
+def test_compact_signature_accepts_strict_der_only() -> None:
+    from channel.signing import compact_signature, der_signature, sign
+
+    sig = sign(hashlib.sha256(b"k").digest(), hashlib.sha256(b"m").digest())
+    der = der_signature(sig)
+    assert compact_signature(der) == sig
+    r = sig[:32].lstrip(b"\x00")
+    s = sig[32:].lstrip(b"\x00")
+
+    def encode(r_body: bytes, s_body: bytes) -> bytes:
+        body = b"\x02" + bytes((len(r_body),)) + r_body + b"\x02" + bytes((len(s_body),)) + s_body
+        return b"\x30" + bytes((len(body),)) + body
+
+    pad_r = b"\x00" + r if r[0] & 0x80 else r
+    assert encode(pad_r, s) == der
+    bad = [
+        encode(b"\x00" + pad_r, s),  # non-minimal: superfluous leading zero
+        encode(pad_r, b"\x00" + s),
+        encode(b"\x80" + b"\x01" * 31, s),  # negative R
+        encode(pad_r, b"\xff" + s[1:]),  # negative S
+        encode(pad_r, b""),  # empty S
+        der + b"\x00",  # trailing garbage
+        der[:-1],  # truncated
+        b"\x31" + der[1:],  # not a SEQUENCE
+    ]
+    for candidate in bad:
+        with pytest.raises(ValueError):
+            compact_signature(candidate)
