@@ -202,7 +202,12 @@ def on_revoke_and_ack(ch: Channel, msg: peer_pb2.RevokeAndAck, height: int) -> S
     d = ch.d
     if not ch.awaiting_revocation():
         raise RemoteProtocolError("revoke_and_ack without an outstanding commitment_signed")
-    if pubkey_from_secret(msg.per_commitment_secret) != d.remote_current_point:
+    try:
+        point = pubkey_from_secret(msg.per_commitment_secret)
+    except ValueError as exc:  # zero, or not below the curve order
+        raise RemoteProtocolError(f"per_commitment_secret is not a valid secret: {exc}",
+                                  Disposition.CLOSE) from exc
+    if point != d.remote_current_point:
         raise RemoteProtocolError("per_commitment_secret does not match the "
                                   "per_commitment_point of the revoked commitment")
     if not rules.valid_point(msg.next_per_commitment_point):

@@ -276,6 +276,19 @@ def test_bad_revocation_refused(pair: ChannelPair) -> None:
     refused(pair.a.channel, raa, CLOSE, "without an outstanding")  # replayed
 
 
+@pytest.mark.parametrize("secret", [b"\x00" * 32, b"\xff" * 32], ids=["zero", "above-order"])
+def test_revocation_secret_outside_the_curve_order_refused(pair: ChannelPair,
+                                                            secret: bytes) -> None:
+    """32 bytes, so well-formed, but no secp256k1 secret: a typed error, not ValueError."""
+    pair.add("a", 5_000_000, 1)
+    pair.do("a", lambda c: c.commit())
+    pair.deliver_one(pair.a)
+    pair.deliver_one(pair.a)
+    bad = copy.deepcopy(intercept(pair.b, "revoke_and_ack"))
+    bad.revoke_and_ack.per_commitment_secret = secret
+    refused(pair.a.channel, bad, CLOSE, "not a valid secret")
+
+
 # -- link, table, framing -------------------------------------------------------------------------
 
 
