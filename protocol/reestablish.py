@@ -35,6 +35,8 @@ from protocol.messages import ZERO32, wrap
 from protocol.step import Step
 from protocol.table import ChannelState
 
+MAX_COMMITMENT_NUMBER = 2**48 - 1
+
 if TYPE_CHECKING:
     from protocol.channel import Channel
 
@@ -77,6 +79,10 @@ def on_reestablish(ch: Channel, msg: peer_pb2.ChannelReestablish, height: int) -
     if msg.channel_id != d.channel_id:
         raise RemoteProtocolError("channel_reestablish for another channel", Disposition.WARN)
     nc, nr = msg.next_commitment_number, msg.next_revocation_number
+    if nc > MAX_COMMITMENT_NUMBER or nr > MAX_COMMITMENT_NUMBER:
+        # BOLT #3: commitment numbers are 48 bits; no secret exists beyond them.
+        raise RemoteProtocolError(
+            f"channel_reestablish commitment numbers ({nc}, {nr}) beyond 2**48 - 1")
     # Data loss protection first (BOLT #2: this check "takes precedence").
     if nr > d.local_ctn or nc > d.remote_ctn + 1:
         if nr > d.local_ctn and nr >= 1 and \

@@ -312,6 +312,16 @@ def test_reestablish_with_wrong_last_secret_refused(pair: ChannelPair) -> None:
     refused(pair.b.channel, msg, CLOSE, "not our last secret")
 
 
+@pytest.mark.parametrize("field", ["next_commitment_number", "next_revocation_number"])
+def test_reestablish_beyond_48_bit_commitment_numbers_refused(pair: ChannelPair,
+                                                              field: str) -> None:
+    pair.disconnect()
+    pair.reconnect()
+    msg = copy.deepcopy(pair.a.outbox[0])
+    setattr(msg.channel_reestablish, field, 2**60)
+    refused(pair.b.channel, msg, CLOSE, "beyond 2")
+
+
 def test_out_of_state_messages_refused(pair: ChannelPair) -> None:
     fresh = Channel.inbound(config=LocalConfig(), channel_seed=b"\x09" * 32,
                             chain_hash=pair.a.channel.d.chain_hash, close_script=b"")
