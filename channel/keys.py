@@ -36,6 +36,7 @@ from coincurve import PublicKey
 
 from channel import shachain
 from channel.signing import (
+    is_compressed_pubkey_encoding,
     mul_add_pubkeys,
     parse_pubkey,
     parsed_pubkey,
@@ -66,6 +67,8 @@ def _valid_secret(secret: bytes) -> bytes:
 @lru_cache(maxsize=8192)
 def derive_pubkey(basepoint: bytes, per_commitment_point: bytes) -> bytes:
     """basepoint + SHA256(per_commitment_point || basepoint) * G."""
+    if not is_compressed_pubkey_encoding(per_commitment_point):
+        raise ValueError("per_commitment_point is not a compressed public key")
     return tweak_add_pubkey(basepoint, _sha256(per_commitment_point + basepoint))
 
 

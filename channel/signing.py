@@ -38,10 +38,19 @@ _CTX = GLOBAL_CONTEXT.ctx
 _N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
+def is_compressed_pubkey_encoding(pubkey: bytes) -> bool:
+    """33 bytes with a 0x02/0x03 prefix: the only encoding BOLT #3 keys have."""
+    return len(pubkey) == 33 and pubkey[0] in (2, 3)
+
+
 def parse_pubkey(pubkey: bytes) -> Any:
-    """A fresh libsecp256k1 ``secp256k1_pubkey*`` for a 33- (or 65-) byte key."""
+    """A fresh libsecp256k1 ``secp256k1_pubkey*`` for a 33-byte compressed key
+    (ValueError for any other encoding, even of a valid point: BOLT #3 hashes the
+    compressed bytes, so an uncompressed or hybrid key would derive other keys)."""
     key = ffi.new("secp256k1_pubkey *")
-    if not lib.secp256k1_ec_pubkey_parse(_CTX, key, pubkey, len(pubkey)):
+    if not is_compressed_pubkey_encoding(pubkey) or not lib.secp256k1_ec_pubkey_parse(
+        _CTX, key, pubkey, 33
+    ):
         raise ValueError("invalid public key")
     return key
 

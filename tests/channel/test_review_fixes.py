@@ -110,3 +110,32 @@ def test_compact_signature_accepts_strict_der_only() -> None:
     for candidate in bad:
         with pytest.raises(ValueError):
             compact_signature(candidate)
+
+
+def test_ec_paths_take_only_compressed_points() -> None:
+    # BOLT #3 keys are 33-byte compressed points and the derivations hash those
+    # bytes; an uncompressed or hybrid encoding of a valid point must be refused,
+    # not tweaked (the result would differ from every other implementation's).
+    from coincurve import PublicKey
+
+    from channel.keys import derive_pubkey, derive_revocation_pubkey
+    from channel.signing import sign, verify
+
+    secret = hashlib.sha256(b"point").digest()
+    compressed = pubkey_from_secret(secret)
+    uncompressed = PublicKey(compressed).format(compressed=False)
+    hybrid = bytes((6 + (uncompressed[-1] & 1),)) + uncompressed[1:]
+    point = pubkey_from_secret(hashlib.sha256(b"per-commitment").digest())
+    digest = hashlib.sha256(b"m").digest()
+    sig = sign(secret, digest)
+    assert verify(compressed, digest, sig)
+    for encoding in (uncompressed, hybrid):
+        with pytest.raises(ValueError):
+            derive_pubkey(encoding, point)
+        with pytest.raises(ValueError):
+            derive_pubkey(compressed, encoding)
+        with pytest.raises(ValueError):
+            derive_revocation_pubkey(encoding, point)
+        with pytest.raises(ValueError):
+            derive_revocation_pubkey(compressed, encoding)
+        assert not verify(encoding, digest, sig)
