@@ -44,7 +44,7 @@ from protocol.actions import Action, Broadcast, ChannelFailed, HtlcFailed, Persi
 from protocol.book import LOCAL, REMOTE, Book, Mark, View, in_commitment
 from protocol.config import LocalConfig
 from protocol.errors import Disposition, LocalProtocolError, RemoteProtocolError
-from protocol.messages import PeerMessage, check_shape, event_of
+from protocol.messages import PeerMessage, check_channel_id, check_shape, event_of
 from protocol.state import ChannelData, from_snapshot, to_snapshot
 from protocol.step import PERSIST, PersistMarker, Step
 from protocol.table import (
@@ -217,6 +217,7 @@ class Channel:
         event = event_of(message)
         self._check_allowed(event)
         check_shape(message)
+        check_channel_id(message, self.channel_id)
         _, body = message.ListFields()[0]
         handler = self._HANDLERS[event]
         return self._finish(event, handler(self, body, height))

@@ -69,6 +69,22 @@ def check_shape(msg: PeerMessage) -> None:
         raise RemoteProtocolError("malformed commitment_signed: no signature", Disposition.WARN)
 
 
+def check_channel_id(msg: PeerMessage, channel_id: bytes) -> None:
+    """Refuse a message naming another channel than ``channel_id`` (DESIGN rule 4:
+    "unknown channel"). Messages of the opening that name a ``temporary_channel_id``
+    are checked by their handlers. BOLT #1: an ``error``/``warning`` with an all-zero
+    (or no) channel_id concerns every channel with the peer; one naming a channel we
+    do not know "MUST ignore the message"."""
+    name, body = body_of(msg)
+    if "channel_id" not in body.DESCRIPTOR.fields_by_name or body.channel_id == channel_id:
+        return
+    if name in ("error", "warning"):
+        if body.channel_id in (b"", ZERO32):
+            return
+        raise RemoteProtocolError(f"{name} for another channel", Disposition.IGNORE)
+    raise RemoteProtocolError(f"{name} for another channel", Disposition.WARN)
+
+
 def channel_id_from_outpoint(funding_txid: bytes, output_index: int) -> bytes:
     """BOLT #2 "Definition of channel_id": funding_txid XOR funding_output_index, the
     index big-endian in the last two bytes."""

@@ -339,6 +339,17 @@ def test_wrong_channel_id_and_empty_message_refused(pair: ChannelPair) -> None:
     ch = pair.b.channel
     msg = fee_msg(ch, 2000)
     msg.update_fee.channel_id = b"\x44" * 32
+    refused(ch, msg, WARN, "another channel")
+    msg = add_msg(ch)
+    msg.update_add_htlc.channel_id = b"\x44" * 32
+    refused(ch, msg, WARN, "another channel")
+    msg = add_msg(ch)
+    msg.update_add_htlc.ClearField("channel_id")
+    refused(ch, msg, WARN, "another channel")
+    other_error = peer_pb2.PeerMessage(error=peer_pb2.Error(channel_id=b"\x44" * 32,
+                                                            data=b"not yours"))
+    refused(ch, other_error, Disposition.IGNORE, "another channel")
+    assert ch.state is ChannelState.NORMAL
     shutdown = peer_pb2.PeerMessage(shutdown=peer_pb2.Shutdown(
         channel_id=b"\x44" * 32, scriptpubkey=b"\x00\x14" + b"\x01" * 20))
     refused(ch, shutdown, WARN, "another channel")
