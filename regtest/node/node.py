@@ -83,7 +83,13 @@ class Node:
         self.wallet = Wallet(self.netdir, self.chain, self.mempool)
         self.started_at = time.monotonic()
         self.stop_requested = threading.Event()
+        # A crash in the middle of a reorg (one store transaction per block) can
+        # leave a more-work valid chain inactive: activate it, as bitcoind does
+        # on start-up, before the saved mempool is re-validated against the tip.
+        disconnected, connected = self.chain.activate_best_chain()
         self._reload_mempool()
+        if disconnected:
+            self.after_reorg(disconnected, connected)
         from regtest.node.rpc_methods import RpcMethods  # late: it imports this module
 
         self._rpc = RpcMethods(self)

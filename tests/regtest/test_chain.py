@@ -150,3 +150,24 @@ def test_kill_9_mid_mining_leaves_a_consistent_chain(tmp_path: Path) -> None:
     finally:
         node.close()
     assert total >= 30 * 50 * COIN // 2
+
+
+def test_restart_after_a_crash_mid_reorg_resumes_the_best_chain(tmp_path: Path) -> None:
+    # A reorg is one store transaction per block: a kill -9 between disconnecting
+    # and reconnecting leaves a valid, more-work chain on disk that is not active.
+    # bitcoind activates the best chain on start-up; so must this node.
+    clock = ManualClock()
+    node = Node(tmp_path, clock=clock)
+    node.mine(103)
+    tip = node.call("getbestblockhash")
+    node.chain.disconnect_tip()  # the crash: what a reorg had done so far
+    node.chain.disconnect_tip()
+    node.close()
+    node = Node(tmp_path, clock=clock)
+    try:
+        assert node.call("getblockcount") == 103
+        assert node.call("getbestblockhash") == tip
+        node.mine(1)
+        assert node.call("getblockcount") == 104
+    finally:
+        node.close()
