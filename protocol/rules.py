@@ -169,16 +169,24 @@ def next_local_pred(d: ChannelData) -> Pred:
     return pred
 
 
-def _remote_affordability(d: ChannelData, static: ChannelStatic,
-                          candidate: Htlc) -> Problem | None:
-    """The peer's add: exact check on the commitment it will sign next (BOLT #2
-    receiving: "an amount_msat that the sending node cannot afford at the current
-    feerate_per_kw (while maintaining its channel reserve)")."""
+def _fee_both_msat(static: ChannelStatic, htlcs: list[Htlc], feerate_per_kw: int) -> int:
+    """The larger of the two commitments' fees for this HTLC set. The sides' dust limits
+    differ, so an HTLC trimmed on one commitment is an output (and costs fee) on the
+    other; the funder must pay both, or signing the peer's commitment would fail."""
     from protocol.commitments import commitment_fee_msat
 
+    return max(commitment_fee_msat(static, owner, htlcs, feerate_per_kw)
+               for owner in (LOCAL, REMOTE))
+
+
+def _remote_affordability(d: ChannelData, static: ChannelStatic,
+                          candidate: Htlc) -> Problem | None:
+    """The peer's add: exact check on the commitments built next with it (BOLT #2
+    receiving: "an amount_msat that the sending node cannot afford at the current
+    feerate_per_kw (while maintaining its channel reserve)")."""
     view = d.book.view(next_local_pred(d))
     htlcs = [*view.htlcs, candidate]
-    fee_msat = commitment_fee_msat(static, LOCAL, htlcs, view.feerate_per_kw)
+    fee_msat = _fee_both_msat(static, htlcs, view.feerate_per_kw)
     sender_left = view.remote_msat - candidate.amount_msat
     needed = reserve_msat(d, REMOTE) + (fee_msat if funder(d) is REMOTE else 0)
     if sender_left < needed:
@@ -240,10 +248,8 @@ def fee_problem(d: ChannelData, static: ChannelStatic, sender: Side,
             return Problem(f"cannot afford feerate_per_kw {feerate_per_kw} "
                            f"({balance} < {needed} msat)")
         return None
-    from protocol.commitments import commitment_fee_msat
-
     view = d.book.view(next_local_pred(d))
-    fee_msat = commitment_fee_msat(static, LOCAL, view.htlcs, feerate_per_kw)
+    fee_msat = _fee_both_msat(static, view.htlcs, feerate_per_kw)
     if view.remote_msat < fee_msat:
         return Problem(f"the funder cannot afford feerate_per_kw {feerate_per_kw}")
     return None

@@ -9,12 +9,14 @@ from collections.abc import Callable
 
 import pytest
 
+from channel.commitment import Side
 from proto import peer_pb2
 from protocol.actions import HtlcFailed, HtlcReceived
 from protocol.channel import Channel
 from protocol.config import LocalConfig
 from protocol.errors import Disposition, LocalProtocolError, RemoteProtocolError
 from protocol.table import ChannelState, LinkState
+from protocol.updates import add_message
 from tests.protocol.pair import HEIGHT, ChannelPair, Party, hash_of, preimage_of
 
 CLOSE, WARN = Disposition.CLOSE, Disposition.WARN
@@ -139,6 +141,32 @@ def test_dust_exposure_over_limit_is_failed_back() -> None:
     assert len(pair.events_of("a", HtlcReceived)) == 1
     (failed,) = pair.events_of("b", HtlcFailed)
     assert b"dust HTLC exposure" in failed.reason
+
+
+def test_add_the_funder_cannot_pay_on_the_peers_commitment_refused() -> None:
+    """a (funder, 800 sat left) trims a 2,000 sat HTLC on its own commitment (dust limit
+    5,000) but not on b's (354): the fee of b's commitment is 896 sat. b's add must be
+    refused, or a's next commit() raised TransactionError while signing b's commitment."""
+    pair = ChannelPair(push_msat=1_000_000_000 - 800_000, feerate_per_kw=1000,
+                       config_a=LocalConfig(dust_limit_sat=5000),
+                       config_b=LocalConfig(dust_limit_sat=354))
+    a = pair.a.channel
+    refused(a, add_msg(a, amount_msat=2_000_000), CLOSE, "could not pay")
+
+
+def test_fee_the_funder_cannot_pay_on_its_own_commitment_refused() -> None:
+    """b trims a's 2,000 sat HTLC on its commitment (dust limit 5,000), a does not: at
+    1,200 sat/kw a (1,000 sat left) can pay b's commitment (868 sat) but not its own
+    (1,075 sat), which b would have to sign."""
+    pair = ChannelPair(push_msat=1_000_000_000 - 1_000_000, feerate_per_kw=253,
+                       config_b=LocalConfig(dust_limit_sat=5000))
+    b = pair.b.channel
+    # b offers it without its own funder-headroom check (a dishonest b could).
+    h = b.d.book.add_htlc(Side.LOCAL, 2_000_000, hash_of(preimage_of(1)), HEIGHT + 40, b"")
+    pair.b.outbox.append(add_message(b, h))
+    pair.settle()
+    assert len(pair.a.channel.latest_view(Side.LOCAL).htlcs) == 1
+    refused(b, fee_msg(b, 1200), CLOSE, "cannot afford")
 
 
 # -- update_fulfill_htlc / update_fail_htlc ------------------------------------------------------
