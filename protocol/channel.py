@@ -40,11 +40,19 @@ from channel.keys import ChannelSecrets
 from channel.shachain import RevocationStore
 from proto import peer_pb2
 from protocol import closing, commitments, opening, reestablish, updates
-from protocol.actions import Action, Broadcast, ChannelFailed, HtlcFailed, Persist, Send
+from protocol.actions import (
+    Action,
+    Broadcast,
+    ChannelFailed,
+    HtlcFailed,
+    PeerWarning,
+    Persist,
+    Send,
+)
 from protocol.book import LOCAL, REMOTE, Book, Mark, View, in_commitment
 from protocol.config import LocalConfig
 from protocol.errors import Disposition, LocalProtocolError, RemoteProtocolError
-from protocol.messages import PeerMessage, check_channel_id, check_shape, event_of
+from protocol.messages import PeerMessage, body_of, check_channel_id, check_shape, error, event_of
 from protocol.state import ChannelData, from_snapshot, to_snapshot
 from protocol.step import PERSIST, PersistMarker, Step
 from protocol.table import (
@@ -218,7 +226,7 @@ class Channel:
         self._check_allowed(event)
         check_shape(message)
         check_channel_id(message, self.channel_id)
-        _, body = message.ListFields()[0]
+        _, body = body_of(message)
         handler = self._HANDLERS[event]
         return self._finish(event, handler(self, body, height))
 
@@ -295,8 +303,6 @@ class Channel:
             d.data_loss = True
         step: Step = [PERSIST]
         if send_error:
-            from protocol.messages import error
-
             step.append(Send(error(self.channel_id, reason)))
         if not d.data_loss and d.local_commit_signature:
             tx = commitments.finalize_local(self.static, self.secrets,
@@ -389,8 +395,6 @@ def _on_error(ch: Channel, msg: peer_pb2.Error, height: int) -> Step:
 
 
 def _on_warning(ch: Channel, msg: peer_pb2.Warning, height: int) -> Step:
-    from protocol.actions import PeerWarning
-
     return [PeerWarning(msg.data.decode("utf-8", "replace"))]
 
 

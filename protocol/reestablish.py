@@ -30,7 +30,7 @@ from proto import peer_pb2
 from protocol import closing, commitments, opening, updates
 from protocol.actions import HtlcFailed, Send
 from protocol.book import LOCAL
-from protocol.errors import Disposition, LocalProtocolError, ProtocolError, RemoteProtocolError
+from protocol.errors import Disposition, LocalProtocolError, RemoteProtocolError
 from protocol.messages import ZERO32, wrap
 from protocol.step import Step
 from protocol.table import ChannelState
@@ -165,7 +165,7 @@ def _resend_removals(ch: Channel) -> Step:
     for htlc_id, preimage, reason in pending:
         try:
             step += updates.cmd_settle(ch, htlc_id, preimage, reason)
-        except (LocalProtocolError, ProtocolError):
+        except LocalProtocolError:  # cmd_settle refuses only with LocalProtocolError
             continue  # already settled by a retransmitted commitment, or gone
     return step
 
