@@ -26,6 +26,7 @@ throughput (DESIGN.md "Performance"), so everything around it must be small:
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 from typing import Any
 
@@ -74,15 +75,26 @@ def _serialize(key: Any) -> bytes:
 # against ~15 us for ``ec_pubkey_create`` + combine and ~19 us for
 # ``ec_pubkey_tweak_add``). Variable-time, so for public scalars only (the BOLT #3
 # tweaks are hashes of public points); never for secrets. Built on first use
-# (8160 point additions, ~17 ms, 512 KiB).
+# (8160 point additions, ~17 ms, 512 KiB). The build is under a lock: the entries
+# are pointers into one cffi allocation, and two threads building at once would
+# leave the loser's table pointing into storage that is freed.
 _G_TABLE: list[Any] | None = None
 _G_TABLE_STORAGE: Any = None
+_G_TABLE_LOCK = threading.Lock()
 
 
 def _g_table() -> list[Any]:
-    global _G_TABLE, _G_TABLE_STORAGE
     if _G_TABLE is not None:
         return _G_TABLE
+    with _G_TABLE_LOCK:
+        if _G_TABLE is None:
+            _build_g_table()
+    assert _G_TABLE is not None
+    return _G_TABLE
+
+
+def _build_g_table() -> None:
+    global _G_TABLE, _G_TABLE_STORAGE
     storage = ffi.new("secp256k1_pubkey[8192]")
     table: list[Any] = [None] * 8192
     unit = ffi.new("secp256k1_pubkey *")
@@ -100,7 +112,6 @@ def _g_table() -> list[Any]:
             lib.secp256k1_ec_pubkey_combine(_CTX, unit, [table[row + 255], table[row + 1]], 2)
     _G_TABLE_STORAGE = storage  # the entries point into it: keep it alive
     _G_TABLE = table
-    return table
 
 
 def tweak_add_pubkey(pubkey: bytes, tweak: bytes) -> bytes:

@@ -53,8 +53,7 @@ ANCESTOR_LIMIT = 25
 DESCENDANT_LIMIT = 25
 DEFAULT_MAX_FEE_RATE_SAT_PER_KVB = 10_000_000  # 0.10 BTC/kvB
 # The wallet's fee rate: Core's functional tests configure fallbackfee=0.0002
-# BTC/kvB, and a fixed rate keeps the faucet deterministic.  The same figure is
-# what estimatesmartfee answers (see rpc_methods.estimatesmartfee).
+# BTC/kvB, and a fixed rate keeps the faucet deterministic.
 WALLET_FEE_RATE_SAT_PER_KVB = 20_000
 
 # Core's MANDATORY_SCRIPT_VERIFY_FLAGS: what a block is held to once every

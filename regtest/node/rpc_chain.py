@@ -14,9 +14,7 @@ from regtest.node.errors import (
 )
 from regtest.node.jsonfmt import difficulty, header_json, script_pub_key_json, tx_json
 from regtest.node.params import (
-    MIN_RELAY_FEE_SAT_PER_KVB,
     POW_LIMIT_BITS,
-    WALLET_FEE_RATE_SAT_PER_KVB,
     btc,
 )
 from regtest.node.rpc_methods import expect, parse_hash
@@ -275,11 +273,13 @@ def getmempoolentry(node: Node, txid: Any) -> Any:
 
 
 def estimatesmartfee(node: Node, conf_target: Any, estimate_mode: Any = "economical") -> Any:
-    """A fixed answer: the wallet's fee rate, floored at the min relay fee.
+    """What bitcoind answers on a regtest chain without fee history.
 
-    bitcoind on an idle regtest answers {"errors": [...], "blocks": 0}; a fixed
-    feerate (0.00020000 BTC/kvB, Core's functional-test fallbackfee) lets fee
-    logic run unchanged against this node.  Documented deviation.
+    Core's estimator needs transactions it saw enter the mempool and confirm over
+    many blocks; a regtest node mined on demand has none of that, and bitcoind then
+    answers {"errors": ["Insufficient data or no feerate found"], "blocks": 0}.
+    This node answers the same, so a caller's fallback fee rate (which it needs
+    against a real regtest bitcoind anyway) is exercised here too.
     """
     expect(conf_target, "number")
     if not 1 <= conf_target <= 1008:
@@ -291,8 +291,7 @@ def estimatesmartfee(node: Node, conf_target: Any, estimate_mode: Any = "economi
             "Invalid estimate_mode parameter, must be one of: "
             '"unset", "economical", "conservative"',
         )
-    rate = max(WALLET_FEE_RATE_SAT_PER_KVB, MIN_RELAY_FEE_SAT_PER_KVB)
-    return {"feerate": btc(rate), "blocks": int(conf_target)}
+    return {"errors": ["Insufficient data or no feerate found"], "blocks": 0}
 
 
 def uptime(node: Node) -> int:

@@ -84,6 +84,12 @@ async def test_testmempoolaccept_reports_reject_reason(regtest_rpc: Any) -> None
         assert result.reject_reason == "txn-already-in-mempool"
 
 
+async def test_no_fee_estimate_without_fee_history(regtest_rpc: Any) -> None:
+    # As bitcoind on a regtest chain: callers fall back to a configured fee rate.
+    async with _client(regtest_rpc) as rpc:
+        assert await rpc.estimatesmartfee_sat_per_kvb(6) is None
+
+
 async def test_rpc_errors_carry_bitcoind_codes(regtest_rpc: Any) -> None:
     async with _client(regtest_rpc) as rpc:
         with pytest.raises(RpcError) as unknown_method:
