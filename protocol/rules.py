@@ -233,8 +233,11 @@ def dust_problem(d: ChannelData, static: ChannelStatic, view: View,
 def fee_problem(d: ChannelData, static: ChannelStatic, sender: Side,
                 feerate_per_kw: int) -> Problem | None:
     """BOLT #2 update_fee: only the funder sends it; the feerate must be sane; the funder
-    must afford it (we, as funder, with the same headroom as for our adds; the peer
-    exactly, on the commitment it signs next)."""
+    must afford it and keep its channel reserve, as core-lightning and LND require, so
+    that it cannot push itself below the reserve through fees: we, as funder, with the
+    same headroom as for our adds (the fee bound, never below the exact fee, so an
+    honest funder never trips the peer's check); the peer exactly, on the commitments
+    built next with it."""
     if funder(d) is not sender:
         return Problem("update_fee from the side that is not the funder")
     cfg = d.config
@@ -250,8 +253,10 @@ def fee_problem(d: ChannelData, static: ChannelStatic, sender: Side,
         return None
     view = d.book.view(next_local_pred(d))
     fee_msat = _fee_both_msat(static, view.htlcs, feerate_per_kw)
-    if view.remote_msat < fee_msat:
-        return Problem(f"the funder cannot afford feerate_per_kw {feerate_per_kw}")
+    needed = reserve_msat(d, REMOTE) + fee_msat
+    if view.remote_msat < needed:
+        return Problem(f"the funder cannot afford feerate_per_kw {feerate_per_kw} and keep "
+                       f"its channel reserve ({view.remote_msat} < {needed} msat)")
     return None
 
 

@@ -248,6 +248,16 @@ def test_fee_the_funder_cannot_afford_refused() -> None:
     refused(pair.b.channel, fee_msg(pair.b.channel, 50_000), CLOSE, "cannot afford")
 
 
+def test_fee_that_pushes_the_funder_below_its_reserve_refused() -> None:
+    """a (funder) keeps 15,000 sat, reserve 10,000: at 10,000 sat/kw the fee (7,240 sat)
+    is affordable but leaves a 7,760 sat, below its reserve. b refuses it (as
+    core-lightning and LND do) and a's own command refuses it first, nothing changed."""
+    pair = ChannelPair(push_msat=985_000_000)
+    local_refused(pair.a.channel, lambda c: c.update_fee(10_000), "cannot afford")
+    refused(pair.b.channel, fee_msg(pair.b.channel, 10_000), CLOSE, "channel reserve")
+    pair.b.channel.handle(fee_msg(pair.b.channel, 3_000), height=HEIGHT)  # 2,172 sat: fine
+
+
 # -- commitment_signed / revoke_and_ack -----------------------------------------------------------
 
 
