@@ -131,7 +131,8 @@ class PeerWarning:
 class ChannelFailed:
     """The channel is failed (an ``error`` either way). ``may_broadcast`` is False when
     data loss protection says our latest commitment may be stale: then we must wait for
-    the peer to close and sweep our output with ``remote_current_point``."""
+    the peer to close and sweep our output with ``remote_current_point`` (always a valid
+    compressed secp256k1 point, or None when the peer sent none or an invalid one)."""
 
     reason: str
     may_broadcast: bool

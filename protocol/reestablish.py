@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from proto import peer_pb2
-from protocol import closing, commitments, opening, updates
+from protocol import closing, commitments, opening, rules, updates
 from protocol.actions import HtlcFailed, Send
 from protocol.book import LOCAL
 from protocol.errors import Disposition, LocalProtocolError, RemoteProtocolError
@@ -87,11 +87,19 @@ def on_reestablish(ch: Channel, msg: peer_pb2.ChannelReestablish, height: int) -
     if nr > d.local_ctn or nc > d.remote_ctn + 1:
         if nr > d.local_ctn and nr >= 1 and \
                 msg.your_last_per_commitment_secret == ch.secrets.per_commitment_secret(nr - 1):
+            # The proof is our own secret: we did lose data, whatever else the message
+            # holds. So even with an unusable point we fail WITHOUT broadcasting (a
+            # refusal would make the driver's fail() publish our revoked commitment);
+            # only a valid compressed point is passed on to the sweep.
+            point = msg.my_current_per_commitment_point
+            usable = rules.valid_point(point)
+            note = "" if usable or not point else \
+                "; its my_current_per_commitment_point is not a valid point"
             return ch.fail_channel(
                 f"peer proved a later state (next_revocation_number {nr} > {d.local_ctn}): "
-                "we lost data; waiting for the peer to close",
+                f"we lost data; waiting for the peer to close{note}",
                 send_error=True, may_broadcast=False,
-                remote_current_point=msg.my_current_per_commitment_point or None)
+                remote_current_point=point if usable else None)
         raise RemoteProtocolError(
             f"channel_reestablish claims commitment numbers we never reached "
             f"(next_commitment_number {nc}, next_revocation_number {nr}) without proof")

@@ -245,6 +245,33 @@ def test_data_loss_protection_we_are_behind() -> None:
     assert len(tx.inputs[0].witness) == 4
 
 
+@pytest.mark.parametrize("point", [b"\x02" + b"\xff" * 32, b"\x04" + b"\x11" * 32,
+                                   b"\x05" * 33], ids=["off-curve", "prefix-04", "prefix-05"])
+def test_data_loss_with_an_invalid_current_point_fails_without_passing_it_on(
+        point: bytes) -> None:
+    """The proof (our own secret) holds, so b still fails without broadcasting its stale
+    commitment, but an invalid my_current_per_commitment_point is not handed on to the
+    sweep."""
+    pair = ChannelPair()
+    old_b = copy.deepcopy(pair.b.persisted)
+    for n in range(2):
+        pair.add("a", 2_000_000, n)
+        pair.settle()
+    pair.disconnect()
+    assert old_b is not None
+    pair.b.channel = Channel.restore(old_b)
+    pair.b.last_update_id, pair.b.max_revoked = 0, -1
+    pair.reconnect()
+    pair.a.outbox[0].channel_reestablish.my_current_per_commitment_point = point
+    pair.deliver_one(pair.a)
+    b = pair.b.channel
+    assert b.state is ChannelState.FAILED and b.d.data_loss
+    (failed,) = pair.events_of("b", ChannelFailed)
+    assert not failed.may_broadcast and failed.remote_current_point is None
+    assert "not a valid point" in failed.reason
+    assert not pair.b.broadcasts
+
+
 def test_peer_claiming_an_impossible_commitment_number_is_refused() -> None:
     pair = ChannelPair()
     pair.add("a", 2_000_000, 1)
