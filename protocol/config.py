@@ -32,6 +32,9 @@ MIN_DUST_LIMIT_SAT = 354
 # could not be spent by a penalty transaction within standard size limits).
 MAX_ACCEPTED_HTLCS_LIMIT = 483
 
+# Bitcoin's money supply (21 million BTC): no funding output can be larger.
+MAX_MONEY_SAT = 21_000_000 * 100_000_000
+
 # BOLT #3 floor: 253 sat/kw is 1 sat/vbyte rounded up; less does not relay.
 MIN_FEERATE_PER_KW = 253
 

@@ -25,6 +25,7 @@ from proto import peer_pb2
 from protocol import commitments, rules
 from protocol.actions import ChannelOpened, FundingNeeded, FundingSigned, Send, Watch
 from protocol.book import Book, everything
+from protocol.config import fee_upper_bound_sat
 from protocol.errors import Disposition, LocalProtocolError, RemoteProtocolError
 from protocol.messages import channel_id_from_outpoint, wrap
 from protocol.state import RemoteParams
@@ -78,10 +79,19 @@ def _check(problem: rules.Problem | None) -> None:
 def cmd_open(ch: Channel, funding_sat: int, push_msat: int, feerate_per_kw: int) -> Step:
     d = ch.d
     cfg = d.config
-    if funding_sat < cfg.min_funding_sat or not 0 <= push_msat <= funding_sat * 1000:
-        raise LocalProtocolError("funding_sat too small or push_msat above it")
+    if push_msat < 0:
+        raise LocalProtocolError("push_msat is negative")
     if not cfg.min_feerate_per_kw <= feerate_per_kw <= cfg.max_feerate_per_kw:
         raise LocalProtocolError(f"feerate_per_kw {feerate_per_kw} out of bounds")
+    funder_msat = funding_sat * 1000 - push_msat
+    # What the fundee will check (BOLT #2 open_channel, receiving node), with our reserve.
+    problem = (rules.funding_problem(cfg, funding_sat, push_msat)
+               or (None if funder_msat >= 1000 * fee_upper_bound_sat(feerate_per_kw, 0) else
+                   rules.Problem("we could not pay the fee of the first commitment"))
+               or rules.initial_reserve_problem(funding_sat, funder_msat, feerate_per_kw,
+                                                cfg.channel_reserve_sat))
+    if problem is not None:
+        raise LocalProtocolError(problem.message)
     d.funding_sat, d.push_msat = funding_sat, push_msat
     d.book = Book(funding_sat * 1000 - push_msat, push_msat, feerate_per_kw)
     return [Send(wrap(open_channel=peer_pb2.OpenChannel(
@@ -96,10 +106,9 @@ def on_open_channel(ch: Channel, msg: peer_pb2.OpenChannel, height: int) -> Step
     cfg = d.config
     if msg.chain_hash != d.chain_hash:
         raise RemoteProtocolError("open_channel for another chain")
-    if msg.funding_satoshis < cfg.min_funding_sat:
-        raise RemoteProtocolError(f"funding_satoshis {msg.funding_satoshis} too small")
-    if msg.push_msat > msg.funding_satoshis * 1000:
-        raise RemoteProtocolError("push_msat greater than funding_satoshis * 1000")
+    if len(msg.temporary_channel_id) != 32:
+        raise RemoteProtocolError("malformed open_channel: no temporary_channel_id")
+    _check(rules.funding_problem(cfg, msg.funding_satoshis, msg.push_msat))
     their = _their_params(msg, cfg.minimum_depth)
     _check(rules.params_problem(cfg, msg.funding_satoshis, their, msg.feerate_per_kw,
                                 msg.funding_satoshis * 1000 - msg.push_msat))

@@ -33,6 +33,7 @@ from protocol.config import (
     CLTV_EXPIRY_LOCKTIME_THRESHOLD,
     MAX_ACCEPTED_HTLCS_LIMIT,
     MAX_CLTV_EXPIRY_DELTA_BLOCKS,
+    MAX_MONEY_SAT,
     MIN_CLTV_EXPIRY_MARGIN_BLOCKS,
     MIN_DUST_LIMIT_SAT,
     LocalConfig,
@@ -300,13 +301,44 @@ def params_problem(cfg: LocalConfig, funding_sat: int, their: RemoteParams,
         return Problem("channel_reserve_satoshis exceeds the funding amount")
     if not cfg.min_feerate_per_kw <= feerate_per_kw <= cfg.max_feerate_per_kw:
         return Problem(f"feerate_per_kw {feerate_per_kw} unreasonable")
-    if funder_balance_msat < 1000 * fee_upper_bound_sat(feerate_per_kw, 0):
+    first_fee_msat = 1000 * fee_upper_bound_sat(feerate_per_kw, 0)  # no HTLC: exact
+    if funder_balance_msat < first_fee_msat:
         return Problem("the funder cannot pay the fee of the first commitment")
+    problem = initial_reserve_problem(funding_sat, funder_balance_msat, feerate_per_kw,
+                                      their.channel_reserve_sat)
+    if problem is not None:
+        return problem
     for point in (their.basepoints.funding_pubkey, their.basepoints.revocation_basepoint,
                   their.basepoints.payment_basepoint, their.basepoints.delayed_payment_basepoint,
                   their.basepoints.htlc_basepoint):
         if not valid_point(point):
             return Problem("invalid basepoint")
+    return None
+
+
+def funding_problem(cfg: LocalConfig, funding_sat: int, push_msat: int) -> Problem | None:
+    """open_channel amounts: enough to be worth a channel, no more than bitcoin's money
+    supply (we support large channels, so no 2**24 limit), ``push_msat`` within it."""
+    if funding_sat < cfg.min_funding_sat:
+        return Problem(f"funding_satoshis {funding_sat} too small (< {cfg.min_funding_sat})")
+    if funding_sat > MAX_MONEY_SAT:
+        return Problem(f"funding_satoshis {funding_sat} above the money supply")
+    if push_msat > funding_sat * 1000:
+        return Problem("push_msat greater than funding_satoshis * 1000")
+    return None
+
+
+def initial_reserve_problem(funding_sat: int, funder_balance_msat: int, feerate_per_kw: int,
+                            reserve_sat: int) -> Problem | None:
+    """BOLT #2 open_channel/accept_channel receiver: MUST fail the channel if "both
+    to_local and to_remote amounts for the initial commitment transaction are less than
+    or equal to channel_reserve_satoshis" (the message's own field). One side below
+    its reserve is fine at first: it has nothing yet."""
+    funder_out = funder_balance_msat - 1000 * fee_upper_bound_sat(feerate_per_kw, 0)
+    fundee_out = funding_sat * 1000 - funder_balance_msat
+    if max(funder_out, fundee_out) <= 1000 * reserve_sat:
+        return Problem(f"both outputs of the initial commitment ({funder_out} and {fundee_out} "
+                       f"msat) are at or below channel_reserve_satoshis {reserve_sat}")
     return None
 
 

@@ -428,6 +428,15 @@ def test_bad_closing_signed_refused(pair: ChannelPair) -> None:
     ("chain_hash", b"\x00" * 32, "another chain"),
     ("funding_pubkey", b"\x02" + b"\xff" * 32, "basepoint"),
     ("feerate_per_kw", 10, "feerate"),
+    ("feerate_per_kw", 2_000_000, "feerate"),
+    ("max_accepted_htlcs", 0, "max_accepted_htlcs"),
+    ("dust_limit_satoshis", 20_000, "dust_limit_satoshis is greater"),
+    ("first_per_commitment_point", b"\x02" + b"\xff" * 32, "first_per_commitment_point"),
+    ("first_per_commitment_point", b"", "first_per_commitment_point"),
+    ("htlc_basepoint", b"\x04" + b"\x11" * 32, "basepoint"),
+    ("funding_satoshis", 19_999, "too small"),
+    ("funding_satoshis", 21_000_000 * 10**8 + 1, "money supply"),
+    ("temporary_channel_id", b"", "temporary_channel_id"),
 ])
 def test_bad_open_channel_refused(field: str, value: object, match: str) -> None:
     pair = ChannelPair(open_channel=False)
@@ -436,6 +445,52 @@ def test_bad_open_channel_refused(field: str, value: object, match: str) -> None
     setattr(msg.open_channel, field, value)
     refused(pair.b.channel, msg, CLOSE, match)
     assert pair.b.channel.state is ChannelState.INIT
+
+
+def test_open_with_both_initial_outputs_at_or_below_the_reserve_refused() -> None:
+    """BOLT #2: both to_local (funder: 20,000 - 10,000 - 724 fee) and to_remote (push:
+    10,000 sat) at or below channel_reserve_satoshis (10,000): refused by the fundee,
+    and by the funder's own open() before anything is sent."""
+    pair = ChannelPair(open_channel=False)
+    local_refused(pair.a.channel, lambda c: c.open(
+        funding_sat=20_000, push_msat=10_000_000, feerate_per_kw=1000), "at or below")
+    assert not pair.a.outbox
+    pair.do("a", lambda c: c.open(funding_sat=1_000_000, push_msat=0, feerate_per_kw=1000))
+    msg = copy.deepcopy(pair.a.outbox[0])
+    msg.open_channel.funding_satoshis = 20_000
+    msg.open_channel.push_msat = 10_000_000
+    refused(pair.b.channel, msg, CLOSE, "at or below channel_reserve_satoshis")
+    msg.open_channel.push_msat = 9_000_000  # the funder keeps 11,000 - 724 > 10,000: fine
+    pair.b.channel.handle(msg, height=HEIGHT)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("dust_limit_satoshis", 100, "dust_limit_satoshis"),
+    ("dust_limit_satoshis", 20_000, "dust_limit_satoshis is greater"),
+    ("channel_reserve_satoshis", 200, "channel_reserve_satoshis"),
+    ("channel_reserve_satoshis", 2_000_000, "exceeds the funding"),
+    ("channel_reserve_satoshis", 12_500, "at or below channel_reserve_satoshis"),
+    ("to_self_delay", 5000, "to_self_delay"),
+    ("max_accepted_htlcs", 484, "max_accepted_htlcs"),
+    ("max_accepted_htlcs", 0, "max_accepted_htlcs"),
+    ("minimum_depth", 1000, "minimum_depth"),
+    ("funding_pubkey", b"\x02" + b"\xff" * 32, "basepoint"),
+    ("revocation_basepoint", b"", "basepoint"),
+    ("first_per_commitment_point", b"\x03" + b"\xff" * 32, "first_per_commitment_point"),
+])
+def test_bad_accept_channel_refused(field: str, value: object, match: str) -> None:
+    """The funder checks the fundee's parameters as the fundee checked its own (BOLT #2
+    accept_channel: "other fields have the same requirements as their counterparts")."""
+    pair = ChannelPair(open_channel=False, funding_sat=25_000)
+    pair.do("a", lambda c: c.open(funding_sat=25_000, push_msat=12_000_000,
+                                  feerate_per_kw=1000))
+    pair.deliver_one(pair.a)
+    msg = copy.deepcopy(pair.b.outbox[0])
+    setattr(msg.accept_channel, field, value)
+    refused(pair.a.channel, msg, CLOSE, match)
+    assert pair.a.channel.state is ChannelState.AWAIT_ACCEPT
+    pair.deliver_one(pair.b)  # the genuine one is accepted afterwards
+    assert pair.a.channel.state is ChannelState.AWAIT_FUNDING_OUTPOINT
 
 
 def test_bad_funding_signature_refused() -> None:
