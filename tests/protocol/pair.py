@@ -6,8 +6,11 @@ its last ``Persist``.
 It also checks, as actions come out, the safety properties every test relies on:
 
 - ``Persist.update_id`` strictly increases per party;
-- rule 1: when a message carrying a new commitment signature or a revocation secret is
-  sent, the last persisted snapshot already holds the commitment numbers it depends on;
+- rule 1: every message carrying a signature (funding_created, funding_signed,
+  commitment_signed, closing_signed) or a revocation secret (revoke_and_ack) is sent
+  only after a ``Persist`` whose snapshot already holds what it commits to or reveals
+  (``check_persisted_before_send``); a fresh one needs a Persist earlier in its own
+  action list, a retransmission one from when it was first sent;
 - no persisted snapshot holds as current a commitment its party already revoked.
 """
 
@@ -56,6 +59,47 @@ def preimage_of(n: int) -> bytes:
 
 def hash_of(preimage: bytes) -> bytes:
     return hashlib.sha256(preimage).digest()
+
+
+def check_persisted_before_send(snap: dict[str, Any] | None, channel: Channel,
+                                msg: peer_pb2.PeerMessage) -> None:
+    """Rule 1 for one outgoing message: ``snap`` (the party's last executed Persist)
+    must already hold what the message commits the party to or reveals, so that a
+    crash right after sending loses nothing the peer can now use."""
+    kind = msg.WhichOneof("body")
+    if kind not in SIGNED_KINDS:
+        return
+    assert snap is not None, f"{kind} sent before any Persist"
+    d = channel.d
+    assert snap["local_ctn"] == d.local_ctn, f"{kind} before persist (local)"
+    assert snap["remote_ctn"] == d.remote_ctn, f"{kind} before persist (remote)"
+    body = getattr(msg, kind)
+    txids = snap["remote_commit_txids"]
+    if kind == "funding_created":  # we signed the fundee's commitment 0
+        assert snap["funding_txid"] == body.funding_txid.hex(), "funding_created before persist"
+        assert snap["funding_output_index"] == body.funding_output_index
+        assert "0" in txids, "funding_created before its commitment was persisted"
+    elif kind == "funding_signed":  # we signed the funder's commitment 0, hold ours
+        assert snap["channel_id"] == body.channel_id.hex(), "funding_signed before persist"
+        assert snap["local_commit_signature"] == d.local_commit_signature.hex() != "", \
+            "funding_signed before the funder's signature was persisted"
+        assert "0" in txids, "funding_signed before its commitment was persisted"
+    elif kind == "commitment_signed":  # the peer's commitment remote_ctn, as signed
+        signed = d.remote_commit_txids.get(d.remote_ctn)
+        assert signed is not None and txids.get(str(d.remote_ctn)) == signed.hex(), \
+            "commitment_signed before the signed commitment was persisted"
+    elif kind == "revoke_and_ack":  # reveals the secret of local_ctn - 1
+        n = snap["local_ctn"]
+        assert n >= 1 and body.per_commitment_secret == \
+            channel.secrets.per_commitment_secret(n - 1), \
+            "revoke_and_ack reveals a secret the persisted state has not moved past"
+        assert snap["local_commit_signature"] == d.local_commit_signature.hex(), \
+            "revoke_and_ack before the new commitment's signature was persisted"
+    elif kind == "closing_signed":  # our signature of the closing tx at this fee
+        assert snap["closing_fee_sent_sat"] == body.fee_satoshis, \
+            "closing_signed before the proposed fee was persisted"
+        assert snap["local_shutdown_script"] is not None
+        assert snap["remote_shutdown_script"] is not None
 
 
 @dataclass
@@ -113,11 +157,7 @@ class ChannelPair:
                     "persisted a commitment we already revoked as current"
             elif isinstance(act, Send):
                 kind = act.message.WhichOneof("body")
-                if kind in SIGNED_KINDS:
-                    snap = p.persisted
-                    assert snap is not None, f"{kind} sent before any Persist"
-                    assert snap["local_ctn"] == p.d.local_ctn, f"{kind} before persist (local)"
-                    assert snap["remote_ctn"] == p.d.remote_ctn, f"{kind} before persist (remote)"
+                check_persisted_before_send(p.persisted, p.channel, act.message)
                 if kind == "revoke_and_ack":
                     p.max_revoked = max(p.max_revoked, p.d.local_ctn - 1)
                 p.outbox.append(act.message)
