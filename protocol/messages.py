@@ -50,11 +50,16 @@ def event_of(msg: PeerMessage) -> Event:
 
 
 def check_shape(msg: PeerMessage) -> None:
-    """Refuse a message whose fixed-size fields have the wrong length."""
+    """Refuse a message whose fixed-size fields have the wrong length, absent (empty)
+    ones included: proto3 cannot tell an empty bytes field from a missing one, and a
+    missing funding_txid, say, is as malformed as a short one."""
     name, body = body_of(msg)
-    for field, value in body.ListFields():
+    for field in body.DESCRIPTOR.fields:
         want = _LENGTHS.get(field.name)
-        if want is None or not isinstance(value, bytes):
+        if want is None or field.is_repeated:
+            continue
+        value = getattr(body, field.name)
+        if not isinstance(value, bytes):
             continue
         if len(value) != want and not (field.name in _OPTIONAL and not value):
             raise RemoteProtocolError(

@@ -106,8 +106,6 @@ def on_open_channel(ch: Channel, msg: peer_pb2.OpenChannel, height: int) -> Step
     cfg = d.config
     if msg.chain_hash != d.chain_hash:
         raise RemoteProtocolError("open_channel for another chain")
-    if len(msg.temporary_channel_id) != 32:
-        raise RemoteProtocolError("malformed open_channel: no temporary_channel_id")
     _check(rules.funding_problem(cfg, msg.funding_satoshis, msg.push_msat))
     their = _their_params(msg, cfg.minimum_depth)
     _check(rules.params_problem(cfg, msg.funding_satoshis, their, msg.feerate_per_kw,

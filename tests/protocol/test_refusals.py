@@ -11,13 +11,15 @@ import pytest
 
 from channel.commitment import Side
 from proto import peer_pb2
+from protocol import commitments
 from protocol.actions import HtlcFailed, HtlcReceived
+from protocol.book import everything
 from protocol.channel import Channel
 from protocol.config import LocalConfig
 from protocol.errors import Disposition, LocalProtocolError, RemoteProtocolError
 from protocol.table import ChannelState, LinkState
 from protocol.updates import add_message
-from tests.protocol.pair import HEIGHT, ChannelPair, Party, hash_of, preimage_of
+from tests.protocol.pair import FUNDING_TXID, HEIGHT, ChannelPair, Party, hash_of, preimage_of
 
 CLOSE, WARN = Disposition.CLOSE, Disposition.WARN
 CFG_B = LocalConfig(htlc_minimum_msat=1000, max_accepted_htlcs=3,
@@ -432,11 +434,9 @@ def test_bad_closing_signed_refused(pair: ChannelPair) -> None:
     ("max_accepted_htlcs", 0, "max_accepted_htlcs"),
     ("dust_limit_satoshis", 20_000, "dust_limit_satoshis is greater"),
     ("first_per_commitment_point", b"\x02" + b"\xff" * 32, "first_per_commitment_point"),
-    ("first_per_commitment_point", b"", "first_per_commitment_point"),
     ("htlc_basepoint", b"\x04" + b"\x11" * 32, "basepoint"),
     ("funding_satoshis", 19_999, "too small"),
     ("funding_satoshis", 21_000_000 * 10**8 + 1, "money supply"),
-    ("temporary_channel_id", b"", "temporary_channel_id"),
 ])
 def test_bad_open_channel_refused(field: str, value: object, match: str) -> None:
     pair = ChannelPair(open_channel=False)
@@ -475,7 +475,6 @@ def test_open_with_both_initial_outputs_at_or_below_the_reserve_refused() -> Non
     ("max_accepted_htlcs", 0, "max_accepted_htlcs"),
     ("minimum_depth", 1000, "minimum_depth"),
     ("funding_pubkey", b"\x02" + b"\xff" * 32, "basepoint"),
-    ("revocation_basepoint", b"", "basepoint"),
     ("first_per_commitment_point", b"\x03" + b"\xff" * 32, "first_per_commitment_point"),
 ])
 def test_bad_accept_channel_refused(field: str, value: object, match: str) -> None:
@@ -491,6 +490,46 @@ def test_bad_accept_channel_refused(field: str, value: object, match: str) -> No
     assert pair.a.channel.state is ChannelState.AWAIT_ACCEPT
     pair.deliver_one(pair.b)  # the genuine one is accepted afterwards
     assert pair.a.channel.state is ChannelState.AWAIT_FUNDING_OUTPOINT
+
+
+@pytest.mark.parametrize("kind,field", [
+    ("open_channel", "temporary_channel_id"), ("open_channel", "first_per_commitment_point"),
+    ("open_channel", "chain_hash"), ("accept_channel", "revocation_basepoint"),
+    ("funding_created", "funding_txid"), ("funding_created", "signature"),
+])
+def test_empty_fixed_size_fields_refused_as_malformed(kind: str, field: str) -> None:
+    """proto3 cannot tell an empty bytes field from an absent one; either is malformed."""
+    pair = ChannelPair(open_channel=False)
+    pair.do("a", lambda c: c.open(funding_sat=1_000_000, push_msat=0, feerate_per_kw=1000))
+    receiver = {"open_channel": pair.b, "accept_channel": pair.a, "funding_created": pair.b}
+    if kind != "open_channel":
+        pair.deliver_one(pair.a)
+    if kind == "funding_created":
+        pair.deliver_one(pair.b)
+        pair.do("a", lambda c: c.funding_outpoint(FUNDING_TXID, 0))
+    sender = pair.other(receiver[kind])
+    msg = copy.deepcopy(sender.outbox[0])
+    getattr(msg, kind).ClearField(field)
+    refused(receiver[kind].channel, msg, WARN, f"malformed {kind}: {field} is 0 bytes")
+
+
+def test_funding_created_signed_over_an_empty_funding_txid_refused() -> None:
+    """A hostile funder signs the fundee's commitment 0 spending an outpoint with no
+    txid: the signature verifies, and b used to accept it (channel_id of 2 bytes, a
+    watch on an empty txid)."""
+    pair = ChannelPair(open_channel=False)
+    pair.do("a", lambda c: c.open(funding_sat=1_000_000, push_msat=0, feerate_per_kw=1000))
+    pair.deliver_one(pair.a)
+    pair.deliver_one(pair.b)
+    a = pair.a.channel
+    a.d.funding_txid = b""  # what cmd_funding_outpoint refuses to do
+    commitment = a.build_remote(0, a.d.book.view(everything))
+    sig = commitments.sign_remote(a.static, a.secrets, commitment).commitment_signature
+    msg = peer_pb2.PeerMessage(funding_created=peer_pb2.FundingCreated(
+        temporary_channel_id=a.d.temporary_channel_id, funding_output_index=0,
+        signature=sig))
+    refused(pair.b.channel, msg, WARN, "funding_txid is 0 bytes")
+    assert pair.b.channel.state is ChannelState.AWAIT_FUNDING_CREATED
 
 
 def test_bad_funding_signature_refused() -> None:
