@@ -144,13 +144,10 @@ def claim_htlc_with_preimage(
         keys.remote_htlc_pubkey,
         htlc.payment_hash,
     )
-    outpoint, amount = _find(remote_commitment_tx, scripts.p2wsh(wscript), "offered HTLC")
-    spend = SpendableOutput(
-        outpoint,
-        amount,
-        wscript,
-        derive_privkey(secrets.htlc_basepoint_secret, remote_per_commitment_point),
-        (payment_preimage, wscript),
+    spend = _remote_htlc_output(
+        secrets, remote_commitment_tx, remote_per_commitment_point, wscript,
+        kind="offered HTLC",
+        first_witness_item=payment_preimage,
         sequence=SEQUENCE_FINAL,
         description=f"htlc {htlc.htlc_id} by preimage",
     )
@@ -177,16 +174,38 @@ def claim_htlc_after_timeout(
         htlc.payment_hash,
         htlc.cltv_expiry,
     )
-    outpoint, amount = _find(remote_commitment_tx, scripts.p2wsh(wscript), "received HTLC")
-    spend = SpendableOutput(
-        outpoint,
-        amount,
-        wscript,
-        derive_privkey(secrets.htlc_basepoint_secret, remote_per_commitment_point),
-        (b"", wscript),
+    spend = _remote_htlc_output(
+        secrets, remote_commitment_tx, remote_per_commitment_point, wscript,
+        kind="received HTLC",
+        first_witness_item=b"",
         sequence=SEQUENCE_LOCKTIME_ENABLED,  # a final sequence would disable nLockTime
         description=f"htlc {htlc.htlc_id} after timeout",
     )
     return build_spend_tx(
         [spend], destination_script_pubkey, feerate_per_kw, locktime=htlc.cltv_expiry
+    )
+
+
+def _remote_htlc_output(
+    secrets: ChannelSecrets,
+    remote_commitment_tx: Tx,
+    remote_per_commitment_point: bytes,
+    wscript: bytes,
+    *,
+    kind: str,
+    first_witness_item: bytes,
+    sequence: int,
+    description: str,
+) -> SpendableOutput:
+    """An HTLC output of the peer's commitment, unlocked by our htlc key plus
+    `first_witness_item` (the preimage, or empty for the timeout branch)."""
+    outpoint, amount = _find(remote_commitment_tx, scripts.p2wsh(wscript), kind)
+    return SpendableOutput(
+        outpoint,
+        amount,
+        wscript,
+        derive_privkey(secrets.htlc_basepoint_secret, remote_per_commitment_point),
+        (first_witness_item, wscript),
+        sequence=sequence,
+        description=description,
     )
