@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from channel.commitment import CommitmentHtlc, Side
 from proto import peer_pb2
 
 
@@ -34,19 +35,97 @@ class Persist:
     snapshot: dict[str, Any]
 
 
+WATCH_KINDS = ("funding", "revoked_commitment", "closing")
+
+
 @dataclass(frozen=True, slots=True)
 class Watch:
-    """Ask the chain watcher to look for a transaction.
+    """Ask the chain watcher to look for a transaction; each kind says what to check.
 
-    ``kind`` is ``"funding"`` (watch the funding ``outpoint`` for confirmations and
-    spends), ``"revoked_commitment"`` (a remote commitment we hold a revocation secret
-    for: a breach if it ever confirms) or ``"closing"`` (our cooperative close).
+    - ``"funding"``: the funding outpoint (``txid``, ``output_index``). Before counting
+      confirmations the driver MUST check that this output exists and pays exactly
+      ``script_pubkey`` (the 2-of-2 P2WSH) with ``amount_sat``: the funder names the
+      outpoint, and a fundee that trusted it could wait for a channel that is not
+      there, or one smaller than agreed. Then: confirmations (``minimum_depth``) and
+      any spend of it.
+    - ``"revoked_commitment"``: a commitment of the peer's that it has just revoked
+      (``commitment_number``); if ``txid`` ever confirms it is a breach. The action
+      carries everything a penalty needs besides the per-commitment secret (which is
+      in the channel's revocation store, ``Channel.revocations``): its HTLC outputs as
+      ``(output_index, CommitmentHtlc)`` in the channel frame (``offered_by`` LOCAL =
+      us), and its ``to_local`` output (``to_local_output_index``,
+      ``to_local_amount_sat``; None/0 when trimmed). The channel forgets that
+      commitment's HTLCs right after, so the driver must store this record durably:
+      in every action list the Watch comes before the ``Persist`` that forgets them.
+    - ``"closing"``: our agreed cooperative close. If it has not confirmed by
+      ``deadline_height`` (a fee too low to relay, or a peer that never broadcast and
+      a mempool that forgot it), the driver calls ``Channel.fail()``: the latest
+      commitment is still valid while the funding output is unspent, so the funds do
+      not stay frozen (issue 11, finding 5).
+
+    ``to_record()``/``from_record()`` give a JSON-ready dict, for stores and towers.
     """
 
     kind: str
     txid: bytes
     output_index: int | None = None
     commitment_number: int | None = None
+    script_pubkey: bytes = b""
+    amount_sat: int = 0
+    htlc_outputs: tuple[tuple[int, CommitmentHtlc], ...] = ()
+    to_local_output_index: int | None = None
+    to_local_amount_sat: int = 0
+    deadline_height: int | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "txid": self.txid.hex(),
+            "output_index": self.output_index,
+            "commitment_number": self.commitment_number,
+            "script_pubkey": self.script_pubkey.hex(),
+            "amount_sat": self.amount_sat,
+            "htlc_outputs": [
+                [index, {"offered_by": h.offered_by.value, "htlc_id": h.htlc_id,
+                         "amount_msat": h.amount_msat, "payment_hash": h.payment_hash.hex(),
+                         "cltv_expiry": h.cltv_expiry}]
+                for index, h in self.htlc_outputs],
+            "to_local_output_index": self.to_local_output_index,
+            "to_local_amount_sat": self.to_local_amount_sat,
+            "deadline_height": self.deadline_height,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Watch:
+        """Inverse of ``to_record``; raises ValueError on a malformed record."""
+        try:
+            kind = str(record["kind"])
+            if kind not in WATCH_KINDS:
+                raise ValueError(f"unknown watch kind {kind!r}")
+            htlcs = tuple(
+                (int(index), CommitmentHtlc(Side(h["offered_by"]), int(h["htlc_id"]),
+                                            int(h["amount_msat"]),
+                                            bytes.fromhex(h["payment_hash"]),
+                                            int(h["cltv_expiry"])))
+                for index, h in record["htlc_outputs"])
+            return cls(
+                kind=kind,
+                txid=bytes.fromhex(record["txid"]),
+                output_index=_opt_int(record["output_index"]),
+                commitment_number=_opt_int(record["commitment_number"]),
+                script_pubkey=bytes.fromhex(record["script_pubkey"]),
+                amount_sat=int(record["amount_sat"]),
+                htlc_outputs=htlcs,
+                to_local_output_index=_opt_int(record["to_local_output_index"]),
+                to_local_amount_sat=int(record["to_local_amount_sat"]),
+                deadline_height=_opt_int(record["deadline_height"]),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed watch record: {exc!r}") from exc
+
+
+def _opt_int(x: Any) -> int | None:
+    return None if x is None else int(x)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +200,26 @@ class HtlcFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class HtlcDeadline:
+    """Go on chain for this HTLC by ``deadline_height`` unless it is settled first.
+
+    The driver keeps the latest deadline per ``(offered_by_us, htlc_id)`` and, at a
+    block of that height or above, calls ``Channel.fail()`` if the HTLC is still in
+    ``Channel.onchain_deadlines()`` (the same figures, recomputed from the state, so
+    a restarted driver loses none). Emitted when we offer an HTLC (BOLT #2
+    "cltv_expiry_delta Selection": an offered HTLC is timed out on chain ``G`` blocks
+    after its ``cltv_expiry``, ``protocol.config.OFFERED_HTLC_GRACE_BLOCKS``) and
+    when we fulfill one the peer offered (the preimage must reach the chain before
+    the peer can time it out: ``cltv_expiry`` minus
+    ``protocol.config.FULFILLED_HTLC_DEADLINE_BLOCKS``)."""
+
+    htlc_id: int
+    offered_by_us: bool
+    payment_hash: bytes
+    deadline_height: int
+
+
+@dataclass(frozen=True, slots=True)
 class PeerWarning:
     """The peer sent a BOLT #1 ``warning``."""
 
@@ -149,6 +248,6 @@ class ChannelClosed:
 
 Event = (
     FundingNeeded | FundingSigned | ChannelOpened | HtlcReceived | HtlcFulfilled | HtlcFailed
-    | PeerWarning | ChannelFailed | ChannelClosed
+    | HtlcDeadline | PeerWarning | ChannelFailed | ChannelClosed
 )
 Action = Send | Persist | Watch | Broadcast | Event

@@ -86,6 +86,9 @@ class Channel:
         self.reported_preimages: set[int] = set()
         self.pending_events: list[Action] = []
         self._points: dict[int, bytes] = {}  # recent per-commitment points (hot path)
+        # The peer's commitments we signed and it has not revoked (at most two), kept
+        # in memory for the revoked_commitment Watch; rebuilt from the book if missing.
+        self.signed_remote: dict[int, Commitment] = {}
 
     def local_point(self, commitment_number: int) -> bytes:
         """Our per-commitment point, memoised: each is needed several times in a row

@@ -45,6 +45,40 @@ MIN_FEERATE_PER_KW = 253
 COMMITMENT_BASE_WEIGHT = 724
 HTLC_OUTPUT_WEIGHT = 172
 
+# BOLT #4: an onion_routing_packet is exactly 1,366 bytes (version, 33-byte key, 1,300
+# bytes of hop payloads, 32-byte HMAC). We also accept none (b"": the last hop of a
+# regtest payment carries no onion); anything longer is refused: it would be stored in
+# every snapshot until the HTLC is settled.
+MAX_ONION_ROUTING_PACKET_BYTES = 1366
+
+# update_fail_htlc.reason is an onion-encrypted failure message. BOLT #4 pads the
+# failure to 256 bytes, so the encrypted reason of a spec-conformant node is 292
+# bytes (32 HMAC + 2 length + 256 + 2 pad length); 1,024 leaves room for the larger
+# padding some implementations use and still keeps a hostile peer from making every
+# snapshot (and every Persist rewriting it) grow by megabytes per failed HTLC.
+MAX_FAIL_REASON_BYTES = 1024
+
+# When to give up on the peer and go on chain for an HTLC (BOLT #2 "cltv_expiry_delta
+# Selection", BOLT #5). An HTLC we offered: once its cltv_expiry has passed by G blocks
+# the peer can still claim it with the preimage, and upstream our incoming HTLC is
+# running out; the spec's "1 or 2 blocks is reasonable": we take 2.
+OFFERED_HTLC_GRACE_BLOCKS = 2
+# An HTLC the peer offered and we fulfilled: the preimage must be on chain before the
+# peer's timeout path opens at cltv_expiry. The spec's deadline is 2R+G+S blocks before
+# the expiry, "18 blocks is reasonable" (R = 2 for a reorg, G = 2 grace, S = 12 for the
+# commitment and the HTLC-success to confirm).
+FULFILLED_HTLC_DEADLINE_BLOCKS = 18
+
+# A cooperative close whose transaction has not confirmed this many blocks after we
+# agreed to it is abandoned for a force close (issue 11, finding 5): a day of blocks,
+# enough for a feerate spike to pass, short enough that the funds are not frozen.
+CLOSING_CONFIRM_DEADLINE_BLOCKS = 144
+
+# Bitcoin Core's default minimum relay fee: 1 sat per virtual byte, i.e. 250 sat/kw.
+# A closing transaction paying less is never relayed (BOLT #2 closing_signed; issue 11,
+# finding 5): the negotiated fee never goes below weight/4 sat.
+MIN_RELAY_FEE_SAT_PER_VBYTE = 1
+
 # Our default witness-size estimate for the cooperative closing transaction: two
 # signatures (73 bytes each with sighash), the 71-byte 2-of-2 script, counts.
 CLOSING_WITNESS_WEIGHT = 222
@@ -73,6 +107,53 @@ class LocalConfig:
     max_feerate_per_kw: int = 100_000
     # Our preferred closing feerate; None means the latest commitment feerate.
     closing_feerate_per_kw: int | None = None
+    # BOLT #2 option_shutdown_anysegwit (feature bits 26/27): accept a shutdown script
+    # of any segwit version 1-16 (P2TR...). Off by default: a script our node or the
+    # peer's cannot yet spend or relay would leave the close unspendable.
+    option_shutdown_anysegwit: bool = False
+
+    def __post_init__(self) -> None:
+        problem = config_problem(self)
+        if problem is not None:
+            raise InvalidConfig(problem)
+
+
+class InvalidConfig(ValueError):
+    """A ``LocalConfig`` the protocol forbids us to announce (BOLT #2 open_channel /
+    accept_channel "sending node" requirements) or that contradicts itself."""
+
+
+def config_problem(cfg: LocalConfig) -> str | None:
+    """What is wrong with ``cfg``, or None. BOLT #2 binds what we announce:
+    max_accepted_htlcs at most 483, dust_limit_satoshis at least 354,
+    channel_reserve_satoshis at least our own dust_limit_satoshis (and the peer's,
+    checked at open), to_self_delay a 16-bit relative lock-time in blocks."""
+    if not 1 <= cfg.max_accepted_htlcs <= MAX_ACCEPTED_HTLCS_LIMIT:
+        return f"max_accepted_htlcs {cfg.max_accepted_htlcs} not in [1, 483]"
+    if cfg.dust_limit_sat < MIN_DUST_LIMIT_SAT:
+        return f"dust_limit_sat {cfg.dust_limit_sat} below {MIN_DUST_LIMIT_SAT}"
+    if cfg.channel_reserve_sat < cfg.dust_limit_sat:
+        return (f"channel_reserve_sat {cfg.channel_reserve_sat} below dust_limit_sat "
+                f"{cfg.dust_limit_sat}")
+    if cfg.htlc_minimum_msat < 1:
+        return "htlc_minimum_msat must be at least 1"
+    if cfg.max_htlc_value_in_flight_msat < 1:
+        return "max_htlc_value_in_flight_msat must be at least 1"
+    if not 1 <= cfg.to_self_delay <= 0xFFFF:
+        return f"to_self_delay {cfg.to_self_delay} not a 16-bit block count"
+    if cfg.to_self_delay > cfg.max_to_self_delay:
+        return "to_self_delay above max_to_self_delay (we would refuse our own demand)"
+    if cfg.minimum_depth < 1:
+        return "minimum_depth must be at least 1 (an unconfirmed funding can be replaced)"
+    if cfg.min_feerate_per_kw < MIN_FEERATE_PER_KW:
+        return f"min_feerate_per_kw below {MIN_FEERATE_PER_KW} (would not relay)"
+    if cfg.max_feerate_per_kw < cfg.min_feerate_per_kw:
+        return "max_feerate_per_kw below min_feerate_per_kw"
+    if cfg.max_dust_htlc_exposure_msat < 0 or cfg.min_funding_sat < 1:
+        return "negative max_dust_htlc_exposure_msat or min_funding_sat below 1"
+    if cfg.closing_feerate_per_kw is not None and cfg.closing_feerate_per_kw < 1:
+        return "closing_feerate_per_kw must be positive"
+    return None
 
 
 def fee_upper_bound_sat(feerate_per_kw: int, htlc_outputs: int) -> int:

@@ -177,10 +177,17 @@ def on_funding_created(ch: Channel, msg: peer_pb2.FundingCreated, height: int) -
     d.channel_id = channel_id_from_outpoint(msg.funding_txid, msg.funding_output_index)
     d.local_commit_signature = msg.signature
     d.remote_commit_txids[0] = remote.txid
-    return [PERSIST,
+    return [funding_watch(ch), PERSIST,
             Send(wrap(funding_signed=peer_pb2.FundingSigned(
-                channel_id=d.channel_id, signature=sigs.commitment_signature))),
-            Watch("funding", msg.funding_txid, output_index=msg.funding_output_index)]
+                channel_id=d.channel_id, signature=sigs.commitment_signature)))]
+
+
+def funding_watch(ch: Channel) -> Watch:
+    """What the driver must find on chain: the funder names the outpoint, nothing
+    else proves it pays the 2-of-2 with the agreed amount (see ``Watch``)."""
+    d = ch.d
+    return Watch("funding", d.funding_txid, output_index=d.funding_output_index,
+                 script_pubkey=ch.static.funding_script_pubkey, amount_sat=d.funding_sat)
 
 
 def on_funding_signed(ch: Channel, msg: peer_pb2.FundingSigned, height: int) -> Step:
@@ -190,8 +197,7 @@ def on_funding_signed(ch: Channel, msg: peer_pb2.FundingSigned, height: int) -> 
     local = ch.build_local(0, d.book.view(everything))
     commitments.verify_local(ch.static, local, msg.signature, ())
     d.local_commit_signature = msg.signature
-    return [PERSIST, Watch("funding", d.funding_txid, output_index=d.funding_output_index),
-            FundingSigned(d.funding_txid)]
+    return [funding_watch(ch), PERSIST, FundingSigned(d.funding_txid)]
 
 
 def ready_message(ch: Channel) -> peer_pb2.PeerMessage:

@@ -109,6 +109,7 @@ def sign_next_remote(ch: Channel) -> Step:
     d.book.commit(REMOTE, new_ctn, eligible)
     d.remote_ctn = new_ctn
     d.remote_commit_txids[new_ctn] = commitment.txid
+    ch.signed_remote[new_ctn] = commitment
     d.last_sent_was_revoke = False
     return [PERSIST, Send(wrap(commitment_signed=peer_pb2.CommitmentSigned(
         channel_id=ch.channel_id, signature=sigs.commitment_signature,
@@ -213,6 +214,9 @@ def on_revoke_and_ack(ch: Channel, msg: peer_pb2.RevokeAndAck, height: int) -> S
     if not rules.valid_point(msg.next_per_commitment_point):
         raise RemoteProtocolError("invalid next_per_commitment_point")
     revoked = d.remote_oldest_ctn
+    # What a watcher needs to punish this commitment, taken before the points move on
+    # and before ``_prune`` forgets its HTLCs (issue 11, finding 3).
+    watch = revoked_watch(ch, revoked)
     try:
         ch.revocations.add_commitment_secret(revoked, msg.per_commitment_secret)
     except ShachainError as exc:  # the store is unchanged when it raises
@@ -222,10 +226,11 @@ def on_revoke_and_ack(ch: Channel, msg: peer_pb2.RevokeAndAck, height: int) -> S
     d.remote_oldest_ctn = revoked + 1
     d.remote_current_point = d.remote_next_point
     d.remote_next_point = msg.next_per_commitment_point
-    step: Step = [PERSIST]
-    txid = d.remote_commit_txids.pop(revoked, None)
-    if txid is not None:
-        step.append(Watch("revoked_commitment", txid, commitment_number=revoked))
+    d.remote_commit_txids.pop(revoked, None)
+    ch.signed_remote.pop(revoked, None)
+    # The Watch before the Persist: a driver that stores each Watch durably before the
+    # next action never loses it, and the Persist is what forgets the HTLCs.
+    step: Step = [watch, PERSIST]
     for h in list(d.book.htlcs.values()):
         if h.offered_by is REMOTE and h.add.remote_ctn == d.remote_oldest_ctn:
             if h.policy_failure:
@@ -235,6 +240,19 @@ def on_revoke_and_ack(ch: Channel, msg: peer_pb2.RevokeAndAck, height: int) -> S
                                          h.cltv_expiry, h.onion))
     step.extend(_prune(ch))
     return step
+
+
+def revoked_watch(ch: Channel, commitment_number: int) -> Watch:
+    """``Watch("revoked_commitment")`` for the peer's commitment ``commitment_number``
+    (its oldest unrevoked one, about to be revoked): the commitment as we signed it."""
+    commitment = ch.signed_remote.get(commitment_number)
+    if commitment is None:  # after a restart: rebuilt from the book, still unpruned
+        commitment = ch.build_remote(commitment_number)
+    index = commitment.to_local_index
+    return Watch(
+        "revoked_commitment", commitment.txid, commitment_number=commitment_number,
+        htlc_outputs=commitment.htlc_outputs, to_local_output_index=index,
+        to_local_amount_sat=0 if index is None else commitment.tx.outputs[index].amount_sat)
 
 
 def fail_back(ch: Channel, h: Htlc) -> Step:

@@ -37,6 +37,7 @@ from protocol.actions import (
     HtlcReceived,
     Persist,
     Send,
+    Watch,
 )
 from protocol.channel import Channel
 from protocol.config import LocalConfig
@@ -102,6 +103,16 @@ def check_persisted_before_send(snap: dict[str, Any] | None, channel: Channel,
         assert snap["remote_shutdown_script"] is not None
 
 
+def check_watches_before_persist(actions: list[Action]) -> None:
+    """A ``revoked_commitment`` Watch precedes the Persist of its list: that Persist
+    forgets the revoked commitment's HTLCs, so a driver that stores each Watch before
+    the next action must have stored it by then (issue 11, finding 3)."""
+    persist_at = next((i for i, a in enumerate(actions) if isinstance(a, Persist)), None)
+    for i, a in enumerate(actions):
+        if isinstance(a, Watch) and a.kind == "revoked_commitment":
+            assert persist_at is not None and i < persist_at, "revoked Watch after Persist"
+
+
 @dataclass
 class Party:
     name: str
@@ -148,6 +159,7 @@ class ChannelPair:
 
     def apply(self, p: Party, actions: list[Action]) -> list[Action]:
         """Execute ``actions`` of party ``p``: queue sends, keep persists, check safety."""
+        check_watches_before_persist(actions)
         for act in actions:
             if isinstance(act, Persist):
                 assert act.update_id > p.last_update_id, "update_id must strictly increase"
