@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 PROTOS := $(wildcard proto/*.proto)
 PROTO_STAMP := .stamp-proto
 
-.PHONY: all venv proto test lint typecheck unit demo bench clean
+.PHONY: all venv proto test lint typecheck unit demo bench mutate clean
 
 all: test
 
@@ -48,6 +48,12 @@ demo: proto
 
 bench: proto
 	$(PY) -m bench.run_all
+
+# Mutation testing (docs/mutation.md): a seeded sample, so it ends in well under an hour.
+MUTATE_ARGS ?= --sample 450 --seed 1 --jobs 2
+mutate: proto
+	$(PY) .ci/mutate.py --paths channel protocol regtest/node $(MUTATE_ARGS) \
+		--report docs/mutation-report.md
 
 clean:
 	rm -rf $(VENV) $(PROTO_STAMP) proto/*_pb2*.py proto/*_pb2*.pyi .pytest_cache .mypy_cache .ruff_cache
