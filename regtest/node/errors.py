@@ -44,14 +44,26 @@ class TxRejected(Exception):
 
     `reason` is Core's reject reason, `debug` its optional debug message;
     `missing_inputs` marks TX_MISSING_INPUTS, which sendrawtransaction
-    reports as -25 and testmempoolaccept as "missing-inputs".
+    reports as -25 and testmempoolaccept as "missing-inputs".  A script
+    failure also carries `script_error`, Core's ScriptError_t name for it
+    (e.g. "EVAL_FALSE"), and the failing `input_index`.
     """
 
-    def __init__(self, reason: str, debug: str = "", *, missing_inputs: bool = False) -> None:
+    def __init__(
+        self,
+        reason: str,
+        debug: str = "",
+        *,
+        missing_inputs: bool = False,
+        script_error: str | None = None,
+        input_index: int | None = None,
+    ) -> None:
         super().__init__(reason, debug)
         self.reason = reason
         self.debug = debug
         self.missing_inputs = missing_inputs
+        self.script_error = script_error
+        self.input_index = input_index
 
     @property
     def text(self) -> str:

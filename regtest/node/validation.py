@@ -9,7 +9,8 @@ out in Core's order and with Core's words:
 - `check_tx_inputs`: Consensus::CheckTxInputs (maturity, value ranges, fee >= 0).
 - `check_standard`: IsStandardTx plus the input/witness standardness checks.
 - `verify_scripts`: every input through btclib's script engine
-  (`btclib.script.engine.verify_input`) under the given ScriptFlag set.
+  (`btclib.script.engine.verify_input`) under the given ScriptFlag set,
+  failures named as Core names them (`script_errors`).
 
 Nothing here reads chain state: callers hand in `Coin`s (the spent outputs with
 their creation height and coinbase bit), heights and times.  This keeps the
@@ -22,7 +23,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from btclib import policy
-from btclib.exceptions import ScriptError
 from btclib.hashes import hash256
 from btclib.script.engine import sig_op_cost, verify_input
 from btclib.script.engine.flags import ScriptFlag
@@ -46,6 +46,7 @@ from regtest.node.params import (
     WITNESS_SCALE_FACTOR,
     format_money,
 )
+from regtest.node.script_errors import core_script_error, core_script_error_text
 
 SEQUENCE_LOCKTIME_DISABLE_FLAG = 1 << 31
 SEQUENCE_LOCKTIME_TYPE_FLAG = 1 << 22
@@ -254,27 +255,53 @@ def verify_scripts(
 ) -> None:
     """Run every input through btclib's engine under `flags`.
 
-    On failure under policy flags, Core rechecks with the consensus flags
-    (`recheck_flags`): passing there makes it "non-mandatory-script-verify-flag",
-    failing there "mandatory-script-verify-flag-failed"; the text quoted is the
-    error of the first (policy) run, as in v27/v28.
+    This is the one script check: the mempool calls it with the standard
+    flags (and the consensus flags as `recheck_flags`), block connection
+    with the consensus flags alone.  On failure under policy flags, Core
+    rechecks with the consensus flags: passing there makes it
+    "non-mandatory-script-verify-flag", failing there
+    "mandatory-script-verify-flag-failed"; the text quoted is the error of
+    the first (policy) run, as in v27/v28, in Core's words
+    (`script_errors.core_script_error`).  The first failing input decides,
+    as Core's CheckInputScripts stops at it.
     """
     prevouts = [coin.tx_out() for coin in coins]
-    precomputed = PrecomputedTxData(tx, prevouts)
+    try:
+        precomputed = PrecomputedTxData(tx, prevouts)
+    except Exception as exc:  # btclib refusing malformed data outright
+        raise _script_rejected("mandatory-script-verify-flag-failed", "UNKNOWN_ERROR") from exc
     for i in range(len(tx.vin)):
-        try:
-            verify_input(prevouts, tx, i, flags, precomputed)
-        except ScriptError as exc:
-            text = exc.code.description
-            if recheck_flags is not None:
-                try:
-                    verify_input(prevouts, tx, i, recheck_flags, precomputed)
-                except ScriptError:
-                    pass
-                else:
-                    raise TxRejected(f"non-mandatory-script-verify-flag ({text})") from exc
-            raise TxRejected(f"mandatory-script-verify-flag-failed ({text})") from exc
-        except Exception as exc:  # btclib refusing malformed data outright
-            raise TxRejected(
-                "mandatory-script-verify-flag-failed (unknown error)", str(exc)
-            ) from exc
+        error = _input_error(prevouts, tx, i, flags, precomputed)
+        if error is None:
+            continue
+        name, cause = error
+        prefix = "mandatory-script-verify-flag-failed"
+        if recheck_flags is not None and (
+            _input_error(prevouts, tx, i, recheck_flags, precomputed) is None
+        ):
+            prefix = "non-mandatory-script-verify-flag"
+        raise _script_rejected(prefix, name, input_index=i) from cause
+
+
+def _input_error(
+    prevouts: list[TxOut], tx: Tx, i: int, flags: ScriptFlag, precomputed: PrecomputedTxData
+) -> tuple[str, BaseException] | None:
+    """None when input i verifies, else Core's error name and btclib's exception.
+
+    Any exception counts as a failure: Core's EvalScript catches everything
+    its interpreter throws as "unknown error", and a script (or witness) a
+    stranger wrote must never crash the node.
+    """
+    try:
+        verify_input(prevouts, tx, i, flags, precomputed)
+    except Exception as exc:
+        return core_script_error(exc), exc
+    return None
+
+
+def _script_rejected(prefix: str, name: str, *, input_index: int = 0) -> TxRejected:
+    return TxRejected(
+        f"{prefix} ({core_script_error_text(name)})",
+        script_error=name,
+        input_index=input_index,
+    )
