@@ -1,0 +1,252 @@
+"""The chain follower: polls a node and feeds listeners every block, reorgs included.
+
+Theory of operation
+-------------------
+The follower holds one position, its tip (`BlockRef`), which starts at a
+checkpoint its owner persisted (the tip the listeners had when they last saved
+their state). One sync step (`sync_once`) brings the tip to the node's best
+block:
+
+1. Ask the node for its best hash. Equal to our tip: nothing to do (one RPC, the
+   common poll).
+2. Walk back: while the node's hash at our tip height is not our tip hash (or
+   the node is shorter than that), our tip is on a stale branch. Disconnect it:
+   every listener's `block_disconnected(height, hash)`, tip first, then step to
+   its parent (known from the blocks we connected, or from the stale header,
+   which bitcoind keeps). This is also how a reorg that happened while we were
+   down is found: the checkpoint itself is checked first.
+3. Walk forward: fetch the block at tip height + 1 (raw, verified by
+   `Block.parse`), and if its parent is our tip, hand it to every listener's
+   `block_connected(height, hash, txs)` and advance. If its parent is not our
+   tip, the node reorganised while we read: go back to 2.
+
+This is LDK's documented ordering (all disconnects, tip first, down to the fork
+point, then the connects in ascending order), block by block, so a listener
+never sees a gap. The genesis block is never disconnected; a checkpoint the node
+cannot walk back from (another network) is a `ChainMismatch`.
+
+After a step that moved the tip, every `TipListener` is awaited with the new tip
+(the broadcaster rebroadcasts there; the owner persists listener state and the
+tip there). `run()` is the trio service: one sync, `task_status.started(tip)`,
+then a sync every `poll_interval_s`; a node that is down is retried on the next
+poll, so a restart of bitcoind costs nothing but a gap in time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import trio
+
+from channel.chain.block import Block, BlockHeader
+from channel.chain.interfaces import BlockListener, BlockRef, ChainSource, TipListener
+from channel.chain.rpc import (
+    RPC_INVALID_ADDRESS_OR_KEY,
+    RPC_INVALID_PARAMETER,
+    BitcoinRpc,
+    ChainError,
+    RpcError,
+)
+
+log = logging.getLogger(__name__)
+
+#: How many recent (hash -> parent) links the follower keeps, so that walking
+#: back over a reorg of up to this depth needs no header fetch. Deeper reorgs
+#: still work; they fetch the stale headers from the node.
+PARENT_CACHE_SIZE = 2016
+
+
+class ChainMismatch(ChainError):
+    """The checkpoint is not on the node's chain at all (walked back to genesis)."""
+
+
+class RpcChainSource:
+    """`ChainSource` over bitcoind's JSON-RPC (or the embedded node's)."""
+
+    def __init__(self, rpc: BitcoinRpc) -> None:
+        self.rpc = rpc
+
+    async def best_block_hash(self) -> str:
+        return await self.rpc.getbestblockhash()
+
+    async def block_hash(self, height: int) -> str | None:
+        try:
+            return await self.rpc.getblockhash(height)
+        except RpcError as exc:
+            if exc.code == RPC_INVALID_PARAMETER:  # "Block height out of range"
+                return None
+            raise
+
+    async def block_header(self, block_hash: str) -> BlockHeader:
+        header = BlockHeader.parse(await self.rpc.getblockheader_raw(block_hash))
+        if header.hash != block_hash:
+            raise ChainError(f"asked for header {block_hash}, got {header.hash}")
+        return header
+
+    async def block(self, block_hash: str) -> Block:
+        return Block.parse(await self.rpc.getrawblock(block_hash), expected_hash=block_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    """What one sync step did."""
+
+    disconnected: int
+    connected: int
+    tip: BlockRef
+
+    @property
+    def moved(self) -> bool:
+        return bool(self.disconnected or self.connected)
+
+
+async def checkpoint_at(source: ChainSource, height: int) -> BlockRef:
+    """The node's block at `height` as a checkpoint (e.g. a wallet's birth height
+    minus one); `ChainError` if the node is not that high."""
+    block_hash = await source.block_hash(height)
+    if block_hash is None:
+        raise ChainError(f"the node has no block at height {height}")
+    return BlockRef(height, block_hash)
+
+
+class ChainFollower:
+    """Follows the best chain of `source` from `checkpoint`, feeding listeners."""
+
+    def __init__(
+        self,
+        source: ChainSource,
+        checkpoint: BlockRef,
+        *,
+        listeners: Iterable[BlockListener] = (),
+        tip_listeners: Iterable[TipListener] = (),
+        poll_interval_s: float = 1.0,
+    ) -> None:
+        if poll_interval_s <= 0:
+            raise ValueError("poll_interval_s must be positive")
+        self.source = source
+        self.poll_interval_s = poll_interval_s
+        self._tip = checkpoint
+        self._listeners: list[BlockListener] = list(listeners)
+        self._tip_listeners: list[TipListener] = list(tip_listeners)
+        self._parents: OrderedDict[str, str] = OrderedDict()
+        self._lock = trio.Lock()
+        self._height_waiters: list[tuple[int, trio.Event]] = []
+        self.blocks_connected = 0
+        self.blocks_disconnected = 0
+
+    @property
+    def tip(self) -> BlockRef:
+        return self._tip
+
+    def add_listener(self, listener: BlockListener) -> None:
+        """Register a listener; it sees blocks from the current tip on."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: BlockListener) -> None:
+        self._listeners.remove(listener)
+
+    def add_tip_listener(self, listener: TipListener) -> None:
+        self._tip_listeners.append(listener)
+
+    def remove_tip_listener(self, listener: TipListener) -> None:
+        self._tip_listeners.remove(listener)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[BlockRef] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The service: catch up, report started with the tip, then poll forever.
+
+        The first sync must succeed (a node that is down at start is the caller's
+        error to see); later failures are logged and retried on the next poll.
+        """
+        await self.sync_once()
+        task_status.started(self._tip)
+        while True:
+            await trio.sleep(self.poll_interval_s)
+            try:
+                await self.sync_once()
+            except ChainError as exc:
+                log.warning("chain sync failed, retrying in %ss: %s", self.poll_interval_s, exc)
+
+    async def wait_for_height(self, height: int) -> BlockRef:
+        """Return once the tip is at `height` or above (needs `run()` going)."""
+        if self._tip.height < height:
+            event = trio.Event()
+            self._height_waiters.append((height, event))
+            await event.wait()
+        return self._tip
+
+    async def sync_once(self) -> SyncResult:
+        """One step to the node's best block (see the module docstring)."""
+        async with self._lock:
+            disconnected = connected = 0
+            best = await self.source.best_block_hash()
+            if best != self._tip.hash:
+                while True:
+                    disconnected += await self._walk_back()
+                    added, consistent = await self._walk_forward()
+                    connected += added
+                    if consistent:
+                        break
+            result = SyncResult(disconnected, connected, self._tip)
+            if result.moved:
+                for tip_listener in list(self._tip_listeners):
+                    await tip_listener.best_block_updated(self._tip)
+                self._wake_waiters()
+            return result
+
+    async def _walk_back(self) -> int:
+        count = 0
+        while await self.source.block_hash(self._tip.height) != self._tip.hash:
+            tip = self._tip
+            if tip.height == 0:
+                raise ChainMismatch(f"block {tip.hash} is not on the node's chain")
+            parent = self._parents.pop(tip.hash, None)
+            if parent is None:
+                try:
+                    parent = (await self.source.block_header(tip.hash)).prev_hash
+                except RpcError as exc:
+                    if exc.code != RPC_INVALID_ADDRESS_OR_KEY:
+                        raise
+                    raise ChainMismatch(f"the node does not know block {tip.hash}") from exc
+            for listener in list(self._listeners):
+                listener.block_disconnected(tip.height, tip.hash)
+            self._tip = BlockRef(tip.height - 1, parent)
+            self.blocks_disconnected += 1
+            count += 1
+        return count
+
+    async def _walk_forward(self) -> tuple[int, bool]:
+        """Connect blocks until the node has no more; False if a parent mismatched."""
+        count = 0
+        while True:
+            height = self._tip.height + 1
+            block_hash = await self.source.block_hash(height)
+            if block_hash is None:
+                return count, True
+            block = await self.source.block(block_hash)
+            if block.prev_hash != self._tip.hash:
+                return count, False
+            for listener in list(self._listeners):
+                listener.block_connected(height, block_hash, block.txs)
+            self._remember_parent(block_hash, block.prev_hash)
+            self._tip = BlockRef(height, block_hash)
+            self.blocks_connected += 1
+            count += 1
+
+    def _remember_parent(self, block_hash: str, parent: str) -> None:
+        self._parents[block_hash] = parent
+        if len(self._parents) > PARENT_CACHE_SIZE:
+            self._parents.popitem(last=False)
+
+    def _wake_waiters(self) -> None:
+        still_waiting = []
+        for height, event in self._height_waiters:
+            if self._tip.height >= height:
+                event.set()
+            else:
+                still_waiting.append((height, event))
+        self._height_waiters = still_waiting
