@@ -251,7 +251,12 @@ def check_standard_sigops(tx: Tx, cost: int) -> None:
 
 
 def verify_scripts(
-    tx: Tx, coins: Sequence[Coin], flags: ScriptFlag, recheck_flags: ScriptFlag | None = None
+    tx: Tx,
+    coins: Sequence[Coin],
+    flags: ScriptFlag,
+    recheck_flags: ScriptFlag | None = None,
+    *,
+    inputs: Sequence[int] | None = None,
 ) -> None:
     """Run every input through btclib's engine under `flags`.
 
@@ -263,14 +268,16 @@ def verify_scripts(
     "mandatory-script-verify-flag-failed"; the text quoted is the error of
     the first (policy) run, as in v27/v28, in Core's words
     (`script_errors.core_script_error`).  The first failing input decides,
-    as Core's CheckInputScripts stops at it.
+    as Core's CheckInputScripts stops at it.  `inputs` limits the check to
+    some input indexes (all by default), for a transaction only partly
+    signed.
     """
     prevouts = [coin.tx_out() for coin in coins]
     try:
         precomputed = PrecomputedTxData(tx, prevouts)
     except Exception as exc:  # btclib refusing malformed data outright
         raise _script_rejected("mandatory-script-verify-flag-failed", "UNKNOWN_ERROR") from exc
-    for i in range(len(tx.vin)):
+    for i in range(len(tx.vin)) if inputs is None else inputs:
         error = _input_error(prevouts, tx, i, flags, precomputed)
         if error is None:
             continue

@@ -1,7 +1,8 @@
 """Bitcoin Core's own consensus vectors through the node's script check.
 
-Every entry of Core's `script_tests.json`, `tx_valid.json` and
-`tx_invalid.json` (`../shared/vectors/bitcoin-core/`) goes through
+Every entry of Core's `script_tests.json`, `tx_valid.json`,
+`tx_invalid.json` and BIP341's key-path spends in
+`bip341_wallet_vectors.json` (`../shared/vectors/bitcoin-core/`) goes through
 `regtest.node.validation.verify_scripts`, the function the node's mempool
 and block connection both call, directly rather than over HTTP so the whole
 set takes about a second.  Each vector is checked:
@@ -25,8 +26,13 @@ A vector is skipped only with a reason printed by pytest (`-rs`).
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 from btclib.script.engine.flags import ScriptFlag
+from btclib.script.witness import Witness
+from btclib.tx.tx import Tx
 
 from regtest.node.errors import TxRejected
 from regtest.node.params import BLOCK_SCRIPT_FLAGS, STANDARD_SCRIPT_FLAGS
@@ -151,3 +157,49 @@ def test_tx_invalid_vector(case: object) -> None:
         fewer = trim_flags(flags & ~flag)
         assert _outcome(case.tx, case.coins, fewer) is None, f"{flag.name}: {case.comment}"
     assert _node_runs(case.tx, case.coins, flags, False) == [], case.comment
+
+
+def _bip341() -> dict[str, Any]:
+    with (VECTORS_DIR / "bip341_wallet_vectors.json").open() as handle:
+        data: dict[str, Any] = json.load(handle)
+    return data
+
+
+BIP341 = _bip341() if VECTORS_DIR.is_dir() else {"keyPathSpending": [], "scriptPubKey": []}
+KEY_PATH_INPUTS = [
+    (spending["given"], item)
+    for spending in BIP341["keyPathSpending"]
+    for item in spending["inputSpending"]
+]
+
+
+@pytest.mark.parametrize(
+    ("given", "item"), KEY_PATH_INPUTS, ids=[str(i) for i in range(len(KEY_PATH_INPUTS))]
+)
+def test_bip341_key_path_vector(given: dict[str, Any], item: dict[str, Any]) -> None:
+    """BIP341's signed key-path inputs verify under the node's flags; a bit flipped fails."""
+    tx = Tx.parse(bytes.fromhex(given["rawUnsignedTx"]), check_validity=False)
+    coins = [
+        Coin(utxo["amountSats"], bytes.fromhex(utxo["scriptPubKey"]), 1, False)
+        for utxo in given["utxosSpent"]
+    ]
+    index = item["given"]["txinIndex"]
+    witness = [bytes.fromhex(element) for element in item["expected"]["witness"]]
+    tx.vin[index].script_witness = Witness(witness, check_validity=False)
+    verify_scripts(tx, coins, BLOCK_SCRIPT_FLAGS, inputs=[index])
+    verify_scripts(tx, coins, STANDARD_SCRIPT_FLAGS, BLOCK_SCRIPT_FLAGS, inputs=[index])
+    forged = bytearray(witness[0])
+    forged[10] ^= 1
+    tx.vin[index].script_witness = Witness([bytes(forged), *witness[1:]], check_validity=False)
+    with pytest.raises(TxRejected) as refusal:
+        verify_scripts(tx, coins, BLOCK_SCRIPT_FLAGS, inputs=[index])
+    assert refusal.value.script_error == "SCHNORR_SIG"
+    assert refusal.value.reason == "mandatory-script-verify-flag-failed (Invalid Schnorr signature)"
+
+
+@pytest.mark.parametrize("entry", BIP341["scriptPubKey"])
+def test_bip341_script_pub_key_vector(entry: dict[str, Any]) -> None:
+    pytest.skip(
+        "BIP341 scriptPubKey vectors derive outputs and addresses from key trees; they carry "
+        "no spend for the node to validate (script-path spends are covered by script_tests)"
+    )
