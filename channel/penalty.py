@@ -13,10 +13,13 @@ output that could pay the cheater is then ours:
   that commitment (same script as to_local): ``<revocation_sig> 1``.
 
 The revoked commitment is the REMOTE one, so its keys are derived with the
-remote's basepoints as owner and our revocation basepoint. Outputs are found by
-their scriptPubKey, so the caller needs only the transaction seen on chain, the
-secret and the HTLCs that commitment carried (to rebuild HTLC scripts); to_local
-and second-stage outputs need nothing but the secret. to_remote (ours, P2WPKH) is
+remote's basepoints as owner and our revocation basepoint. to_local and
+second-stage outputs are found by their scriptPubKey (each script is unique), so
+they need nothing but the transaction seen on chain and the secret. HTLC outputs
+are named by output index, as the ``Watch("revoked_commitment")`` record carries
+them: HTLCs with one payment hash share a script, so a script says which outputs
+are HTLCs but not which HTLC each is; every index is checked against the script and
+amount found there (issue 11, findings 1 and 3). to_remote (ours, P2WPKH) is
 swept by sweep.py like any other to_remote.
 """
 
@@ -34,7 +37,7 @@ from channel.keys import (
     derive_revocation_privkey,
     pubkey_from_secret,
 )
-from channel.spend import SpendableOutput, build_spend_tx
+from channel.spend import SpendableOutput, build_spend_tx, checked_htlc_output
 from channel.tx import OutPoint, Tx
 
 
@@ -63,49 +66,51 @@ def revoked_commitment_outputs(
     secrets: ChannelSecrets,
     revoked_tx: Tx,
     per_commitment_secret: bytes,
-    htlcs: Sequence[CommitmentHtlc] = (),
+    htlc_outputs: Sequence[tuple[int, CommitmentHtlc]] = (),
 ) -> list[SpendableOutput]:
     """The to_local and HTLC outputs of the peer's revoked commitment ``revoked_tx``.
 
-    ``htlcs`` are those of that commitment (channel frame: offered_by LOCAL = us).
-    Raises TransactionError if the secret does not produce any output script of
-    ``revoked_tx`` (not a commitment revoked with that secret).
+    ``htlc_outputs`` are that commitment's HTLC outputs as ``(output_index, htlc)``,
+    channel frame (offered_by LOCAL = us): ``Commitment.htlc_outputs`` of our view of
+    it, or the ``Watch("revoked_commitment")`` record. Each is taken by its index,
+    after checking that the output there carries that HTLC's script and amount; a
+    mismatch raises (the record is not of this transaction). to_local, whose script
+    is unique, is found by script. Raises TransactionError when nothing is revocable
+    (no to_local with that secret's script, e.g. it was dust, and no HTLC output).
     """
     keys, privkey = _revoked_keys(static, secrets, per_commitment_secret)
-    candidates: dict[bytes, tuple[bytes, tuple[bytes, ...], str]] = {}
+    txid = revoked_tx.txid()
+    found: list[SpendableOutput] = []
     to_local = _to_local_script(static, keys)
-    candidates[scripts.p2wsh(to_local)] = (to_local, (b"\x01", to_local), "to_local")
+    to_local_spk = scripts.p2wsh(to_local)
+    for index, out in enumerate(revoked_tx.outputs):
+        if out.script_pubkey == to_local_spk:
+            found.append(
+                SpendableOutput(
+                    OutPoint(txid, index), out.amount_sat, to_local, privkey,
+                    (b"\x01", to_local), description="to_local",
+                )
+            )
     htlc_scripts = scripts.HtlcScripts(
         keys.revocation_pubkey, keys.local_htlc_pubkey, keys.remote_htlc_pubkey
     )
-    for h in htlcs:
+    indexes = [index for index, _ in htlc_outputs]
+    if len(set(indexes)) != len(indexes):
+        raise TransactionError(f"an HTLC output is named twice: indexes {indexes}")
+    for index, h in htlc_outputs:
         if h.offered_by is Side.REMOTE:  # offered by the commitment's owner
             wscript = htlc_scripts.offered(h.payment_hash)
             kind = "offered_htlc"
         else:
             wscript = htlc_scripts.received(h.payment_hash, h.cltv_expiry)
             kind = "received_htlc"
-        candidates[scripts.p2wsh(wscript)] = (
-            wscript,
-            (keys.revocation_pubkey, wscript),
-            f"{kind} {h.htlc_id}",
-        )
-    txid = revoked_tx.txid()
-    found = []
-    for index, out in enumerate(revoked_tx.outputs):
-        match = candidates.get(out.script_pubkey)
-        if match is not None:
-            wscript, suffix, what = match
-            found.append(
-                SpendableOutput(
-                    OutPoint(txid, index),
-                    out.amount_sat,
-                    wscript,
-                    privkey,
-                    suffix,
-                    description=what,
-                )
+        outpoint, amount_sat = checked_htlc_output(revoked_tx, index, wscript, h)
+        found.append(
+            SpendableOutput(
+                outpoint, amount_sat, wscript, privkey, (keys.revocation_pubkey, wscript),
+                description=f"{kind} {h.htlc_id}",
             )
+        )
     if not found:
         raise TransactionError("no output of this transaction is revocable with that secret")
     return found
@@ -144,12 +149,15 @@ def build_penalty_tx(
     secrets: ChannelSecrets,
     revoked_tx: Tx,
     per_commitment_secret: bytes,
-    htlcs: Sequence[CommitmentHtlc],
+    htlc_outputs: Sequence[tuple[int, CommitmentHtlc]],
     destination_script_pubkey: bytes,
     feerate_per_kw: int,
 ) -> Tx:
-    """One transaction taking to_local and every HTLC output of ``revoked_tx``."""
-    outputs = revoked_commitment_outputs(static, secrets, revoked_tx, per_commitment_secret, htlcs)
+    """One transaction taking to_local and every HTLC output of ``revoked_tx``
+    (``htlc_outputs`` as for ``revoked_commitment_outputs``)."""
+    outputs = revoked_commitment_outputs(
+        static, secrets, revoked_tx, per_commitment_secret, htlc_outputs
+    )
     return build_spend_tx(outputs, destination_script_pubkey, feerate_per_kw)
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from channel import scripts
+from channel.commitment import CommitmentHtlc
 from channel.errors import TransactionError
 from channel.sighash import Bip143Precomputed, bip143_sighash
 from channel.signing import sign, witness_signature
@@ -61,6 +63,9 @@ def build_spend_tx(
     """Sign a version-2 transaction spending ``outputs`` to one destination."""
     if not outputs:
         raise TransactionError("nothing to spend")
+    if len({o.outpoint for o in outputs}) != len(outputs):
+        # Bitcoin refuses it anyway (duplicate inputs); say so here, with the cause.
+        raise TransactionError("one output is spent twice in one claim")
     total_sat = sum(o.amount_sat for o in outputs)
     tx = Tx(
         version=2,
@@ -82,3 +87,28 @@ def build_spend_tx(
         digest = bip143_sighash(tx, i, o.script_code, o.amount_sat, precomputed=precomputed)
         txin.witness = [witness_signature(sign(o.signing_key, digest)), *o.witness_suffix]
     return tx
+
+
+def checked_htlc_output(
+    tx: Tx, output_index: int, witness_script: bytes, htlc: CommitmentHtlc
+) -> tuple[OutPoint, int]:
+    """The outpoint and amount of ``tx``'s output ``output_index``, after checking that
+    it is this HTLC's: its script pays ``witness_script`` and its amount is the HTLC's
+    (BOLT #3: amount_msat rounded down to the satoshi). The amount is what tells two
+    HTLCs of one script apart when their indexes are mixed up; two of one script
+    and one amount are interchangeable outputs, kept apart by their distinct indexes."""
+    if not 0 <= output_index < len(tx.outputs):
+        raise TransactionError(
+            f"transaction {tx.txid_hex()} has no output {output_index} (htlc {htlc.htlc_id})"
+        )
+    out = tx.outputs[output_index]
+    if out.script_pubkey != scripts.p2wsh(witness_script):
+        raise TransactionError(
+            f"output {output_index} of {tx.txid_hex()} is not htlc {htlc.htlc_id}'s script"
+        )
+    if out.amount_sat != htlc.amount_msat // 1000:
+        raise TransactionError(
+            f"output {output_index} of {tx.txid_hex()} pays {out.amount_sat} sat, "
+            f"htlc {htlc.htlc_id} is {htlc.amount_msat} msat"
+        )
+    return OutPoint(tx.txid(), output_index), out.amount_sat

@@ -18,7 +18,13 @@ The peer's commitment on chain (it is the owner; we are BOLT #3's "remote" there
 - HTLCs the peer offered us: ``<remotehtlcsig> <payment_preimage>`` directly
   (``claim_htlc_with_preimage``);
 - HTLCs we offered the peer: ``<remotehtlcsig> <>`` once the chain reaches
-  ``cltv_expiry`` (nLockTime = cltv_expiry, OP_CLTV) (``claim_htlc_after_timeout``).
+  ``cltv_expiry`` (nLockTime = cltv_expiry, OP_CLTV) (``claim_htlc_after_timeout``);
+- several of both at once: ``claim_remote_htlcs``.
+HTLC outputs are named by output index, never found by script: HTLCs with one
+payment hash (and, for ours, one CLTV) share a script, so only the index tells
+them apart (issue 11, finding 1). The index comes from the commitment builder
+(``Commitment.htlc_outputs``) or a ``Watch`` record, and is checked against the
+script and amount at that index before anything is signed.
 
 Every function builds the transaction AND its witness, paying to a destination
 script at a fee rate, via spend.py.
@@ -27,6 +33,7 @@ script at a fee rate, via spend.py.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 from channel import scripts
 from channel.commitment import ChannelStatic, CommitmentHtlc, Side
@@ -37,6 +44,7 @@ from channel.spend import (
     SEQUENCE_LOCKTIME_ENABLED,
     SpendableOutput,
     build_spend_tx,
+    checked_htlc_output,
 )
 from channel.tx import OutPoint, Tx
 
@@ -122,36 +130,30 @@ def _remote_keys(static: ChannelStatic, remote_per_commitment_point: bytes) -> C
     )
 
 
+#: One HTLC claim on the peer's commitment: its output index there (as in
+#: ``Commitment.htlc_outputs``), the HTLC (channel frame), and the preimage for an
+#: HTLC the peer offered us, or None to reclaim one we offered after its timeout.
+HtlcClaim = tuple[int, CommitmentHtlc, bytes | None]
+
+
 def claim_htlc_with_preimage(
     static: ChannelStatic,
     secrets: ChannelSecrets,
     remote_commitment_tx: Tx,
     remote_per_commitment_point: bytes,
-    htlc: CommitmentHtlc,
+    htlc_output: tuple[int, CommitmentHtlc],
     payment_preimage: bytes,
     destination_script_pubkey: bytes,
     feerate_per_kw: int,
 ) -> Tx:
-    """Take an HTLC the peer offered us, from the peer's commitment, by preimage."""
-    if htlc.offered_by is not Side.REMOTE:
-        raise TransactionError("only an HTLC the peer offered is claimed by preimage")
-    if hashlib.sha256(payment_preimage).digest() != htlc.payment_hash:
-        raise TransactionError("preimage does not match the payment hash")
-    keys = _remote_keys(static, remote_per_commitment_point)
-    wscript = scripts.offered_htlc_script(
-        keys.revocation_pubkey,
-        keys.local_htlc_pubkey,
-        keys.remote_htlc_pubkey,
-        htlc.payment_hash,
+    """Take an HTLC the peer offered us, from the peer's commitment, by preimage.
+
+    ``htlc_output`` is ``(output_index, htlc)`` from the commitment's ``htlc_outputs``."""
+    index, htlc = htlc_output
+    return claim_remote_htlcs(
+        static, secrets, remote_commitment_tx, remote_per_commitment_point,
+        [(index, htlc, payment_preimage)], destination_script_pubkey, feerate_per_kw,
     )
-    spend = _remote_htlc_output(
-        secrets, remote_commitment_tx, remote_per_commitment_point, wscript,
-        kind="offered HTLC",
-        first_witness_item=payment_preimage,
-        sequence=SEQUENCE_FINAL,
-        description=f"htlc {htlc.htlc_id} by preimage",
-    )
-    return build_spend_tx([spend], destination_script_pubkey, feerate_per_kw)
 
 
 def claim_htlc_after_timeout(
@@ -159,53 +161,77 @@ def claim_htlc_after_timeout(
     secrets: ChannelSecrets,
     remote_commitment_tx: Tx,
     remote_per_commitment_point: bytes,
-    htlc: CommitmentHtlc,
+    htlc_output: tuple[int, CommitmentHtlc],
     destination_script_pubkey: bytes,
     feerate_per_kw: int,
 ) -> Tx:
-    """Take back an HTLC we offered, from the peer's commitment, at cltv_expiry."""
-    if htlc.offered_by is not Side.LOCAL:
-        raise TransactionError("only an HTLC we offered is reclaimed after its timeout")
-    keys = _remote_keys(static, remote_per_commitment_point)
-    wscript = scripts.received_htlc_script(
-        keys.revocation_pubkey,
-        keys.local_htlc_pubkey,
-        keys.remote_htlc_pubkey,
-        htlc.payment_hash,
-        htlc.cltv_expiry,
-    )
-    spend = _remote_htlc_output(
-        secrets, remote_commitment_tx, remote_per_commitment_point, wscript,
-        kind="received HTLC",
-        first_witness_item=b"",
-        sequence=SEQUENCE_LOCKTIME_ENABLED,  # a final sequence would disable nLockTime
-        description=f"htlc {htlc.htlc_id} after timeout",
-    )
-    return build_spend_tx(
-        [spend], destination_script_pubkey, feerate_per_kw, locktime=htlc.cltv_expiry
+    """Take back an HTLC we offered, from the peer's commitment, at cltv_expiry.
+
+    ``htlc_output`` is ``(output_index, htlc)`` from the commitment's ``htlc_outputs``."""
+    index, htlc = htlc_output
+    return claim_remote_htlcs(
+        static, secrets, remote_commitment_tx, remote_per_commitment_point,
+        [(index, htlc, None)], destination_script_pubkey, feerate_per_kw,
     )
 
 
-def _remote_htlc_output(
+def claim_remote_htlcs(
+    static: ChannelStatic,
     secrets: ChannelSecrets,
     remote_commitment_tx: Tx,
     remote_per_commitment_point: bytes,
-    wscript: bytes,
-    *,
-    kind: str,
-    first_witness_item: bytes,
-    sequence: int,
-    description: str,
-) -> SpendableOutput:
-    """An HTLC output of the peer's commitment, unlocked by our htlc key plus
-    `first_witness_item` (the preimage, or empty for the timeout branch)."""
-    outpoint, amount = _find(remote_commitment_tx, scripts.p2wsh(wscript), kind)
-    return SpendableOutput(
-        outpoint,
-        amount,
-        wscript,
-        derive_privkey(secrets.htlc_basepoint_secret, remote_per_commitment_point),
-        (first_witness_item, wscript),
-        sequence=sequence,
-        description=description,
-    )
+    claims: Sequence[HtlcClaim],
+    destination_script_pubkey: bytes,
+    feerate_per_kw: int,
+) -> Tx:
+    """One transaction taking several HTLC outputs of the peer's commitment.
+
+    Each claim names its output by index: a script does not identify an HTLC (two the
+    peer offered with one payment hash share one, and two we offered with one hash
+    and CLTV too), so a claim found by script would take the first match, the
+    smallest by BIP69, and leave the others to the peer's timeout (issue 11, finding
+    1). Each output is checked to carry exactly that HTLC's script and amount; one
+    output claimed twice is refused. nLockTime is the latest CLTV of the timeout
+    claims (OP_CLTV needs the transaction's locktime to reach each one).
+    """
+    if not claims:
+        raise TransactionError("no HTLC to claim")
+    indexes = [index for index, _, _ in claims]
+    if len(set(indexes)) != len(indexes):
+        raise TransactionError(f"an HTLC output is claimed twice: indexes {indexes}")
+    keys = _remote_keys(static, remote_per_commitment_point)
+    privkey = derive_privkey(secrets.htlc_basepoint_secret, remote_per_commitment_point)
+    spends = []
+    locktime = 0
+    for index, htlc, preimage in claims:
+        if preimage is not None:
+            if htlc.offered_by is not Side.REMOTE:
+                raise TransactionError("only an HTLC the peer offered is claimed by preimage")
+            if hashlib.sha256(preimage).digest() != htlc.payment_hash:
+                raise TransactionError("preimage does not match the payment hash")
+            wscript = scripts.offered_htlc_script(
+                keys.revocation_pubkey, keys.local_htlc_pubkey, keys.remote_htlc_pubkey,
+                htlc.payment_hash,
+            )
+            witness: tuple[bytes, ...] = (preimage, wscript)
+            sequence = SEQUENCE_FINAL
+            description = f"htlc {htlc.htlc_id} by preimage"
+        else:
+            if htlc.offered_by is not Side.LOCAL:
+                raise TransactionError("only an HTLC we offered is reclaimed after its timeout")
+            wscript = scripts.received_htlc_script(
+                keys.revocation_pubkey, keys.local_htlc_pubkey, keys.remote_htlc_pubkey,
+                htlc.payment_hash, htlc.cltv_expiry,
+            )
+            witness = (b"", wscript)
+            sequence = SEQUENCE_LOCKTIME_ENABLED  # a final sequence would disable nLockTime
+            description = f"htlc {htlc.htlc_id} after timeout"
+            locktime = max(locktime, htlc.cltv_expiry)
+        outpoint, amount_sat = checked_htlc_output(remote_commitment_tx, index, wscript, htlc)
+        spends.append(
+            SpendableOutput(
+                outpoint, amount_sat, wscript, privkey, witness,
+                sequence=sequence, description=description,
+            )
+        )
+    return build_spend_tx(spends, destination_script_pubkey, feerate_per_kw, locktime=locktime)

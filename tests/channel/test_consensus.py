@@ -134,6 +134,14 @@ class Channel:
             for h in self.htlcs
         ]
 
+    def remote_htlc_outputs(self, n: int) -> tuple[tuple[int, CommitmentHtlc], ...]:
+        """The HTLC outputs of the PEER's commitment n in our frame (offered_by LOCAL =
+        us), as our commitment builder gives them (and a Watch record carries them)."""
+        lb, rb = self.balances(n)
+        point = self.remote.per_commitment_point(n)
+        ours = build_commitment(self.static, Side.REMOTE, n, point, lb, rb, self.htlcs, FEERATE)
+        return ours.htlc_outputs
+
     def balances(self, commitment_number: int) -> tuple[int, int]:
         # A different split per commitment number, so revoked states differ.
         local_msat = 500_000_000 + commitment_number * 10_000_000
@@ -297,7 +305,8 @@ def test_claims_from_the_remote_commitment(channel: Channel) -> None:
     point = theirs.per_commitment_point
     assert_accepted(node, sweep_to_remote(channel.static, channel.local, tx, DEST, FEERATE))
 
-    offered_by_remote = next(h for h in channel.htlcs if h.offered_by is Side.REMOTE)
+    htlc_outputs = channel.remote_htlc_outputs(4)
+    offered_by_remote = next(x for x in htlc_outputs if x[1].offered_by is Side.REMOTE)
     claim = claim_htlc_with_preimage(
         channel.static,
         channel.local,
@@ -313,11 +322,11 @@ def test_claims_from_the_remote_commitment(channel: Channel) -> None:
     assert_refused(node, wrong)
     assert_accepted(node, claim)
 
-    offered_by_us = next(h for h in channel.htlcs if h.offered_by is Side.LOCAL)
+    offered_by_us = next(x for x in htlc_outputs if x[1].offered_by is Side.LOCAL)
     reclaim = claim_htlc_after_timeout(
         channel.static, channel.local, tx, point, offered_by_us, DEST, FEERATE
     )
-    mine_to(node, offered_by_us.cltv_expiry - 1)
+    mine_to(node, offered_by_us[1].cltv_expiry - 1)
     assert_refused(node, reclaim)
     node.mine(1)
     assert_accepted(node, reclaim)
@@ -332,8 +341,9 @@ def test_penalty_takes_everything_from_a_revoked_commitment(channel: Channel) ->
     secret = channel.remote.per_commitment_secret(1)  # revealed by revoke_and_ack
     broadcast(node, tx)
 
+    htlc_outputs = channel.remote_htlc_outputs(1)
     penalty = build_penalty_tx(
-        channel.static, channel.local, tx, secret, channel.htlcs, DEST, FEERATE
+        channel.static, channel.local, tx, secret, htlc_outputs, DEST, FEERATE
     )
     # to_local and both HTLC outputs.
     assert len(penalty.inputs) == 3
@@ -345,7 +355,7 @@ def test_penalty_takes_everything_from_a_revoked_commitment(channel: Channel) ->
     # The cheater's own delayed path on to_local is closed to it for REMOTE_DELAY
     # blocks, and its revocation branch needs the revocation key: signing with any
     # other key (here its own delayed key) is refused.
-    outputs = revoked_commitment_outputs(channel.static, channel.local, tx, secret, channel.htlcs)
+    outputs = revoked_commitment_outputs(channel.static, channel.local, tx, secret, htlc_outputs)
     to_local = next(o for o in outputs if o.description == "to_local")
     forged = SpendableOutput(
         to_local.outpoint,
@@ -365,7 +375,8 @@ def test_penalty_with_the_wrong_revocation_key_is_refused(channel: Channel) -> N
     old_secret = channel.remote.per_commitment_secret(1)
     with pytest.raises(TransactionError):
         build_penalty_tx(
-            channel.static, channel.local, tx, old_secret, channel.htlcs, DEST, FEERATE
+            channel.static, channel.local, tx, old_secret, channel.remote_htlc_outputs(2),
+            DEST, FEERATE,
         )
     # Force it: the right scripts, signed with the key an old secret gives.
     wrong_key = derive_revocation_privkey(channel.local.revocation_basepoint_secret, old_secret)

@@ -91,4 +91,4 @@ def test_lazy_commitment_keys_equal_eager_ones() -> None:
     assert fresh == eager and eager == fresh and hash(fresh) == hash(eager)
     assert repr(keys.derive_commitment_keys.__wrapped__(ob, tb, point)) == repr(eager)
     with pytest.raises(AttributeError):
-        fresh.no_such_key  # noqa: B018
+        fresh.no_such_key  # type: ignore[attr-defined]  # noqa: B018
