@@ -7,9 +7,19 @@ is the UTXO set plus the outputs of mempool transactions (a child may spend
 an unconfirmed parent); coins created in the mempool count as being at
 height tip+1, as Core's MEMPOOL_HEIGHT does for BIP68 and maturity.
 
-Conflicts are refused with `txn-mempool-conflict`: this node implements no
-replacement (BIP125/full-RBF), i.e. it behaves like Core with
-`-mempoolfullrbf=0` towards a transaction that does not signal.
+A transaction spending an input that a mempool transaction already spends
+is a replacement attempt, as in Core v28 (full RBF, the default there):
+`replacement.replacement_evictions` applies Core's rules and texts, and a
+replacement that passes them evicts its conflicts and their descendants in
+the same store transaction that adds it.  Package tests
+(`allow_replacement=False`) refuse conflicts with
+`bip125-replacement-disallowed`, as Core's testmempoolaccept does.
+
+Chain limits are Core's: 25 ancestors and 25 descendants (each count
+including the transaction itself), 101 kvB of ancestors and descendants;
+a replacement with exactly one direct conflict gets one more descendant
+and that conflict's descendant size as room (Core's RBF carve-out), since
+what it replaces leaves.
 
 Entries keep their parents and children inside the mempool, so removal of
 a confirmed or conflicted transaction takes its descendants along where
@@ -27,12 +37,15 @@ from regtest.node.chainstate import ChainState
 from regtest.node.errors import TxRejected
 from regtest.node.params import (
     ANCESTOR_LIMIT,
+    ANCESTOR_SIZE_LIMIT_VB,
     BLOCK_SCRIPT_FLAGS,
     DESCENDANT_LIMIT,
+    DESCENDANT_SIZE_LIMIT_VB,
     MIN_RELAY_FEE_SAT_PER_KVB,
     MIN_STANDARD_TX_NONWITNESS_SIZE,
     STANDARD_SCRIPT_FLAGS,
 )
+from regtest.node.replacement import check_not_spending_conflicts, replacement_evictions
 from regtest.node.storage import Outpoint
 from regtest.node.validation import (
     Coin,
@@ -63,6 +76,8 @@ class MempoolEntry:
     seq: int
     parents: set[bytes] = field(default_factory=set)
     children: set[bytes] = field(default_factory=set)
+    # what accepting this entry evicted (a replacement's conflicts and descendants)
+    replaced: list[bytes] = field(default_factory=list)
 
     @property
     def bip125_signal(self) -> bool:
@@ -94,9 +109,19 @@ class Mempool:
         return Coin(tx_out.value, tx_out.script_pub_key.script, self.chain.height + 1, False)
 
     def accept(
-        self, tx: Tx, now: int, *, test_only: bool = False, bypass_limits: bool = False
+        self,
+        tx: Tx,
+        now: int,
+        *,
+        test_only: bool = False,
+        bypass_limits: bool = False,
+        allow_replacement: bool = True,
     ) -> MempoolEntry:
-        """Validate `tx` for the mempool and (unless `test_only`) add it."""
+        """Validate `tx` for the mempool and (unless `test_only`) add it.
+
+        A replacement that is accepted evicts what it replaces (not when
+        `test_only`); `entry.replaced` lists the evicted txids.
+        """
         chain = self.chain
         check_transaction(tx)
         if tx.is_coinbase:
@@ -115,10 +140,13 @@ class Mempool:
             raise TxRejected("txn-already-in-mempool")
         if txid in self.entries:
             raise TxRejected("txn-same-nonwitness-data-in-mempool")
+        conflicts: set[bytes] = set()
         for tx_in in tx.vin:
-            key = (tx_in.prev_out.tx_id, tx_in.prev_out.vout)
-            if key in self.spenders:
-                raise TxRejected("txn-mempool-conflict")
+            spender = self.spenders.get((tx_in.prev_out.tx_id, tx_in.prev_out.vout))
+            if spender is not None:
+                if not allow_replacement:
+                    raise TxRejected("bip125-replacement-disallowed")
+                conflicts.add(spender)
         coins: list[Coin] = []
         parents: set[bytes] = set()
         for tx_in in tx.vin:
@@ -146,25 +174,67 @@ class Mempool:
             if fee < required:
                 raise TxRejected("min relay fee not met", f"{fee} < {required}")
         ancestors = self.ancestors_of(parents)
-        if len(ancestors) + 1 > ANCESTOR_LIMIT:
-            raise TxRejected(
-                "too-long-mempool-chain",
-                f"too many unconfirmed ancestors [limit: {ANCESTOR_LIMIT}]",
-            )
-        for ancestor in ancestors:
-            if len(self.descendants_of(ancestor)) + 1 > DESCENDANT_LIMIT:
-                raise TxRejected(
-                    "too-long-mempool-chain",
-                    f"too many descendants for tx {ancestor.hex()} [limit: {DESCENDANT_LIMIT}]",
-                )
+        self._check_chain_limits(ancestors, vsize, conflicts)
+        check_not_spending_conflicts(txid, ancestors, conflicts)
+        evicted: set[bytes] = set()
+        if conflicts:
+            direct = [self.entries[conflict] for conflict in sorted(conflicts)]
+            evicted = replacement_evictions(self, tx, txid, fee, vsize, direct)
         verify_scripts(tx, coins, STANDARD_SCRIPT_FLAGS, BLOCK_SCRIPT_FLAGS)
         self._seq += 1
         entry = MempoolEntry(
             tx, txid, wtxid, fee, vsize, weight, now, chain.height, self._seq, parents
         )
+        entry.replaced = sorted(evicted)
         if not test_only:
-            self._add(entry)
+            with chain.store.transaction():
+                for victim in entry.replaced:
+                    if victim in self.entries:
+                        self.remove(victim)
+                self._add(entry)
         return entry
+
+    def _check_chain_limits(
+        self, ancestors: set[bytes], vsize: int, conflicts: set[bytes]
+    ) -> None:
+        """Core's CalculateMemPoolAncestors limits, counts including the new tx."""
+        descendant_limit = DESCENDANT_LIMIT
+        descendant_size_limit = DESCENDANT_SIZE_LIMIT_VB
+        if len(conflicts) == 1:
+            # the RBF carve-out: what the one conflict takes along makes room
+            (conflict,) = conflicts
+            descendant_limit += 1
+            descendant_size_limit += self.size_with_descendants(conflict)
+        if len(ancestors) + 1 > ANCESTOR_LIMIT:
+            raise TxRejected(
+                "too-long-mempool-chain",
+                f"too many unconfirmed ancestors [limit: {ANCESTOR_LIMIT}]",
+            )
+        ancestors_size = vsize
+        for ancestor in sorted(ancestors):
+            ancestors_size += self.entries[ancestor].vsize
+            if self.size_with_descendants(ancestor) + vsize > descendant_size_limit:
+                raise TxRejected(
+                    "too-long-mempool-chain",
+                    f"exceeds descendant size limit for tx {ancestor.hex()} "
+                    f"[limit: {descendant_size_limit}]",
+                )
+            if len(self.descendants_of(ancestor)) + 1 + 1 > descendant_limit:
+                raise TxRejected(
+                    "too-long-mempool-chain",
+                    f"too many descendants for tx {ancestor.hex()} [limit: {descendant_limit}]",
+                )
+            if ancestors_size > ANCESTOR_SIZE_LIMIT_VB:
+                raise TxRejected(
+                    "too-long-mempool-chain",
+                    f"exceeds ancestor size limit [limit: {ANCESTOR_SIZE_LIMIT_VB}]",
+                )
+
+    def size_with_descendants(self, txid: bytes) -> int:
+        """The vsize of `txid` and all its mempool descendants."""
+        return self.entries[txid].vsize + sum(
+            self.entries[d].vsize for d in self.descendants_of(txid)
+        )
 
     def _add(self, entry: MempoolEntry) -> None:
         self.entries[entry.txid] = entry

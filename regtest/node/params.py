@@ -44,6 +44,8 @@ BLOCK_VERSION = 0x20000000
 
 # relay policy (Core defaults, which regtest keeps)
 MIN_RELAY_FEE_SAT_PER_KVB = 1000
+# what a replacement must add on its own size (-incrementalrelayfee)
+INCREMENTAL_RELAY_FEE_SAT_PER_KVB = 1000
 DUST_RELAY_FEE_SAT_PER_KVB = 3000
 MAX_STANDARD_TX_WEIGHT = 400_000
 MIN_STANDARD_TX_NONWITNESS_SIZE = 65
@@ -51,6 +53,8 @@ MAX_STANDARD_TX_SIGOPS_COST = MAX_BLOCK_SIGOPS_COST // 5
 MAX_OP_RETURN_RELAY = 83
 ANCESTOR_LIMIT = 25
 DESCENDANT_LIMIT = 25
+ANCESTOR_SIZE_LIMIT_VB = 101_000
+DESCENDANT_SIZE_LIMIT_VB = 101_000
 DEFAULT_MAX_FEE_RATE_SAT_PER_KVB = 10_000_000  # 0.10 BTC/kvB
 # The wallet's fee rate: Core's functional tests configure fallbackfee=0.0002
 # BTC/kvB, and a fixed rate keeps the faucet deterministic.

@@ -233,7 +233,7 @@ def _test_package(node: Node, txs: list[Tx], max_rate: int) -> list[dict[str, An
                 if failed:
                     continue
                 try:
-                    entry = node.mempool.accept(tx, node.clock())
+                    entry = node.mempool.accept(tx, node.clock(), allow_replacement=False)
                 except TxRejected as exc:
                     failed = True
                     item["package-error"] = "package-not-validated"

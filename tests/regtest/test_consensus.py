@@ -180,11 +180,12 @@ def _pay(coin: tuple[str, int], amount: int, out_value: int, to: int) -> str:
 def test_double_spend_refused_in_mempool_and_after_confirmation(regtest_node: Node) -> None:
     coin = _p2wpkh_coin(regtest_node)
     first = _pay(coin, 80_000, 79_000, to=7)
-    second = _pay(coin, 80_000, 78_000, to=8)
+    second = _pay(coin, 80_000, 79_500, to=8)  # a lower fee: no replacement
     first_txid = regtest_node.call("sendrawtransaction", first)
     assert regtest_node.call("sendrawtransaction", first) == first_txid  # already in: fine
     error = rejected(regtest_node, second)
-    assert (error.code, error.message) == (-26, "txn-mempool-conflict")
+    assert error.code == -26
+    assert error.message.startswith("insufficient fee, rejecting replacement")
     regtest_node.mine(1)
     error = rejected(regtest_node, second)
     assert (error.code, error.message) == (-25, "bad-txns-inputs-missingorspent")
