@@ -159,7 +159,24 @@ class RevocationStore:
             if index > MAX_INDEX or _bucket(index) != b:
                 raise ShachainError("corrupt revocation store record")
             store._known[b] = _Known(index, rec[8:])
+        store._check_consistent()
         return store
+
+    def _check_consistent(self) -> None:
+        """Every stored secret derives each lower-bucket secret within its range (the
+        invariant add_secret keeps). A tampered or corrupt record would otherwise be
+        loaded and hand a wrong secret to a penalty much later."""
+        for k, high in enumerate(self._known):
+            if high is None:
+                continue
+            for low in self._known[:k]:
+                if low is None or (low.index >> k) != (high.index >> k):
+                    continue
+                if _derive(high.secret, k, low.index) != low.secret:
+                    raise ShachainError(
+                        f"stored secret for index {low.index} is not derived by the one "
+                        f"for index {high.index}"
+                    )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RevocationStore) and self._known == other._known
