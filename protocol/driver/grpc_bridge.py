@@ -469,6 +469,11 @@ class BridgedStream(Generic[SendT, RecvT]):
         """Return once the stream has ended (either side)."""
         await self._t_pump_done.wait()
 
+    @property
+    def closed_reason(self) -> str | None:
+        """Why the stream ended (None while open, or closed only by us)."""
+        return self._t_remote_closed
+
     def stats(self) -> StreamStats:
         return StreamStats(self._t_sent, self._t_received, len(self._t_incoming),
                            self._t_send_credit, self._t_send_blocked,
