@@ -157,7 +157,7 @@ def parse_invoice(text: str) -> Invoice:
     if amount.endswith("p") and not amount[:-1].endswith("0"):
         raise InvoiceError("sub-millisatoshi amount")
     try:
-        decoded = bolt11.decode(text, strict=True)
+        decoded = bolt11.decode(text)  # not strict: an absent ``c`` means 18 (BOLT #11)
         payee_hex = decoded.payee
         if payee_hex is None or decoded.signature is None:
             raise InvoiceError("no payee node id")
