@@ -400,13 +400,16 @@ def _rate(detected: int, survived: int) -> str:
 
 def write_report(file: Path, args: argparse.Namespace, files: list[str],
                  generated: dict[str, int], results: list[Result],
-                 baseline_failed: set[str], stale: list[str], seconds: float) -> None:
+                 baseline_failed: set[str], stale: list[str], seconds: float,
+                 interrupted: bool = False) -> None:
     lines = [
         "# Mutation report",
         "",
         f"Command: `python .ci/mutate.py {' '.join(sys.argv[1:])}`  ",
         f"Sample: {args.sample or 'all'} (seed {args.seed}); jobs {args.jobs}; "
-        f"wall time {seconds / 60:.1f} min.  ",
+        f"wall time {seconds / 60:.1f} min"
+        + (" (INTERRUPTED: only the mutants run so far are counted)" if interrupted else "")
+        + ".  ",
         "Kill rate = (killed + timeout) / (killed + timeout + survived); equivalent "
         "mutants (`.ci/mutants-equivalent.txt`) are not run and not counted.",
         "",
@@ -431,6 +434,10 @@ def write_report(file: Path, args: argparse.Namespace, files: list[str],
 # --------------------------------------------------------------------------- main
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--paths", nargs="+", default=["channel", "protocol", "regtest/node"],
@@ -446,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=0,
                         help="seconds per mutant (default: 4x the baseline run + 10 s)")
     parser.add_argument("--match", default="", help="only mutants whose key contains this")
+    parser.add_argument("--keys", type=Path,
+                        help="only the mutants whose keys this file lists, one a line (e.g. "
+                        "the SURVIVED lines of an earlier run, prefix and all)")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
     parser.add_argument("--report", type=Path, help="write a markdown report here")
     parser.add_argument("--equivalent", type=Path, default=EQUIVALENT_FILE)
@@ -464,6 +474,10 @@ def main(argv: list[str] | None = None) -> int:
     stale = sorted(k for k in equivalent if k not in keys
                    and any(k.startswith(f + ":") for f in files))
     chosen = [m for m in everything if args.match in m.key]
+    if args.keys:
+        wanted = {line.strip().removeprefix("SURVIVED ").strip("`- ")
+                  for line in args.keys.read_text().splitlines() if line.strip()}
+        chosen = [m for m in chosen if m.key in wanted]
     if args.sample and args.sample < len(chosen):
         chosen = sorted(random.Random(args.seed).sample(chosen, args.sample),
                         key=lambda m: (m.path, m.line, m.col, m.description))
@@ -474,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(chosen)} of {len(everything)} mutants", file=sys.stderr)
         return 0
 
+    # SIGTERM ends the run like Ctrl-C: queued mutants dropped, private copies removed.
+    signal.signal(signal.SIGTERM, _interrupt)
     python = str(REPO / ".venv" / "bin" / "python")
     if not Path(python).exists():
         python = sys.executable
@@ -481,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     workspaces = [Workspace.create(python, args.seed) for _ in range(max(1, args.jobs))]
     results: list[Result] = []
     baseline_failed: set[str] = set()
+    interrupted = False
     try:
         test_sets = sorted({tests_for(m.path, args.tests) for m in chosen})
         timeouts: dict[tuple[str, ...], float] = {}
@@ -512,11 +529,18 @@ def main(argv: list[str] | None = None) -> int:
                 with lock:
                     free.append(workspace)
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=len(workspaces)) as pool:
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(workspaces))
+        try:
             for done, result in enumerate(pool.map(run_one, queue), 1):
                 results.append(result)
                 print(f"[{done}/{len(queue)}] {result.outcome:8} {result.seconds:5.1f}s "
                       f"{result.mutant.key}", file=sys.stderr, flush=True)
+        finally:
+            # On Ctrl-C or SIGTERM: drop the queued mutants, let the running ones end.
+            pool.shutdown(wait=True, cancel_futures=True)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("interrupted: reporting the mutants run so far", file=sys.stderr)
     finally:
         for workspace in workspaces:
             workspace.remove()
@@ -531,8 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"STALE equivalent entry: {key}", file=sys.stderr)
     if args.report:
         write_report(args.report, args, files, generated, results, baseline_failed, stale,
-                     elapsed)
-    return 0
+                     elapsed, interrupted)
+    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":
