@@ -119,9 +119,11 @@ class HubTransport:
         ``RpcStatusError`` (refused, or unreachable: UNAVAILABLE),
         ``HubIdentityMismatch``."""
         host, port = _split_target(target)
-        root = await trio.to_thread.run_sync(
-            lambda: pinned_root(host, port, cert_pem=pin.cert_pem,
-                                fingerprint=pin.fingerprint_sha256))
+        if pin.cert_pem is not None:
+            root = pinned_root(host, port, cert_pem=pin.cert_pem)  # no I/O: no thread
+        else:
+            root = await trio.to_thread.run_sync(
+                lambda: pinned_root(host, port, fingerprint=pin.fingerprint_sha256))
 
         async def make_channel() -> grpc.aio.Channel:
             credentials = grpc.ssl_channel_credentials(root_certificates=root)

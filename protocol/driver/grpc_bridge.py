@@ -370,7 +370,6 @@ class BridgedStream(Generic[SendT, RecvT]):
         self._t_send_blocked = False
         self._t_sent = 0
         self._t_received = 0
-        self._t_blocked_waiters: list[trio.Event] = []
         # asyncio side (events made in pump, on the loop)
         self._a_outgoing: collections.deque[SendT] = collections.deque()
         self._a_recv_credit = window_messages
@@ -400,9 +399,7 @@ class BridgedStream(Generic[SendT, RecvT]):
             if self._t_send_credit > 0:
                 break
             self._t_send_blocked = True
-            for waiter in self._t_blocked_waiters:
-                waiter.set()
-            self._t_blocked_waiters.clear()
+            self._t_wake()  # observers (wait_until) see the sender blocked
             try:
                 await self._t_changed.wait()
             finally:
@@ -451,14 +448,14 @@ class BridgedStream(Generic[SendT, RecvT]):
             self.abort()
             raise
 
-    async def wait_send_blocked(self) -> None:
-        """Return once a ``send`` is waiting for credit (observability: shows that
-        backpressure reached the sender)."""
-        if self._t_send_blocked:
-            return
-        waiter = trio.Event()
-        self._t_blocked_waiters.append(waiter)
-        await waiter.wait()
+    async def wait_until(self, predicate: Callable[[StreamStats], bool]) -> StreamStats:
+        """Wait until ``predicate(self.stats())`` holds, re-checked on every change of
+        this stream (observability and tests: e.g. "a send is blocked on credit")."""
+        while True:
+            stats = self.stats()
+            if predicate(stats):
+                return stats
+            await self._t_changed.wait()
 
     def fail(self, reason: str) -> None:
         """Mark the stream ended from trio when its pump never ran (the call could not
