@@ -16,6 +16,7 @@ from protocol.actions import (
     Event,
     FundingNeeded,
     FundingSigned,
+    HtlcDeadline,
     HtlcFailed,
     HtlcFulfilled,
     HtlcReceived,
@@ -25,13 +26,14 @@ from protocol.actions import (
     Watch,
 )
 from protocol.channel import Channel
-from protocol.config import LocalConfig
+from protocol.config import InvalidConfig, LocalConfig
 from protocol.errors import Disposition, LocalProtocolError, ProtocolError, RemoteProtocolError
 from protocol.table import ChannelState, LinkState
 
 __all__ = [
     "Action", "Broadcast", "Channel", "ChannelClosed", "ChannelFailed", "ChannelOpened",
-    "ChannelState", "Disposition", "Event", "FundingNeeded", "FundingSigned", "HtlcFailed",
-    "HtlcFulfilled", "HtlcReceived", "LinkState", "LocalConfig", "LocalProtocolError",
-    "PeerWarning", "Persist", "ProtocolError", "RemoteProtocolError", "Send", "Watch",
+    "ChannelState", "Disposition", "Event", "FundingNeeded", "FundingSigned", "HtlcDeadline",
+    "HtlcFailed", "HtlcFulfilled", "HtlcReceived", "InvalidConfig", "LinkState",
+    "LocalConfig", "LocalProtocolError", "PeerWarning", "Persist", "ProtocolError",
+    "RemoteProtocolError", "Send", "Watch",
 ]

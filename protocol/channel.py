@@ -44,6 +44,7 @@ from protocol.actions import (
     Action,
     Broadcast,
     ChannelFailed,
+    HtlcDeadline,
     HtlcFailed,
     PeerWarning,
     Persist,
@@ -193,6 +194,15 @@ class Channel:
                     and rc is not None and rc <= d.remote_oldest_ctn):
                 out.append((h.htlc_id, h.amount_msat, h.payment_hash, h.cltv_expiry))
         return out
+
+    def onchain_deadlines(self) -> list[HtlcDeadline]:
+        """Every HTLC still at stake and the height by which to go on chain for it
+        (``Channel.fail()``) if the peer has not settled it by then: ours until they
+        are gone from every commitment, the peer's once we fulfilled them (see
+        ``HtlcDeadline``). Recomputed from the state, so a restarted driver has them."""
+        return [updates.htlc_deadline(h) for h in self.d.book.htlcs.values()
+                if h.offered_by is LOCAL
+                or (h.removal is not None and h.removal.fulfilled)]
 
     def has_uncommitted_changes(self) -> bool:
         """True when a ``commit()`` would sign something new for the peer."""

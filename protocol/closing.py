@@ -19,11 +19,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from channel.errors import TransactionError
 from proto import peer_pb2
 from protocol import commitments
 from protocol.actions import Broadcast, ChannelClosed, Send, Watch
 from protocol.book import LOCAL
-from protocol.config import CLOSING_WITNESS_WEIGHT, fee_upper_bound_sat
+from protocol.config import (
+    CLOSING_CONFIRM_DEADLINE_BLOCKS,
+    CLOSING_WITNESS_WEIGHT,
+    MIN_RELAY_FEE_SAT_PER_VBYTE,
+    fee_upper_bound_sat,
+)
 from protocol.errors import Disposition, LocalProtocolError, RemoteProtocolError
 from protocol.messages import wrap
 from protocol.step import PERSIST, Step
@@ -33,20 +39,24 @@ if TYPE_CHECKING:
     from channel.tx import Tx
     from protocol.channel import Channel
 
-# BIP 141 standard output scripts we accept as a shutdown destination: P2PKH, P2SH,
-# P2WPKH, P2WSH, P2TR (BOLT #2 shutdown: "scriptpubkey ... is not in one of the above
-# forms: SHOULD send a warning").
-_MAX_SCRIPT = 42
-
-
-def _standard_script(script: bytes) -> bool:
+def standard_script(script: bytes, *, anysegwit: bool) -> bool:
+    """BOLT #2 shutdown: the scriptpubkey forms a node may close to. P2PKH, P2SH,
+    P2WPKH and P2WSH always; with ``option_shutdown_anysegwit`` also any witness program
+    of version 1 to 16 (OP_1..OP_16 and a single push of 2 to 40 bytes: P2TR among
+    them). Without the option a v1+ output is refused: the peer's node may not relay it
+    or the close could pay to a program nobody can spend yet."""
     n = len(script)
-    return (
-        (n == 25 and script[:3] == b"\x76\xa9\x14" and script[23:] == b"\x88\xac")
-        or (n == 23 and script[:2] == b"\xa9\x14" and script[22:] == b"\x87")
-        or (n == 22 and script[:2] == b"\x00\x14")
-        or (n == 34 and script[:2] in (b"\x00\x20", b"\x51\x20"))
-    )
+    if ((n == 25 and script[:3] == b"\x76\xa9\x14" and script[23:] == b"\x88\xac")
+            or (n == 23 and script[:2] == b"\xa9\x14" and script[22:] == b"\x87")
+            or (n == 22 and script[:2] == b"\x00\x14")
+            or (n == 34 and script[:2] == b"\x00\x20")):
+        return True
+    return (anysegwit and 4 <= n <= 42 and 0x51 <= script[0] <= 0x60
+            and script[1] == n - 2)
+
+
+def _standard_script(ch: Channel, script: bytes) -> bool:
+    return standard_script(script, anysegwit=ch.d.config.option_shutdown_anysegwit)
 
 
 def shutdown_message(ch: Channel) -> peer_pb2.PeerMessage:
@@ -66,8 +76,9 @@ def cmd_shutdown(ch: Channel) -> Step:
     if _our_updates_pending(ch):
         raise LocalProtocolError("commit pending updates first (BOLT #2: MUST NOT send "
                                  "shutdown with updates pending on the peer's commitment)")
-    if not _standard_script(d.close_script):
-        raise LocalProtocolError("close_script is not a standard scriptpubkey")
+    if not _standard_script(ch, d.close_script):
+        raise LocalProtocolError("close_script is not a standard scriptpubkey (a segwit "
+                                 "v1+ one needs option_shutdown_anysegwit)")
     d.local_shutdown_script = d.close_script
     return [PERSIST, Send(shutdown_message(ch))]
 
@@ -87,8 +98,17 @@ def on_shutdown(ch: Channel, msg: peer_pb2.Shutdown, height: int) -> Step:
     d = ch.d
     if msg.channel_id != d.channel_id:
         raise RemoteProtocolError("shutdown for another channel", Disposition.WARN)
-    if not _standard_script(msg.scriptpubkey):
-        raise RemoteProtocolError("shutdown scriptpubkey is not standard", Disposition.WARN)
+    if not _standard_script(ch, msg.scriptpubkey):
+        raise RemoteProtocolError("shutdown scriptpubkey is not standard (a segwit v1+ one "
+                                  "needs option_shutdown_anysegwit)", Disposition.WARN)
+    assert d.remote is not None
+    upfront = d.remote.upfront_shutdown_script
+    if upfront and msg.scriptpubkey != upfront:
+        # BOLT #2: a node that sent a non-empty upfront_shutdown_script "MUST send"
+        # that very script; the receiver "MUST fail the connection" otherwise.
+        raise RemoteProtocolError("shutdown scriptpubkey differs from the "
+                                  "upfront_shutdown_script committed at open",
+                                  Disposition.WARN)
     if d.remote_shutdown_script is not None:
         if msg.scriptpubkey != d.remote_shutdown_script:
             raise RemoteProtocolError("shutdown repeated with a different scriptpubkey")
@@ -114,16 +134,36 @@ def on_drained(ch: Channel) -> Step:
 
 
 def max_fee_sat(ch: Channel) -> int:
-    """BOLT #2 (legacy closing): at most the base fee of the final commitment."""
-    return fee_upper_bound_sat(ch.d.book.base_feerate_per_kw, 0)
+    """BOLT #2 (legacy closing): at most the base fee of the final commitment, and no
+    more than the funder has."""
+    return min(fee_upper_bound_sat(ch.d.book.base_feerate_per_kw, 0), _funder_sat(ch))
+
+
+def _closing_weight(ch: Channel, fee_sat: int) -> int:
+    """The closing tx's weight at ``fee_sat``, its witness estimated from above."""
+    tx = _closing_tx(ch, fee_sat)
+    return 4 * len(tx.serialize_without_witness()) + CLOSING_WITNESS_WEIGHT
+
+
+def min_fee_sat(ch: Channel, fee_sat: int) -> int:
+    """The floor for a closing fee near ``fee_sat`` (issue 11, finding 5): what a node
+    relays (``MIN_RELAY_FEE_SAT_PER_VBYTE`` of the closing tx's virtual size, Bitcoin
+    Core's default ``minrelaytxfee``) and what we would pay ourselves at the lowest
+    feerate we accept for any transaction of the channel (``min_feerate_per_kw``). A
+    close below it would be signed, agreed and never confirm. Never above the
+    ceiling: when both cannot hold, the ceiling wins and the close's confirmation
+    deadline (``Watch.deadline_height``) leads to a force close."""
+    weight = _closing_weight(ch, fee_sat)
+    relay = MIN_RELAY_FEE_SAT_PER_VBYTE * -(-weight // 4)
+    ours = ch.d.config.min_feerate_per_kw * weight // 1000
+    return min(max(relay, ours), max_fee_sat(ch))
 
 
 def ideal_fee_sat(ch: Channel) -> int:
     d = ch.d
     feerate = d.config.closing_feerate_per_kw or d.book.base_feerate_per_kw
-    tx = _closing_tx(ch, 0)
-    weight = 4 * len(tx.serialize_without_witness()) + CLOSING_WITNESS_WEIGHT
-    return min(feerate * weight // 1000, max_fee_sat(ch), _funder_sat(ch))
+    ideal = min(feerate * _closing_weight(ch, 0) // 1000, max_fee_sat(ch))
+    return max(ideal, min_fee_sat(ch, ideal))
 
 
 def _funder_sat(ch: Channel) -> int:
@@ -163,8 +203,15 @@ def on_closing_signed(ch: Channel, msg: peer_pb2.ClosingSigned, height: int) -> 
             raise RemoteProtocolError("closing_signed after the close was agreed",
                                       Disposition.WARN)
         return []
-    if fee > max_fee_sat(ch) or fee > _funder_sat(ch):
+    if fee > max_fee_sat(ch):
         raise RemoteProtocolError(f"closing fee {fee} sat above the final commitment fee",
+                                  Disposition.WARN)
+    try:
+        floor = min_fee_sat(ch, fee)
+    except TransactionError as exc:  # both outputs dust at this fee: no such close
+        raise RemoteProtocolError(f"closing fee {fee} sat: {exc}", Disposition.WARN) from exc
+    if fee < floor:
+        raise RemoteProtocolError(f"closing fee {fee} sat below the relay floor {floor} sat",
                                   Disposition.WARN)
     sent, received = d.closing_fee_sent_sat, d.closing_fee_received_sat
     if sent is not None and received is not None and fee != sent:
@@ -178,24 +225,29 @@ def on_closing_signed(ch: Channel, msg: peer_pb2.ClosingSigned, height: int) -> 
     d.closing_fee_received_sat = fee
     ours = sent if sent is not None else ideal_fee_sat(ch)
     if fee == sent:
-        return _agree(ch, tx, fee, msg.signature, send=False)
+        return _agree(ch, tx, fee, msg.signature, send=False, height=height)
     if abs(ours - fee) <= 1 or ours == fee:
-        return _agree(ch, tx, fee, msg.signature, send=True)
+        return _agree(ch, tx, fee, msg.signature, send=True, height=height)
+    # Halfway, never below the floor: both ends are at or above it already.
     return _propose(ch, (ours + fee) // 2)
 
 
-def _agree(ch: Channel, tx: Tx, fee: int, remote_sig: bytes, *, send: bool) -> Step:
+def _agree(ch: Channel, tx: Tx, fee: int, remote_sig: bytes, *, send: bool,
+           height: int) -> Step:
+    """Both signatures held: broadcast. The Watch (with the height by which the close
+    must have confirmed, else ``Channel.fail()``) comes first, so that a driver
+    storing each Watch before the next action never forgets to check it."""
     d = ch.d
     local_sig = commitments.sign_closing(ch.static, ch.secrets, tx)
     final = commitments.finalize_closing(ch.static, tx, local_sig, remote_sig)
     d.closing_txid = final.txid()
     d.closing_fee_sent_sat = fee
-    step: Step = [PERSIST]
+    step: Step = [Watch("closing", d.closing_txid,
+                        deadline_height=height + CLOSING_CONFIRM_DEADLINE_BLOCKS), PERSIST]
     if send:
         step.append(Send(wrap(closing_signed=peer_pb2.ClosingSigned(
             channel_id=ch.channel_id, fee_satoshis=fee, signature=local_sig))))
     step += [Broadcast(final.serialize(), d.closing_txid, "cooperative close"),
-             Watch("closing", d.closing_txid),
              ChannelClosed(d.closing_txid, fee)]
     return step
 

@@ -51,8 +51,11 @@ def build(static: ChannelStatic, owner: Side, commitment_number: int, point: byt
           view: View) -> Commitment:
     """BOLT #3 commitment ``commitment_number`` of ``owner`` for ``view``.
 
-    The caller's rules guarantee the funder can pay the fee; a TransactionError here
-    is therefore a bug in protocol/, not bad input, and propagates as such."""
+    The rules (``protocol.rules``) guarantee the funder can pay the fee of every
+    commitment the book can produce; the two callers that build a new commitment
+    (``updates.on_commitment_signed``, ``updates.sign_next_remote``) still turn a
+    TransactionError into a protocol error with ``Disposition.CLOSE``, so a rule gap
+    fails the channel instead of crashing its driver."""
     return build_commitment(
         static, owner, commitment_number, point, view.local_msat, view.remote_msat,
         [h.as_commitment_htlc() for h in view.htlcs], view.feerate_per_kw,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from proto import peer_pb2
+from protocol.config import MAX_FAIL_REASON_BYTES, MAX_ONION_ROUTING_PACKET_BYTES
 from protocol.errors import Disposition, RemoteProtocolError
 from protocol.table import Event
 
@@ -52,7 +53,11 @@ def event_of(msg: PeerMessage) -> Event:
 def check_shape(msg: PeerMessage) -> None:
     """Refuse a message whose fixed-size fields have the wrong length, absent (empty)
     ones included: proto3 cannot tell an empty bytes field from a missing one, and a
-    missing funding_txid, say, is as malformed as a short one."""
+    missing funding_txid, say, is as malformed as a short one. The two variable-size
+    fields the channel stores until an HTLC is settled (an add's onion, a fail's
+    reason) are capped (``protocol.config``): every Persist rewrites the snapshot that
+    holds them, so an unbounded one would let a peer make each commit write megabytes
+    (issue 11, finding 7). No honest node sends more: the refusal fails the channel."""
     name, body = body_of(msg)
     for field in body.DESCRIPTOR.fields:
         want = _LENGTHS.get(field.name)
@@ -65,6 +70,15 @@ def check_shape(msg: PeerMessage) -> None:
             raise RemoteProtocolError(
                 f"malformed {name}: {field.name} is {len(value)} bytes, expected {want}",
                 Disposition.WARN)
+    if name == "update_add_htlc" and len(body.onion_routing_packet) > \
+            MAX_ONION_ROUTING_PACKET_BYTES:
+        raise RemoteProtocolError(
+            f"update_add_htlc: onion_routing_packet of {len(body.onion_routing_packet)} "
+            f"bytes (BOLT #4: {MAX_ONION_ROUTING_PACKET_BYTES})", Disposition.CLOSE)
+    if name == "update_fail_htlc" and len(body.reason) > MAX_FAIL_REASON_BYTES:
+        raise RemoteProtocolError(
+            f"update_fail_htlc: reason of {len(body.reason)} bytes (at most "
+            f"{MAX_FAIL_REASON_BYTES})", Disposition.CLOSE)
     if name == "commitment_signed":
         for sig in body.htlc_signatures:
             if len(sig) != 64:

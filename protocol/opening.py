@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from channel.keys import Basepoints
 from channel.scripts import funding_script, p2wsh
 from proto import peer_pb2
-from protocol import commitments, rules
+from protocol import closing, commitments, rules
 from protocol.actions import ChannelOpened, FundingNeeded, FundingSigned, Send, Watch
 from protocol.book import Book, everything
 from protocol.config import fee_upper_bound_sat
@@ -76,6 +76,16 @@ def _check(problem: rules.Problem | None) -> None:
         raise RemoteProtocolError(problem.message, Disposition.CLOSE)
 
 
+def _check_upfront_script(ch: Channel, script: bytes) -> None:
+    """BOLT #2 open_channel/accept_channel: an ``upfront_shutdown_script`` binds the
+    close to that script (enforced in ``closing.on_shutdown``), so it must itself be
+    one a shutdown may name; empty means none was committed."""
+    if script and not closing.standard_script(
+            script, anysegwit=ch.d.config.option_shutdown_anysegwit):
+        raise RemoteProtocolError("upfront_shutdown_script is not a standard scriptpubkey",
+                                  Disposition.CLOSE)
+
+
 def cmd_open(ch: Channel, funding_sat: int, push_msat: int, feerate_per_kw: int) -> Step:
     d = ch.d
     cfg = d.config
@@ -107,6 +117,7 @@ def on_open_channel(ch: Channel, msg: peer_pb2.OpenChannel, height: int) -> Step
     if msg.chain_hash != d.chain_hash:
         raise RemoteProtocolError("open_channel for another chain")
     _check(rules.funding_problem(cfg, msg.funding_satoshis, msg.push_msat))
+    _check_upfront_script(ch, msg.upfront_shutdown_script)
     their = _their_params(msg, cfg.minimum_depth)
     _check(rules.params_problem(cfg, msg.funding_satoshis, their, msg.feerate_per_kw,
                                 msg.funding_satoshis * 1000 - msg.push_msat))
@@ -130,6 +141,7 @@ def on_accept_channel(ch: Channel, msg: peer_pb2.AcceptChannel, height: int) -> 
                                   Disposition.WARN)
     if msg.minimum_depth > 144:  # a day of blocks: more is unreasonable (BOLT #2 MAY reject)
         raise RemoteProtocolError(f"minimum_depth {msg.minimum_depth} unreasonable")
+    _check_upfront_script(ch, msg.upfront_shutdown_script)
     their = _their_params(msg, msg.minimum_depth)
     _check(rules.params_problem(d.config, d.funding_sat, their, d.book.base_feerate_per_kw,
                                 d.book.local_base_msat))

@@ -16,9 +16,22 @@ The views used (see ``protocol.book``):
 - the fee bound: the commitment fee at the highest feerate known with every live HTLC as
   an output (``config.fee_upper_bound_sat``): no future commitment's fee exceeds it.
 
-Keeping "funder's min_view balance >= fee bound" true after every accepted change (adds
-from either side and fee updates: removals never lower it) is what guarantees no
-commitment we will be asked to build or sign has a fee its funder cannot pay.
+- the funder's floor (``funder_floor_msat``): the lowest balance the funder has in any
+  commitment still to be built. A commitment holds the updates of the latest
+  commitments plus a *prefix* (in send order) of each side's other updates, so the
+  floor starts from what both latest commitments hold and walks the funder's own later
+  updates, keeping the minimum (a fulfill of the funder's raises it only in the
+  commitments that include it); the other side's updates only ever raise it.
+- the HTLC set for fees: every HTLC in the book, ours the peer has not acknowledged
+  included (they enter the next commitments too: issue 11, finding 2), at every
+  feerate pending.
+
+Keeping "funder's floor >= the fee of every commitment the book can produce" true after
+every accepted change (adds from either side and fee updates: removals never lower it)
+is what guarantees no commitment we will be asked to build or sign has a fee its funder
+cannot pay. A sender checks with the fee *bound* plus headroom for what may cross on the
+wire; the receiver exactly, on its own book, which holds at least everything the sender
+counted once messages are ordered, so an honest sender never trips it.
 """
 
 from __future__ import annotations
@@ -73,6 +86,55 @@ def reserve_msat(d: ChannelData, side: Side) -> int:
 
 def funder(d: ChannelData) -> Side:
     return LOCAL if d.local_is_funder else REMOTE
+
+
+def latest_pred(d: ChannelData) -> Pred:
+    """Updates in both latest commitments (ours and the peer's last signed one): every
+    commitment still to be built holds them."""
+    local_ctn, remote_ctn = d.local_ctn, d.remote_ctn
+
+    def pred(m: Mark) -> bool:
+        return (m.local_ctn is not None and m.local_ctn <= local_ctn
+                and m.remote_ctn is not None and m.remote_ctn <= remote_ctn)
+
+    return pred
+
+
+def funder_floor_msat(d: ChannelData) -> tuple[int, int]:
+    """(floor, end): the lowest balance the funder has in any commitment still to be
+    built from the book, and its balance once all its updates are in (see the module
+    docstring). A further add of the funder's lowers both by its amount."""
+    f = funder(d)
+    book = d.book
+    settled = latest_pred(d)
+    balance = book.view(settled).balance(f)
+    floor = balance
+    mine: list[tuple[int, int]] = []  # (seq, balance change) of f's unsettled updates
+    for h in book.htlcs.values():
+        if h.offered_by is f and not settled(h.add):
+            mine.append((h.add.seq, -h.amount_msat))
+        r = h.removal
+        if (r is not None and r.mark.origin is f and not settled(r.mark)
+                and r.fulfilled and h.offered_by is not f):
+            mine.append((r.mark.seq, h.amount_msat))  # f fulfilled the other's HTLC
+    for _, change in sorted(mine):
+        balance += change
+        floor = min(floor, balance)
+    return floor, balance
+
+
+def feerates(book: Book, feerate_per_kw: int | None = None) -> list[int]:
+    """Every feerate a commitment still to be built may have (or just ``feerate_per_kw``)."""
+    if feerate_per_kw is not None:
+        return [feerate_per_kw]
+    return sorted({book.base_feerate_per_kw, *(f.feerate_per_kw for f in book.fee_updates)})
+
+
+def worst_fee_msat(static: ChannelStatic, htlcs: list[Htlc], rates: list[int]) -> int:
+    """The highest exact fee of either side's commitment with ``htlcs`` at any of
+    ``rates``. The sides' dust limits differ, so an HTLC trimmed on one commitment is an
+    output (and costs fee) on the other; the funder must pay both."""
+    return max(_fee_both_msat(static, htlcs, rate) for rate in rates)
 
 
 def fee_bound_msat(book: Book, extra_htlcs: int = 0, feerate_per_kw: int | None = None) -> int:
@@ -143,37 +205,24 @@ def _local_affordability(d: ChannelData, view: View, amount_msat: int) -> Proble
     feerate pending: the peer's adds cross ours on the wire and we pay for them (the
     fee-spike problem of BOLT #2; rust-lightning keeps a similar buffer)."""
     if funder(d) is LOCAL:
+        floor, end = funder_floor_msat(d)
+        left = min(floor, end - amount_msat)
         needed = reserve_msat(d, LOCAL) + fee_bound_msat(d.book, 1 + _peer_slots(d))
-        if view.local_msat - amount_msat < needed:
-            return Problem(f"cannot afford {amount_msat} msat: balance {view.local_msat} msat, "
+        if left < needed:
+            return Problem(f"cannot afford {amount_msat} msat: {left} msat would be left, "
                            f"needs {needed} msat of reserve and fee headroom left")
         return None
     if view.local_msat - amount_msat < reserve_msat(d, LOCAL):
         return Problem(f"cannot afford {amount_msat} msat and keep the channel reserve")
     # BOLT #2: "SHOULD NOT offer amount_msat if ... [the funder] cannot pay the fee for the
     # updated local or remote transaction ... while maintaining its channel reserve".
-    f_balance = d.book.view(min_view_pred(d, REMOTE)).remote_msat
-    if f_balance < reserve_msat(d, REMOTE) + fee_bound_msat(d.book, 1):
+    f_floor, _ = funder_floor_msat(d)
+    if f_floor < reserve_msat(d, REMOTE) + fee_bound_msat(d.book, 1):
         return Problem("the funder could not pay the commitment fee with one more HTLC")
     return None
 
 
-def next_local_pred(d: ChannelData) -> Pred:
-    """Updates in the commitment the peer's next commitment_signed signs for us."""
-    local_ctn, oldest = d.local_ctn, d.remote_oldest_ctn
-
-    def pred(m: Mark) -> bool:
-        if m.local_ctn is not None:
-            return m.local_ctn <= local_ctn
-        return m.origin is REMOTE or (m.remote_ctn is not None and m.remote_ctn <= oldest)
-
-    return pred
-
-
 def _fee_both_msat(static: ChannelStatic, htlcs: list[Htlc], feerate_per_kw: int) -> int:
-    """The larger of the two commitments' fees for this HTLC set. The sides' dust limits
-    differ, so an HTLC trimmed on one commitment is an output (and costs fee) on the
-    other; the funder must pay both, or signing the peer's commitment would fail."""
     from protocol.commitments import commitment_fee_msat
 
     return max(commitment_fee_msat(static, owner, htlcs, feerate_per_kw)
@@ -182,18 +231,25 @@ def _fee_both_msat(static: ChannelStatic, htlcs: list[Htlc], feerate_per_kw: int
 
 def _remote_affordability(d: ChannelData, static: ChannelStatic,
                           candidate: Htlc) -> Problem | None:
-    """The peer's add: exact check on the commitments built next with it (BOLT #2
-    receiving: "an amount_msat that the sending node cannot afford at the current
-    feerate_per_kw (while maintaining its channel reserve)")."""
-    view = d.book.view(next_local_pred(d))
-    htlcs = [*view.htlcs, candidate]
-    fee_msat = _fee_both_msat(static, htlcs, view.feerate_per_kw)
-    sender_left = view.remote_msat - candidate.amount_msat
-    needed = reserve_msat(d, REMOTE) + (fee_msat if funder(d) is REMOTE else 0)
-    if sender_left < needed:
-        return Problem(f"sender cannot afford {candidate.amount_msat} msat: "
-                       f"{view.remote_msat} msat, needs {needed} msat of reserve and fee left")
-    if funder(d) is LOCAL and view.local_msat < fee_msat:
+    """The peer's add: exact check on every commitment the book can build with it
+    (BOLT #2 receiving: "an amount_msat that the sending node cannot afford at the
+    current feerate_per_kw (while maintaining its channel reserve)"), our own adds the
+    peer has not acknowledged yet included: they enter the next commitments too."""
+    amount = candidate.amount_msat
+    fee_msat = worst_fee_msat(static, [*d.book.htlcs.values(), candidate], feerates(d.book))
+    floor, end = funder_floor_msat(d)
+    if funder(d) is REMOTE:
+        left = min(floor, end - amount)
+        needed = reserve_msat(d, REMOTE) + fee_msat
+        if left < needed:
+            return Problem(f"sender cannot afford {amount} msat: {left} msat would be left, "
+                           f"needs {needed} msat of reserve and fee")
+        return None
+    sender_left = d.book.view(min_view_pred(d, REMOTE)).remote_msat - amount
+    if sender_left < reserve_msat(d, REMOTE):
+        return Problem(f"sender cannot afford {amount} msat: {sender_left} msat would be "
+                       f"left, below its channel reserve")
+    if floor < fee_msat:
         return Problem("with this HTLC we (the funder) could not pay the commitment fee")
     return None
 
@@ -245,19 +301,37 @@ def fee_problem(d: ChannelData, static: ChannelStatic, sender: Side,
     if not cfg.min_feerate_per_kw <= feerate_per_kw <= cfg.max_feerate_per_kw:
         return Problem(f"feerate_per_kw {feerate_per_kw} outside "
                        f"[{cfg.min_feerate_per_kw}, {cfg.max_feerate_per_kw}]")
+    floor, _ = funder_floor_msat(d)
     if sender is LOCAL:
-        balance = d.book.view(min_view_pred(d, LOCAL)).local_msat
         needed = reserve_msat(d, LOCAL) + fee_bound_msat(d.book, _peer_slots(d), feerate_per_kw)
-        if balance < needed:
+        if floor < needed:
             return Problem(f"cannot afford feerate_per_kw {feerate_per_kw} "
-                           f"({balance} < {needed} msat)")
-        return None
-    view = d.book.view(next_local_pred(d))
-    fee_msat = _fee_both_msat(static, view.htlcs, feerate_per_kw)
-    needed = reserve_msat(d, REMOTE) + fee_msat
-    if view.remote_msat < needed:
-        return Problem(f"the funder cannot afford feerate_per_kw {feerate_per_kw} and keep "
-                       f"its channel reserve ({view.remote_msat} < {needed} msat)")
+                           f"({floor} < {needed} msat)")
+    else:
+        fee_msat = worst_fee_msat(static, list(d.book.htlcs.values()), [feerate_per_kw])
+        needed = reserve_msat(d, REMOTE) + fee_msat
+        if floor < needed:
+            return Problem(f"the funder cannot afford feerate_per_kw {feerate_per_kw} and "
+                           f"keep its channel reserve ({floor} < {needed} msat)")
+    return fee_dust_problem(d, static, feerate_per_kw)
+
+
+def fee_dust_problem(d: ChannelData, static: ChannelStatic,
+                     feerate_per_kw: int) -> Problem | None:
+    """BOLT #2 update_fee: "if the dust balance of the remote [or local] transaction at
+    the new feerate_per_kw exceeds max_dust_htlc_exposure_msat: MAY fail the channel"
+    (and a sender "MAY NOT send update_fee"). A higher feerate trims more HTLCs, and a
+    trimmed HTLC is lost to the miners if the channel closes on chain: without this, a
+    funder raising the fee could burn every HTLC we offered it (issue 11, finding 4)."""
+    cap = d.config.max_dust_htlc_exposure_msat
+    htlcs = list(d.book.htlcs.values())
+    for owner in (LOCAL, REMOTE):
+        exposure = sum(h.amount_msat for h in htlcs
+                       if is_trimmed(static, owner, h, feerate_per_kw))
+        if exposure > cap:
+            return Problem(f"at feerate_per_kw {feerate_per_kw} the dust HTLC exposure of "
+                           f"the {owner.value} commitment would be {exposure} msat "
+                           f"(> {cap} msat)")
     return None
 
 

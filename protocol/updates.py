@@ -9,13 +9,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from channel.errors import ShachainError
+from channel.errors import ShachainError, TransactionError
 from channel.keys import pubkey_from_secret
 from proto import peer_pb2
 from protocol import closing, rules
-from protocol.actions import HtlcFailed, HtlcFulfilled, HtlcReceived, Send, Watch
+from protocol.actions import HtlcDeadline, HtlcFailed, HtlcFulfilled, HtlcReceived, Send, Watch
 from protocol.book import LOCAL, REMOTE, Htlc, Mark, in_commitment
 from protocol.commitments import sign_remote, verify_local
+from protocol.config import (
+    FULFILLED_HTLC_DEADLINE_BLOCKS,
+    MAX_FAIL_REASON_BYTES,
+    MAX_ONION_ROUTING_PACKET_BYTES,
+    OFFERED_HTLC_GRACE_BLOCKS,
+)
 from protocol.errors import Disposition, LocalProtocolError, RemoteProtocolError
 from protocol.messages import wrap
 from protocol.step import PERSIST, Step
@@ -64,18 +70,36 @@ def cmd_add(ch: Channel, amount_msat: int, payment_hash: bytes, cltv_expiry: int
     d = ch.d
     if d.local_shutdown_script is not None:
         raise LocalProtocolError("no new HTLC after our shutdown")
+    if len(onion) > MAX_ONION_ROUTING_PACKET_BYTES:
+        raise LocalProtocolError(f"onion_routing_packet above {MAX_ONION_ROUTING_PACKET_BYTES} "
+                                 "bytes (BOLT #4)")
     _local(rules.add_problem(d, ch.static, LOCAL, d.book.next_local_htlc_id, amount_msat,
                              payment_hash, cltv_expiry, height))
     h = d.book.add_htlc(LOCAL, amount_msat, payment_hash, cltv_expiry, onion)
-    return [Send(add_message(ch, h))]
+    return [htlc_deadline(h), Send(add_message(ch, h))]
 
 
 def cmd_settle(ch: Channel, htlc_id: int, preimage: bytes | None, reason: bytes) -> Step:
+    if len(reason) > MAX_FAIL_REASON_BYTES:
+        raise LocalProtocolError(f"failure reason above {MAX_FAIL_REASON_BYTES} bytes")
     htlc, problem = rules.settle_problem(ch.d, LOCAL, htlc_id, preimage)
     _local(problem)
     assert htlc is not None
     ch.d.book.remove_htlc(htlc, preimage, reason)
-    return [Send(removal_message(ch, htlc))]
+    if preimage is None:
+        return [Send(removal_message(ch, htlc))]
+    return [htlc_deadline(htlc), Send(removal_message(ch, htlc))]
+
+
+def htlc_deadline(h: Htlc) -> HtlcDeadline:
+    """When to go on chain for ``h`` if the peer has not settled it (see
+    ``HtlcDeadline``): ours, G blocks after its expiry; the peer's that we fulfilled,
+    early enough before its expiry for the preimage to confirm."""
+    if h.offered_by is LOCAL:
+        return HtlcDeadline(h.htlc_id, True, h.payment_hash,
+                            h.cltv_expiry + OFFERED_HTLC_GRACE_BLOCKS)
+    return HtlcDeadline(h.htlc_id, False, h.payment_hash,
+                        h.cltv_expiry - FULFILLED_HTLC_DEADLINE_BLOCKS)
 
 
 def cmd_fee(ch: Channel, feerate_per_kw: int) -> Step:
@@ -104,7 +128,11 @@ def sign_next_remote(ch: Channel) -> Step:
     def next_view(m: Mark) -> bool:
         return current(m) or (m.remote_ctn is None and eligible(m))
 
-    commitment = ch.build_remote(new_ctn, d.book.view(next_view))
+    try:
+        commitment = ch.build_remote(new_ctn, d.book.view(next_view))
+    except TransactionError as exc:  # unreachable while the rules hold; never a crash
+        raise LocalProtocolError(f"the peer's next commitment cannot be built: {exc}; "
+                                 "fail the channel", Disposition.CLOSE) from exc
     sigs = sign_remote(ch.static, ch.secrets, commitment)
     d.book.commit(REMOTE, new_ctn, eligible)
     d.remote_ctn = new_ctn
@@ -176,7 +204,11 @@ def on_commitment_signed(ch: Channel, msg: peer_pb2.CommitmentSigned, height: in
     def next_view(m: Mark) -> bool:
         return current(m) or (m.local_ctn is None and eligible(m))
 
-    commitment = ch.build_local(new_ctn, d.book.view(next_view))
+    try:
+        commitment = ch.build_local(new_ctn, d.book.view(next_view))
+    except TransactionError as exc:  # unreachable while the rules hold; never a crash
+        raise RemoteProtocolError(f"commitment_signed for a commitment that cannot be "
+                                  f"built: {exc}", Disposition.CLOSE) from exc
     verify_local(ch.static, commitment, msg.signature, tuple(msg.htlc_signatures))
     # Verified: from here on nothing can fail.
     d.book.commit(LOCAL, new_ctn, eligible)
