@@ -233,6 +233,10 @@ class _Handler(BaseHTTPRequestHandler):
     rpc_server: RpcServer
     authorization: str
     protocol_version = "HTTP/1.1"
+    # The headers and the body go out in two writes; with Nagle on, the body
+    # waits for the client's delayed ACK of the headers: 40 ms per call here
+    # (10 blocks/s followed instead of 109).
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         return  # quiet: tests and the foreground process print nothing per request
