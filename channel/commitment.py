@@ -52,10 +52,9 @@ from channel.sighash import bip143_sighash
 from channel.signing import sign, verify, witness_signature
 from channel.tx import OutPoint, Tx, TxIn, TxOut
 
-#: BOLT #2 limit on HTLCs each side may offer; the benchmark's largest case.
-MAX_ACCEPTED_HTLCS = 483
-
-_OBSCURED_MASK = (1 << 48) - 1
+#: Commitment numbers are 48 bits (BOLT #3): the obscured number fills 24 bits of
+#: the locktime and 24 of the sequence, and the shachain index space is 48 bits.
+MAX_COMMITMENT_NUMBER = (1 << 48) - 1
 
 
 class Side(enum.Enum):
@@ -211,7 +210,11 @@ def commitment_fee_sat(
 
 
 def obscured_commitment_number(static: ChannelStatic, commitment_number: int) -> int:
-    return (commitment_number ^ static.obscuring_factor) & _OBSCURED_MASK
+    """BOLT #3: the commitment number XOR the 48-bit obscuring factor. A number beyond
+    48 bits would not fit the locktime and sequence, so it is refused, not truncated."""
+    if not 0 <= commitment_number <= MAX_COMMITMENT_NUMBER:
+        raise TransactionError(f"commitment number {commitment_number} is not 48 bits")
+    return commitment_number ^ static.obscuring_factor
 
 
 def commitment_number_from_tx(static: ChannelStatic, tx: Tx) -> int:

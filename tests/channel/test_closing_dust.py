@@ -20,6 +20,7 @@ from channel.closing import (
     closing_tx_signed_by_peer,
     finalize_closing_tx,
     sign_closing_tx,
+    verify_closing_signature,
 )
 from channel.commitment import ChannelStatic
 from channel.errors import InvalidSignature, TransactionError
@@ -138,3 +139,36 @@ def test_a_signature_by_another_key_matches_no_variant(channel: Channel) -> None
     with pytest.raises(InvalidSignature):
         closing_tx_signed_by_peer(channel.static, 400_000, 599_000, ours, theirs,
                                   sign(b"\x01" * 32, b"\x00" * 32))
+
+
+def test_amount_bounds_and_bolt3_fields(channel: Channel) -> None:
+    ours, theirs = scripts_of(channel)
+    funding = channel.static.funding_sat
+    # Zero is a (dust) amount, not an error; below zero is refused, on either side.
+    assert [o.amount_sat for o in build_closing_tx(channel.static, 0, funding, ours,
+                                                   theirs).outputs] == [funding]
+    assert [o.amount_sat for o in build_closing_tx(channel.static, funding, 0, ours,
+                                                   theirs).outputs] == [funding]
+    for local_sat, remote_sat in ((-1, 500_000), (500_000, -1)):
+        with pytest.raises(TransactionError, match="negative"):
+            build_closing_tx(channel.static, local_sat, remote_sat, ours, theirs)
+    # The outputs may take the whole funding amount (fee 0), never more.
+    whole = build_closing_tx(channel.static, 400_000, funding - 400_000, ours, theirs)
+    assert sum(o.amount_sat for o in whole.outputs) == funding
+    with pytest.raises(TransactionError, match="exceed"):
+        build_closing_tx(channel.static, 400_000, funding - 400_000 + 1, ours, theirs)
+    # BOLT #3: version 2, locktime 0, one input (the funding outpoint), sequence final.
+    assert (whole.version, whole.locktime) == (2, 0)
+    (txin,) = whole.inputs
+    assert txin.outpoint == channel.static.funding_outpoint
+    assert txin.sequence == 0xFFFFFFFF
+
+
+def test_verify_closing_signature(channel: Channel) -> None:
+    ours, theirs = scripts_of(channel)
+    tx = build_closing_tx(channel.static, 400_000, 599_000, ours, theirs)
+    good = sign_closing_tx(channel.static.mirrored(), channel.remote, tx)
+    verify_closing_signature(channel.static, tx, good)
+    ours_not_theirs = sign_closing_tx(channel.static, channel.local, tx)
+    with pytest.raises(InvalidSignature):
+        verify_closing_signature(channel.static, tx, ours_not_theirs)
