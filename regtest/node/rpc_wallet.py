@@ -22,9 +22,25 @@ if TYPE_CHECKING:
 def getnewaddress(node: Node, label: Any = "", address_type: Any = "bech32") -> str:
     expect(label, "string")
     expect(address_type, "string")
-    if address_type != "bech32":
-        raise NodeRpcError(RPC_INVALID_ADDRESS_OR_KEY, f"Unknown address type '{address_type}'")
-    return node.wallet.new_address()
+    try:
+        return node.wallet.new_address(address_type)
+    except ValueError:
+        raise NodeRpcError(
+            RPC_INVALID_ADDRESS_OR_KEY, f"Unknown address type '{address_type}'"
+        ) from None
+
+
+def _ancestry(node: Node, txid: bytes) -> tuple[int, int, int] | None:
+    """Core's getTransactionAncestry: count, vsize and fees with ancestors, itself included."""
+    entry = node.mempool.entries.get(txid)
+    if entry is None:
+        return None
+    ancestors = [node.mempool.entries[a] for a in node.mempool.ancestors_of(entry.parents)]
+    return (
+        1 + len(ancestors),
+        entry.vsize + sum(a.vsize for a in ancestors),
+        entry.fee + sum(a.fee for a in ancestors),
+    )
 
 
 def getbalance(
@@ -77,26 +93,30 @@ def listunspent(
     for wallet_coin in node.wallet.coins(include_immature=include_immature):
         if not minconf <= wallet_coin.confirmations <= maxconf:
             continue
-        address = node.wallet.address_of(wallet_coin.key_index)
+        key = wallet_coin.key
+        address = key.address
         if wanted is not None and address not in wanted:
             continue
-        pubkey = node.wallet.pubkey_of(wallet_coin.key_index).hex()
-        out.append(
-            {
-                "txid": wallet_coin.outpoint[0].hex(),
-                "vout": wallet_coin.outpoint[1],
-                "address": address,
-                "label": "",
-                "scriptPubKey": wallet_coin.coin.script.hex(),
-                "amount": btc(wallet_coin.coin.value),
-                "confirmations": wallet_coin.confirmations,
-                "spendable": True,
-                "solvable": True,
-                "desc": with_checksum(f"wpkh({pubkey})"),
-                "parent_descs": [],
-                "safe": True,
-            }
-        )
+        item: dict[str, Any] = {
+            "txid": wallet_coin.outpoint[0].hex(),
+            "vout": wallet_coin.outpoint[1],
+            "address": address,
+            "label": "",
+        }
+        if key.redeem_script is not None:
+            item["redeemScript"] = key.redeem_script.hex()
+        item["scriptPubKey"] = wallet_coin.coin.script.hex()
+        item["amount"] = btc(wallet_coin.coin.value)
+        item["confirmations"] = wallet_coin.confirmations
+        ancestry = None if wallet_coin.confirmations else _ancestry(node, wallet_coin.outpoint[0])
+        if ancestry is not None:
+            item["ancestorcount"], item["ancestorsize"], item["ancestorfees"] = ancestry
+        item["spendable"] = True
+        item["solvable"] = True
+        item["desc"] = with_checksum(key.descriptor)
+        item["parent_descs"] = [with_checksum(key.parent_desc)] if key.parent_desc else []
+        item["safe"] = True
+        out.append(item)
     return out
 
 

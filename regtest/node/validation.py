@@ -175,7 +175,7 @@ def check_tx_inputs(tx: Tx, coins: Sequence[Coin], spend_height: int) -> int:
     return fee
 
 
-def _is_dust(tx_out: TxOut) -> bool:
+def is_dust(tx_out: TxOut) -> bool:
     """Core's IsDust at the default dust relay fee (3 sat/vB)."""
     script = tx_out.script_pub_key.script
     if (script[:1] == b"\x6a") or len(script) > 10_000:
@@ -228,7 +228,7 @@ def check_standard(tx: Tx) -> None:
                 raise TxRejected("scriptpubkey")
     if op_returns > 1:
         raise TxRejected("multi-op-return")
-    if any(_is_dust(tx_out) for tx_out in tx.vout):
+    if any(is_dust(tx_out) for tx_out in tx.vout):
         raise TxRejected("dust")
 
 
