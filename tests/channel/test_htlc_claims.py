@@ -11,17 +11,29 @@ nothing revocable) is exercised on both sides.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Any
 
 import pytest
 
-from channel.commitment import CommitmentHtlc, Side
+from channel.commitment import CommitmentHtlc, Side, finalize_holder_htlc_tx
 from channel.errors import TransactionError
 from channel.keys import ChannelSecrets
-from channel.penalty import build_penalty_tx, revoked_commitment_outputs
+from channel.penalty import (
+    build_penalty_tx,
+    revoked_commitment_outputs,
+    revoked_second_stage_outputs,
+)
 from channel.spend import SpendableOutput, build_spend_tx
-from channel.sweep import claim_htlc_after_timeout, claim_htlc_with_preimage, claim_remote_htlcs
+from channel.sweep import (
+    claim_htlc_after_timeout,
+    claim_htlc_with_preimage,
+    claim_remote_htlcs,
+    sweep_second_stage,
+    sweep_to_local,
+    sweep_to_remote,
+)
 from channel.tx import Tx
 from tests.channel.test_consensus import (
     DEST,
@@ -282,3 +294,77 @@ def test_penalty_refuses_secrets_that_are_not_this_channels(twin_channel: Channe
     with pytest.raises(TransactionError, match="revocation key"):
         revoked_commitment_outputs(channel.static, stranger, tx, secret,
                                    channel.remote_htlc_outputs(1))
+
+
+# -- the checks of the other builders ----------------------------------------------------
+
+
+def test_second_stage_penalty_names_what_is_wrong(twin_channel: Channel) -> None:
+    """'nothing revocable' of the second-stage builder: the HTLC tx of a commitment
+    revoked with another secret has no output this secret revokes."""
+    channel = twin_channel
+    revoked, tx, our_htlc_sigs = channel.signed_remote_commitment(1)
+    broadcast(channel.node, tx)
+    ((pos, (index, _)), *_) = (
+        (i, x) for i, x in enumerate(revoked.htlc_outputs) if x[1].offered_by is Side.REMOTE
+    )
+    success = finalize_holder_htlc_tx(channel.remote_static, channel.remote, revoked, index,
+                                      our_htlc_sigs[pos], PREIMAGE_OFFERED_BY_LOCAL)
+    right = revoked_second_stage_outputs(channel.static, channel.local, success,
+                                         channel.remote.per_commitment_secret(1))
+    assert [o.outpoint.index for o in right] == [0]
+    with pytest.raises(TransactionError, match="not a second-stage"):
+        revoked_second_stage_outputs(channel.static, channel.local, success,
+                                     channel.remote.per_commitment_secret(2))
+    with pytest.raises(TransactionError, match="revocation key"):
+        revoked_second_stage_outputs(
+            channel.static, ChannelSecrets.from_seed(b"\x08" * 32), success,
+            channel.remote.per_commitment_secret(1),
+        )
+
+
+def test_holder_htlc_tx_needs_a_preimage_exactly_for_success(twin_channel: Channel) -> None:
+    """The preimage presence check: HTLC-success needs one, HTLC-timeout must not
+    have one; a non-HTLC output index and the peer's commitment are refused."""
+    channel = twin_channel
+    c, _, remote_htlc_sigs = channel.signed_local_commitment(3)
+    by_side = {h.offered_by: (pos, index) for pos, (index, h) in enumerate(c.htlc_outputs)}
+    pos, index = by_side[Side.LOCAL]  # we offered it: HTLC-timeout
+    with pytest.raises(TransactionError, match="must not have one"):
+        finalize_holder_htlc_tx(channel.static, channel.local, c, index, remote_htlc_sigs[pos],
+                                PREIMAGE_OFFERED_BY_LOCAL)
+    timeout = finalize_holder_htlc_tx(channel.static, channel.local, c, index,
+                                      remote_htlc_sigs[pos])
+    assert timeout.locktime > 0
+    pos, index = by_side[Side.REMOTE]  # the peer offered it: HTLC-success
+    with pytest.raises(TransactionError, match="needs the preimage"):
+        finalize_holder_htlc_tx(channel.static, channel.local, c, index, remote_htlc_sigs[pos])
+    with pytest.raises(TransactionError, match="does not match"):
+        finalize_holder_htlc_tx(channel.static, channel.local, c, index, remote_htlc_sigs[pos],
+                                PREIMAGE_OFFERED_BY_LOCAL)
+    success = finalize_holder_htlc_tx(channel.static, channel.local, c, index,
+                                      remote_htlc_sigs[pos], PREIMAGE_OFFERED_BY_REMOTE)
+    assert success.locktime == 0
+    assert c.to_local_index is not None
+    with pytest.raises(TransactionError, match="not an HTLC output"):
+        finalize_holder_htlc_tx(channel.static, channel.local, c, c.to_local_index,
+                                remote_htlc_sigs[0])
+    theirs, _, _ = channel.signed_remote_commitment(3)
+    with pytest.raises(ValueError, match="LOCAL"):
+        finalize_holder_htlc_tx(channel.static, channel.local,
+                                dataclasses.replace(theirs, owner=Side.REMOTE), index,
+                                remote_htlc_sigs[0])
+
+
+def test_sweeps_say_which_output_is_missing(twin_channel: Channel) -> None:
+    channel = twin_channel
+    tx, _, _ = peer_commitment(channel, 4)
+    _, own, _ = channel.signed_local_commitment(4)
+    # Our to_remote is on the peer's commitment, not on ours; our to_local the reverse.
+    with pytest.raises(TransactionError, match="no to_remote output"):
+        sweep_to_remote(channel.static, channel.local, own, DEST, FEERATE)
+    with pytest.raises(TransactionError, match="no to_local output"):
+        sweep_to_local(channel.static, channel.local, tx, 4, DEST, FEERATE)
+    with pytest.raises(TransactionError, match="no second-stage output"):
+        sweep_second_stage(channel.static, channel.local, tx, 4, DEST, FEERATE)
+    assert sweep_to_remote(channel.static, channel.local, tx, DEST, FEERATE).inputs
