@@ -281,6 +281,24 @@ def tests_for(path: str, override: list[str] | None) -> tuple[str, ...]:
     return TEST_MAP[best]
 
 
+def likely_killers_first(path: str, tests: tuple[str, ...], root: Path) -> tuple[str, ...]:
+    """The same tests, as files, those named after the module first (``test_closing*``
+    for ``closing.py``): with ``-x`` a mutant is usually killed sooner. Only the
+    order changes, never which tests run, so outcomes are the same. Files are listed
+    in ``root``, the private copy the tests run in."""
+    stem = Path(path).stem
+    files: list[str] = []
+    for item in tests:
+        full = root / item
+        if full.is_dir():
+            files.extend(str(p.relative_to(root)) for p in sorted(full.rglob("test_*.py")))
+        else:
+            files.append(item)
+    if stem in ("__init__", "errors"):
+        return tuple(files)
+    return tuple(sorted(files, key=lambda f: stem not in Path(f).stem))
+
+
 def load_equivalent(file: Path) -> dict[str, str]:
     equivalent: dict[str, str] = {}
     if not file.exists():
@@ -524,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
                 workspace = free.pop()
             try:
                 tests = tests_for(mutant.path, args.tests)
-                return workspace.run_mutant(mutant, tests, timeouts[tests])
+                ordered = likely_killers_first(mutant.path, tests, workspace.root)
+                return workspace.run_mutant(mutant, ordered, timeouts[tests])
             finally:
                 with lock:
                     free.append(workspace)
