@@ -19,6 +19,8 @@ import trio
 from channel.keys import pubkey_from_secret
 from client.transport import HubPin, HubTransport
 from hub.auth import AdminCredential, Authenticator
+from hub.config import HubConfig
+from hub.daemon import HubApplication
 from hub.edge import AdminService, EdgeConfig, EventSender, GrpcEdge, PermissionDeniedError
 from hub.tls import TlsIdentity, load_or_create_tls
 from proto import admin_pb2, client_pb2
@@ -197,3 +199,32 @@ async def running_hub(data_dir: Path, config: EdgeConfig | None = None,
                              hub_node_id, clock)
         finally:
             await edge.stop()
+
+
+@dataclass
+class RecordingService:
+    """A ``hub.daemon.Service`` that records its start and drain."""
+
+    name: str
+    log: list[str]
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        self.log.append(f"start {self.name}")
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def drain(self) -> None:
+        self.log.append(f"drain {self.name}")
+
+
+@asynccontextmanager
+async def open_test_application(config: HubConfig, tls: TlsIdentity
+                                ) -> AsyncIterator[HubApplication]:
+    """An ``ApplicationFactory`` around the recording services (for daemon tests,
+    in process and as ``python -m hub --application tests.wire.hubfixture:...``)."""
+    hub_node_id = pubkey_from_secret(new_node_secret())
+    log: list[str] = []
+    yield HubApplication(hub_node_id, RecordingHubService(hub_node_id),
+                         RecordingAdminService(),
+                         [RecordingService("store", log), RecordingService("router", log)])
