@@ -49,6 +49,10 @@ from protocol.routing import Failure, FailureCode, ForwardInstructions
 # G=2 and S=12 at least (34 blocks), S=12 because these legacy non-anchor
 # commitments carry a fee fixed when signed and cannot be bumped. We take S=15 for
 # margin: 3*2 + 2*2 + 2*15 = 40 blocks, and refuse a configured delta below 34.
+# Against the chain code's deadlines (protocol/config.py): the outgoing HTLC is timed
+# out on chain OFFERED_HTLC_GRACE_BLOCKS (2) after its expiry, the preimage is known
+# by 2 + S + R, and the incoming claim starts FULFILLED_HTLC_DEADLINE_BLOCKS (18)
+# before the incoming expiry: 2 + S + 2 <= delta - 18, so 40 tolerates S up to 18.
 DEFAULT_CLTV_EXPIRY_DELTA_BLOCKS = 40
 MIN_CLTV_EXPIRY_DELTA_BLOCKS = 34
 # Ceiling on an operator's delta: a payer's expiry must leave room under the 2016

@@ -52,13 +52,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from channel.keys import pubkey_from_secret
 from channel.signing import parsed_pubkey, sign, verify
-from protocol.config import CLTV_EXPIRY_LOCKTIME_THRESHOLD
-
-# BOLT #4's fixed onion size: the most ``update_add_htlc.onion_routing_packet`` may
-# hold (protocol/ refuses larger). Ours is far smaller: one hop needs no padding.
-MAX_ONION_ROUTING_PACKET_BYTES = 1366
-# The most ``update_fail_htlc.reason`` may hold (protocol/ refuses larger).
-MAX_FAILURE_REASON_BYTES = 1024
+from protocol.config import (
+    CLTV_EXPIRY_LOCKTIME_THRESHOLD,
+    MAX_FAIL_REASON_BYTES,
+)
 
 PACKET_VERSION = 1
 FAILURE_VERSION = 1
@@ -66,7 +63,7 @@ FAILURE_VERSION = 1
 _HEADER = 1 + 33 + 8 + 4 + 33  # version, payee node id, amount, cltv, ephemeral key
 _PLAINTEXT = 1 + 8 + 32 + 32 + 32  # flags, total amount, secret, preimage, refund link
 _TAG = 16  # Poly1305
-PACKET_BYTES = _HEADER + _PLAINTEXT + _TAG  # 200
+PACKET_BYTES = _HEADER + _PLAINTEXT + _TAG  # 200: one hop needs none of BOLT #4's padding
 
 _FLAG_SPONTANEOUS = 0x01
 _FLAG_REFUND = 0x02
@@ -380,7 +377,7 @@ def decode_failure(reason: bytes, *, payment_hash: bytes, onion_routing_packet: 
     HTLC with ``payment_hash`` and ``onion_routing_packet``: refused unless signed by
     the node its origin names (the hub's node id from GetInfo, the payee's from the
     invoice or the packet)."""
-    if not isinstance(reason, bytes) or not 70 <= len(reason) <= MAX_FAILURE_REASON_BYTES:
+    if not isinstance(reason, bytes) or not 70 <= len(reason) <= MAX_FAIL_REASON_BYTES:
         raise RoutingFormatError("failure reason has the wrong length")
     version, origin_byte = reason[0], reason[1]
     code_value = int.from_bytes(reason[2:4], "big")

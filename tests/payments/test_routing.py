@@ -14,9 +14,8 @@ from hypothesis import strategies as st
 
 from channel.keys import pubkey_from_secret
 from protocol import routing
+from protocol.config import MAX_FAIL_REASON_BYTES, MAX_ONION_ROUTING_PACKET_BYTES
 from protocol.routing import (
-    MAX_FAILURE_REASON_BYTES,
-    MAX_ONION_ROUTING_PACKET_BYTES,
     PACKET_BYTES,
     Failure,
     FailureCode,
@@ -237,7 +236,7 @@ def test_failure_round_trip(failure: Failure, origin: FailureOrigin) -> None:
     secret = HUB_SECRET if origin is FailureOrigin.HUB else PAYEE_SECRET
     reason = encode_failure(failure, origin=origin, payment_hash=PAYMENT_HASH,
                             onion_routing_packet=invoice_packet(), node_secret=secret)
-    assert len(reason) <= MAX_FAILURE_REASON_BYTES
+    assert len(reason) <= MAX_FAIL_REASON_BYTES
     assert _decode(reason) == routing.FailureReport(origin, failure)
 
 
