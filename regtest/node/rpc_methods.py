@@ -2,9 +2,11 @@
 
 `RpcMethods.dispatch(method, params)` is the single entry: it maps named
 parameters onto positions (Core's transformNamedArguments), refuses unknown
-methods (-32601) and surplus parameters (-1 with a usage line), and calls
-the handler.  Handlers raise `NodeRpcError` with bitcoind's code and text;
-results use Decimal for BTC amounts.  The node's lock is held by the caller.
+methods (-32601), a wrong number of arguments (-1 with the method's help
+text) and arguments of the wrong JSON type (-3 `Wrong type passed:...`),
+both from the method's declaration in `rpc_help`, and calls the handler.
+Handlers raise `NodeRpcError` with bitcoind's code and text; results use
+Decimal for BTC amounts.  The node's lock is held by the caller.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from regtest.node.errors import (
     RPC_TYPE_ERROR,
     NodeRpcError,
 )
+from regtest.node.rpc_help import HELP, command_list
 
 if TYPE_CHECKING:
     from regtest.node.node import Node
@@ -77,17 +80,20 @@ class RpcMethods:
             for name, (handler, arg_names) in module.METHODS.items():
                 self.table[name] = (handler, arg_names)
         self.table["help"] = (self._help, ["command"])
+        for name, (_, arg_names) in self.table.items():
+            declared = [arg.name for arg in HELP[name].args]
+            assert declared == arg_names, f"{name}: help declares {declared}, handler {arg_names}"
 
     def _help(self, node: Node, command: str | None = None) -> str:
         if command is None:
-            return "\n".join(sorted(self.table))
+            return command_list()
         if command not in self.table:
             return f"help: unknown command: {command}"
         return self.usage(command)
 
     def usage(self, method: str) -> str:
-        _, arg_names = self.table[method]
-        return f"{method} " + " ".join(f"( {a} )" for a in arg_names)
+        """The method's help text (what Core answers to a wrong argument count)."""
+        return HELP[method].text(method)
 
     def dispatch(self, method: str, params: list[Any] | dict[str, Any]) -> Any:
         entry = self.table.get(method)
@@ -96,18 +102,17 @@ class RpcMethods:
         handler, arg_names = entry
         if isinstance(params, dict):
             params = self._positional(params, arg_names)
-        if len(params) > len(arg_names):
-            raise NodeRpcError(RPC_MISC_ERROR, self.usage(method))
         # Core treats trailing JSON nulls as omitted arguments
         while params and params[-1] is None:
             params = params[:-1]
+        declaration = HELP[method]
+        if not declaration.num_args_valid(len(params)):
+            raise NodeRpcError(RPC_MISC_ERROR, self.usage(method))
+        mismatch = declaration.type_errors(params)
+        if mismatch is not None:
+            raise NodeRpcError(RPC_TYPE_ERROR, mismatch)
         args = {arg_names[i]: value for i, value in enumerate(params) if value is not None}
-        try:
-            return handler(self.node, **args)
-        except TypeError as exc:
-            if "required positional argument" in str(exc):
-                raise NodeRpcError(RPC_MISC_ERROR, self.usage(method)) from exc
-            raise
+        return handler(self.node, **args)
 
     @staticmethod
     def _positional(named: dict[str, Any], arg_names: list[str]) -> list[Any]:
