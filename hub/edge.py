@@ -39,7 +39,13 @@ import grpc
 import trio
 from google.protobuf.message import Message
 
-from hub.auth import AdminCredential, Authenticator, AuthError, PermissionDenied
+from hub.auth import (
+    AdminCredential,
+    Authenticator,
+    AuthError,
+    PermissionDenied,
+    TooManyChallenges,
+)
 from hub.tls import TlsIdentity
 from proto import admin_pb2, admin_pb2_grpc, client_pb2, client_pb2_grpc, peer_pb2
 from protocol.driver.grpc_bridge import (
@@ -189,8 +195,12 @@ def _metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> st
 
 
 async def _abort_auth(context: grpc.aio.ServicerContext[Any, Any], error: AuthError) -> None:
-    code = (grpc.StatusCode.PERMISSION_DENIED if isinstance(error, PermissionDenied)
-            else grpc.StatusCode.UNAUTHENTICATED)
+    if isinstance(error, PermissionDenied):
+        code = grpc.StatusCode.PERMISSION_DENIED
+    elif isinstance(error, TooManyChallenges):
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    else:
+        code = grpc.StatusCode.UNAUTHENTICATED
     await context.abort(code, str(error))
 
 

@@ -194,9 +194,11 @@ class GrpcBridge:
         async def wrapper() -> T:
             return await fn(*args)
 
+        coroutine = wrapper()
         try:
-            future = asyncio.run_coroutine_threadsafe(wrapper(), self.loop)
+            future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         except RuntimeError as exc:
+            coroutine.close()
             raise BridgeClosed("asyncio loop is closed") from exc
         future.add_done_callback(lambda _: self.to_trio(done.set))
         try:
