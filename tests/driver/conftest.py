@@ -44,3 +44,23 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return sqlite_url(tmp_path / "store.sqlite")
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url_pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """Two separate stores (one per party) of the same kind."""
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path / "a.sqlite"), sqlite_url(tmp_path / "b.sqlite")
+        return
+    schemas = [f"driver_test_{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    admin = sa.create_engine(POSTGRES_SERVER, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for schema in schemas:
+            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield postgres_schema_url(schemas[0]), postgres_schema_url(schemas[1])
+    finally:
+        with admin.connect() as conn:
+            for schema in schemas:
+                conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
