@@ -306,6 +306,16 @@ class OnchainWallet:
                 f"block {height} does not follow the wallet's tip {self._tip_height}: rescan"
             )
         self._extend_lookahead_for(txs)
+        # A coin that comes (back) into the chain while one of our own pending
+        # transactions spends it stays locked by that transaction: after a reorg
+        # the node may still hold the spend in its mempool, and a new spend of the
+        # same coin would conflict with it.
+        pending_spends = {
+            txin.outpoint: txid
+            for txid, own in self._own.items()
+            if own.height is None
+            for txin in own.tx.inputs
+        }
         for position, tx in enumerate(txs):
             txid = tx.txid_hex()
             for txin in tx.inputs:
@@ -320,6 +330,8 @@ class OnchainWallet:
                     self._utxos[outpoint] = Utxo(
                         outpoint, output.amount_sat, owner[0], owner[1], height, position == 0
                     )
+                    if outpoint in pending_spends:
+                        self._locks[outpoint] = pending_spends[outpoint]
             own = self._own.get(txid)
             if own is not None:
                 own.height, own.broadcast = height, True
