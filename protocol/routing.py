@@ -44,14 +44,16 @@ import hashlib
 import hmac
 from dataclasses import dataclass, field
 
-from coincurve import PrivateKey
+from coincurve import PublicKey
+from coincurve._libsecp256k1 import ffi, lib
+from coincurve.context import GLOBAL_CONTEXT
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from channel.keys import pubkey_from_secret
-from channel.signing import parsed_pubkey, sign, verify
+from channel.signing import parse_pubkey, parsed_pubkey, sign, verify
 from protocol.config import (
     CLTV_EXPIRY_LOCKTIME_THRESHOLD,
     MAX_FAIL_REASON_BYTES,
@@ -68,6 +70,7 @@ PACKET_BYTES = _HEADER + _PLAINTEXT + _TAG  # 200: one hop needs none of BOLT #4
 _FLAG_SPONTANEOUS = 0x01
 _FLAG_REFUND = 0x02
 _ZERO32 = bytes(32)
+_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141  # secp256k1 order
 _NONCE = bytes(12)  # the key is fresh per ephemeral key and payment hash: one message per key
 _U64_MAX = 2**64 - 1
 
@@ -150,9 +153,26 @@ def _associated_data(header: bytes, payment_hash: bytes) -> bytes:
     return _AD_TAG + payment_hash + header
 
 
-def _check_point(value: bytes, name: str) -> None:
+def _ecdh(secret: bytes, pubkey: bytes) -> bytes:
+    """libsecp256k1's ECDH: SHA-256 of the compressed shared point (what coincurve's
+    ``PrivateKey.ecdh`` returns), without building a ``PrivateKey``, which would derive
+    two public keys this never needs (it doubled the payee's cost)."""
     try:
-        parsed_pubkey(value)
+        point = parse_pubkey(pubkey)
+    except ValueError:
+        raise RoutingFormatError("not a compressed secp256k1 point") from None
+    out = ffi.new("unsigned char[32]")
+    if len(secret) != 32 or not lib.secp256k1_ecdh(GLOBAL_CONTEXT.ctx, out, point, secret,
+                                                   ffi.NULL, ffi.NULL):
+        raise RoutingFormatError("not a secp256k1 secret")
+    return bytes(ffi.buffer(out, 32))
+
+
+def _check_point(value: bytes, name: str, *, cached: bool = True) -> None:
+    # Node ids recur, so their parse is cached with the channel keys; an ephemeral key
+    # is new every payment and would only evict those (hence ``cached=False``).
+    try:
+        (parsed_pubkey if cached else parse_pubkey)(value)
     except ValueError:
         raise RoutingFormatError(f"{name} is not a compressed secp256k1 point") from None
 
@@ -173,11 +193,12 @@ def build_packet(*, payee_node_id: bytes, amount_to_forward_msat: int,
         raise RoutingFormatError(f"amount_to_forward_msat {amount_to_forward_msat} out of range")
     if not 0 < outgoing_cltv_value < CLTV_EXPIRY_LOCKTIME_THRESHOLD:
         raise RoutingFormatError(f"outgoing_cltv_value {outgoing_cltv_value} is not a height")
-    try:
-        ephemeral_pubkey = pubkey_from_secret(ephemeral_secret)
-        shared_secret = PrivateKey(ephemeral_secret).ecdh(payee_node_id)
-    except ValueError:
-        raise RoutingFormatError("ephemeral_secret is not a secp256k1 secret") from None
+    # Not ``pubkey_from_secret``: its cache is for long-lived keys, and an ephemeral
+    # secret must not linger in memory after its one packet.
+    if len(ephemeral_secret) != 32 or not 0 < int.from_bytes(ephemeral_secret, "big") < _N:
+        raise RoutingFormatError("ephemeral_secret is not a secp256k1 secret")
+    ephemeral_pubkey = PublicKey.from_valid_secret(ephemeral_secret).format()
+    shared_secret = _ecdh(ephemeral_secret, payee_node_id)
     header = (bytes((PACKET_VERSION,)) + payee_node_id
               + amount_to_forward_msat.to_bytes(8, "big")
               + outgoing_cltv_value.to_bytes(4, "big") + ephemeral_pubkey)
@@ -204,7 +225,7 @@ def decode_forward(packet: bytes) -> ForwardInstructions:
     outgoing_cltv_value = int.from_bytes(packet[42:46], "big")
     ephemeral_pubkey = packet[46:79]
     _check_point(payee_node_id, "payee_node_id")
-    _check_point(ephemeral_pubkey, "ephemeral key")
+    _check_point(ephemeral_pubkey, "ephemeral key", cached=False)
     if amount_to_forward_msat == 0:
         raise RoutingFormatError("amount_to_forward_msat is zero")
     if not 0 < outgoing_cltv_value < CLTV_EXPIRY_LOCKTIME_THRESHOLD:
@@ -223,12 +244,12 @@ def open_payee_payload(packet: bytes, *, payment_hash: bytes, node_secret: bytes
     if len(payment_hash) != 32:
         raise RoutingFormatError("payment_hash must be 32 bytes")
     try:
-        node_key = PrivateKey(node_secret)
+        node_id = pubkey_from_secret(node_secret)  # cached: the payee's one node key
     except ValueError:
         raise RoutingFormatError("node_secret is not a secp256k1 secret") from None
-    if node_key.public_key.format() != forward.payee_node_id:
+    if node_id != forward.payee_node_id:
         raise RoutingFormatError("packet is for another node")
-    shared_secret = node_key.ecdh(forward.ephemeral_pubkey)
+    shared_secret = _ecdh(node_secret, forward.ephemeral_pubkey)
     key = _payload_key(shared_secret, forward.ephemeral_pubkey, forward.payee_node_id,
                        payment_hash)
     try:

@@ -263,6 +263,10 @@ def test_unknown_compulsory_feature_is_refused_optional_accepted() -> None:
     optional = Features.from_feature_list({FeatureExtra(50): FeatureState.supported})
     with pytest.raises(InvoiceError, match="unknown features"):
         parse_invoice(bolt11.encode(_unsigned(required), private_key=PAYEE_SECRET.hex()))
+    # However far up the vector the compulsory bit sits.
+    far = Features.from_feature_list({FeatureExtra(1000): FeatureState.required})
+    with pytest.raises(InvoiceError, match="unknown features"):
+        parse_invoice(bolt11.encode(_unsigned(far), private_key=PAYEE_SECRET.hex()))
     assert parse_invoice(bolt11.encode(_unsigned(optional), private_key=PAYEE_SECRET.hex()))
 
 
@@ -283,9 +287,12 @@ def test_create_refusals(kwargs: dict[str, object]) -> None:
        now=st.integers(1, 2**34))
 def test_round_trip_property(amount: int | None, description: str, expiry: int, cltv: int,
                              now: int) -> None:
-    text = _ours(amount_msat=amount, description=description, expiry_seconds=expiry,
-                 min_final_cltv_expiry_blocks=cltv, now=now)
-    invoice = decode_invoice(text, now=now)
+    made = create_invoice(node_secret=PAYEE_SECRET, payment_hash=PAYMENT_HASH,
+                          payment_secret=PAYMENT_SECRET, amount_msat=amount,
+                          description=description, expiry_seconds=expiry,
+                          min_final_cltv_expiry_blocks=cltv, now=now)
+    invoice = decode_invoice(made.bolt11, now=now)
+    assert invoice == made
     assert (invoice.amount_msat, invoice.description, invoice.expiry_seconds,
             invoice.min_final_cltv_expiry_blocks, invoice.created_at) == (
         amount, description, expiry, cltv, now)

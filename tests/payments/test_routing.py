@@ -123,7 +123,7 @@ def _seal(plaintext: bytes, payment_hash: bytes = PAYMENT_HASH) -> bytes:
     good = invoice_packet(payment_hash=payment_hash)
     header = good[:79]
     ephemeral_pubkey = header[46:79]
-    shared = PrivateKey(EPHEMERAL).ecdh(PAYEE_ID)
+    shared = PrivateKey(EPHEMERAL).ecdh(PAYEE_ID)  # coincurve's own, as a cross-check
     key = routing._payload_key(shared, ephemeral_pubkey, PAYEE_ID, payment_hash)
     return header + ChaCha20Poly1305(key).encrypt(
         bytes(12), plaintext, routing._associated_data(header, payment_hash))
