@@ -105,6 +105,7 @@ def test_each_preimage_claim_spends_its_own_output(twin_channel: Channel) -> Non
     assert [spent_index(c) for c in claims] == [index_of[(Side.REMOTE, 0)],
                                                 index_of[(Side.REMOTE, 1)]]
     for claim in claims:  # both confirm: no double spend between them
+        assert claim.locktime == 0  # no timeout claim in it: no locktime
         assert_accepted(channel.node, claim)
         broadcast(channel.node, claim)
 
