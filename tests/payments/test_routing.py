@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from channel.keys import pubkey_from_secret
+from channel.signing import parse_pubkey
 from protocol import routing
 from protocol.config import MAX_FAIL_REASON_BYTES, MAX_ONION_ROUTING_PACKET_BYTES
 from protocol.routing import (
@@ -179,6 +180,31 @@ def test_payload_value_rules() -> None:
         PayeePayload(1, payment_secret=PAYMENT_SECRET, refund_of_payment_hash=OTHER_HASH)
     with pytest.raises(RoutingFormatError):
         PayeePayload(1, payment_secret=bytes(31))
+
+
+def _off_curve() -> bytes:
+    """A 33-byte string with a valid prefix whose x has no point on the curve."""
+    for x in range(1, 100):
+        candidate = b"\x02" + x.to_bytes(32, "big")
+        try:
+            parse_pubkey(candidate)
+        except ValueError:
+            return candidate
+    raise AssertionError("no off-curve x below 100")
+
+
+def test_off_curve_keys_pass_the_hubs_shape_check_but_never_open() -> None:
+    good = invoice_packet()
+    for at in (1, 46):  # payee node id, ephemeral key
+        packet = good[:at] + _off_curve() + good[at + 33:]
+        assert decode_forward(packet)  # the hub finds no such client / does not care
+        with pytest.raises(RoutingFormatError):
+            open_payee_payload(packet, payment_hash=PAYMENT_HASH, node_secret=PAYEE_SECRET)
+    with pytest.raises(RoutingFormatError, match="point"):
+        build_packet(payee_node_id=_off_curve(), amount_to_forward_msat=1,
+                     outgoing_cltv_value=500, payment_hash=PAYMENT_HASH,
+                     payload=PayeePayload(1, payment_secret=PAYMENT_SECRET),
+                     ephemeral_secret=EPHEMERAL)
 
 
 @pytest.mark.parametrize("packet, match", [
