@@ -19,7 +19,7 @@ import trio.testing
 from protocol.driver.link import memory_link_pair
 from tests.driver.parties import Party, until
 
-PAYMENTS = 400
+PAYMENTS = 200
 IN_FLIGHT = 12
 
 
@@ -52,7 +52,7 @@ async def main(url_a: str, url_b: str, height: int, victim: str, kill_at: int,
         sent: list[bytes] = []
         while labels:
             while labels and len(sent) - len(a.fulfilled) - len(a.failed) < IN_FLIGHT:
-                sent.append(a.pay(10_000_000, labels.pop(0)))
+                sent.append(a.pay(3_000_000, labels.pop(0)))
             await a.wait_for(lambda: len(sent) - len(a.fulfilled) - len(a.failed)
                              < IN_FLIGHT)
         raise SystemExit("paid everything without being killed: KILL_AT too large")
