@@ -61,6 +61,7 @@ from channel.chain.keychain import (
     Bip84Account,
     script_from_address,
 )
+from channel.chain.rpc import BitcoinRpc, RpcError
 from channel.tx import OutPoint, Tx, TxOut
 
 __all__ = ["Balance", "InsufficientFunds", "OnchainWallet", "Utxo", "WalletError"]
@@ -154,6 +155,7 @@ class OnchainWallet:
         self._spent: dict[OutPoint, tuple[Utxo, int]] = {}
         self._locks: dict[OutPoint, str] = {}
         self._own: dict[str, _OwnTx] = {}
+        self._mempool_incoming_sat: dict[str, int] = {}
 
     # -- addresses ---------------------------------------------------------------
 
@@ -173,6 +175,10 @@ class OnchainWallet:
     def new_address(self) -> str:
         """A fresh receive address (the next unused index of the receive chain)."""
         return self.account.address(RECEIVE_CHAIN, self._take_index(RECEIVE_CHAIN))
+
+    def new_script_pubkey(self) -> bytes:
+        """A fresh receive script (for a shutdown script or a sweep destination)."""
+        return self.account.script_pubkey(RECEIVE_CHAIN, self._take_index(RECEIVE_CHAIN))
 
     def is_mine(self, script_pubkey: bytes) -> bool:
         return script_pubkey in self._scripts
@@ -209,7 +215,33 @@ class OnchainWallet:
                 unconfirmed += sum(
                     o.amount_sat for o in own.tx.outputs if o.script_pubkey in self._scripts
                 )
+        unconfirmed += sum(self._mempool_incoming_sat.values())
         return Balance(confirmed, unconfirmed, reserved)
+
+    async def scan_mempool(self, rpc: BitcoinRpc, *, max_fetch: int = 1_000) -> int:
+        """Count payments to us that sit in the node's mempool as unconfirmed
+        balance (never spendable before they are mined). Fetches only txids not
+        seen by an earlier scan, at most `max_fetch` per call; meant for regtest
+        and small mempools (the hub and the SDK call it for `GetBalance`).
+        Returns the satoshis found; the figures are not persisted."""
+        in_mempool = set(await rpc.getrawmempool())
+        self._mempool_incoming_sat = {
+            txid: sat for txid, sat in self._mempool_incoming_sat.items() if txid in in_mempool
+        }
+        for txid in sorted(in_mempool - self._mempool_incoming_sat.keys())[:max_fetch]:
+            if txid in self._own:  # already counted as our own pending change
+                self._mempool_incoming_sat[txid] = 0
+                continue
+            try:
+                tx = Tx.parse(await rpc.getrawtransaction(txid))
+            except RpcError:
+                continue  # mined or evicted since getrawmempool
+            if tx.txid_hex() != txid:
+                raise WalletError(f"the node answered another transaction for {txid}")
+            self._mempool_incoming_sat[txid] = sum(
+                o.amount_sat for o in tx.outputs if o.script_pubkey in self._scripts
+            )
+        return sum(self._mempool_incoming_sat.values())
 
     # -- building transactions ---------------------------------------------------------
 
@@ -332,6 +364,7 @@ class OnchainWallet:
                     )
                     if outpoint in pending_spends:
                         self._locks[outpoint] = pending_spends[outpoint]
+            self._mempool_incoming_sat.pop(txid, None)
             own = self._own.get(txid)
             if own is not None:
                 own.height, own.broadcast = height, True

@@ -257,3 +257,20 @@ async def test_refusals_change_nothing(rpc: BitcoinRpc, source: RpcChainSource) 
     broken = dict(before, utxos=[{"txid": "zz"}])
     with pytest.raises(WalletError):
         OnchainWallet.from_json(SEED, broken)
+
+
+async def test_mempool_payments_show_as_unconfirmed_until_mined(
+    rpc: BitcoinRpc, source: RpcChainSource
+) -> None:
+    h = await _harness(rpc, source)
+    script = h.wallet.new_script_pubkey()
+    assert h.wallet.is_mine(script)
+    await rpc.sendtoaddress(h.wallet.new_address(), 300_000)
+    await rpc.sendtoaddress(await rpc.getnewaddress(), 400_000)  # not ours
+    assert await h.wallet.scan_mempool(rpc) == 300_000
+    assert h.wallet.balance() == Balance(0, 300_000, 0)
+    with pytest.raises(InsufficientFunds):
+        h.wallet.fund(b"\x00\x20" + bytes(32), 100_000, 253)  # not spendable yet
+    await h.mine(1)
+    assert h.wallet.balance() == Balance(300_000, 0, 0)  # counted once, now confirmed
+    assert await h.wallet.scan_mempool(rpc) == 0
