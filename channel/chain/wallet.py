@@ -421,9 +421,14 @@ class OnchainWallet:
     # -- rescan and persistence -----------------------------------------------------------
 
     async def rescan(self, source: ChainSource) -> BlockRef:
-        """Forget every coin, lock and pending tx, then follow the chain from the
-        birth checkpoint with this wallet alone; returns the new tip."""
+        """Forget every coin, then follow the chain from the birth checkpoint with
+        this wallet alone; returns the new tip. Transactions the wallet signed and
+        that are not known mined (a reserved funding, a pending send) are kept:
+        their inputs are locked again as they are found, so a rescan never frees
+        a coin a funding transaction holds."""
+        pending = {txid: own for txid, own in self._own.items() if own.height is None}
         self._reset_chain_state()
+        self._own = pending
         follower = ChainFollower(source, self.birth, listeners=[self])
         await follower.sync_once()
         return self.tip

@@ -133,6 +133,9 @@ async def test_release_frees_the_reserved_inputs(rpc: BitcoinRpc, source: RpcCha
     before = h.wallet.to_json()
     tx = h.wallet.fund(b"\x00\x20" + bytes(32), 500_000, 253)
     assert h.wallet.balance() == Balance(0, 0, COIN)
+    # A rescan keeps the reservation: the coin is locked again when found.
+    await h.wallet.rescan(source)
+    assert h.wallet.balance() == Balance(0, 0, COIN)
     h.wallet.release(tx)
     assert h.wallet.balance() == Balance(COIN, 0, 0)
     with pytest.raises(WalletError):
