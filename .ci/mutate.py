@@ -13,7 +13,7 @@ changes ("mutants") a careless edit or a bad merge could make:
 - `and` <-> `or`;
 - a statement deleted: a `raise`, an `assert`, an early `return` (one inside an
   `if`), a bare call statement (a `check_...(x)` whose only job is to raise);
-- `True` <-> `False`.
+- `True` <-> `False` (except `slots=`, which changes memory layout only).
 
 Each mutant is applied, one at a time, to a PRIVATE COPY of the work tree (one copy
 per job, made in a temporary directory), and the tests mapped to that module run there
@@ -83,6 +83,9 @@ COPY_IGNORE = shutil.ignore_patterns(
 )
 
 NO_MUTATE_PRAGMA = "pragma: no mutate"
+
+# Keyword arguments whose value changes memory layout only (equivalent by nature).
+_LAYOUT_ONLY_KEYWORDS = frozenset({"slots"})
 
 _MOVE_BY_ONE: dict[type[ast.cmpop], type[ast.cmpop]] = {
     ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt,
@@ -179,6 +182,8 @@ class _Collector:
             if node.value is not None:
                 self.walk(node.value)
             return
+        if isinstance(node, ast.keyword) and node.arg in _LAYOUT_ONLY_KEYWORDS:
+            return  # e.g. @dataclass(slots=True): memory layout, no behaviour to test
         self.visit(node, in_if_body=in_if_body)
         for field, value in ast.iter_fields(node):
             if field in ("annotation", "returns", "type_comment"):

@@ -4,6 +4,8 @@ need (final for preimage and revocation spends, 0xFFFFFFFE to keep nLockTime on)
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from channel import scripts
@@ -61,3 +63,10 @@ def test_sequences_and_locktime_are_passed_through() -> None:
     assert [i.sequence for i in tx.inputs] == [SEQUENCE_FINAL, SEQUENCE_LOCKTIME_ENABLED]
     assert tx.locktime == 777 and tx.version == 2
     assert [o.script_pubkey for o in tx.outputs] == [DEST]
+
+
+def test_defaults_no_locktime_and_frozen_outputs() -> None:
+    tx = build_spend_tx([output(100_000)], DEST, FEERATE)
+    assert tx.locktime == 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        output(1).amount_sat = 2  # type: ignore[misc]
