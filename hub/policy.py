@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from protocol.config import MAX_CLTV_EXPIRY_DELTA_BLOCKS, MIN_CLTV_EXPIRY_MARGIN_BLOCKS
-from protocol.routing import Failure, FailureCode, ForwardInstructions
+from protocol.routing import Failure, FailureCode, ForwardInstructions, forwarding_fee_msat
 
 # BOLT #2 "Risks With HTLC Timeouts": a forwarding node needs ``3R + 2G + 2S`` blocks
 # between its outgoing and its incoming expiry: R reorganisation depth, G grace
@@ -74,8 +74,9 @@ class FeePolicy:
 
     Integer arithmetic; the proportional part is rounded down (floor), in the payer's
     favour, as BOLT #7's ``fee_base_msat + amount_to_forward *
-    fee_proportional_millionths / 1000000`` is computed by every implementation. A
-    payer computes the same ``fee_msat`` and adds it to what it wants forwarded."""
+    fee_proportional_millionths / 1000000`` is computed by every implementation. The
+    formula itself is ``protocol.routing.forwarding_fee_msat``, which the payer's SDK
+    uses too (``route_terms``): client/ never imports hub/."""
 
     base_msat: int
     fee_ppm: int
@@ -87,7 +88,8 @@ class FeePolicy:
                 raise PolicyError(f"{name} {value!r} must be an integer in [0, {_U32_MAX}]")
 
     def fee_msat(self, amount_to_forward_msat: int) -> int:
-        return self.base_msat + amount_to_forward_msat * self.fee_ppm // 1_000_000
+        return forwarding_fee_msat(amount_to_forward_msat, base_msat=self.base_msat,
+                                   fee_ppm=self.fee_ppm)
 
 
 def check_cltv_expiry_delta(cltv_expiry_delta_blocks: int) -> int:

@@ -60,7 +60,11 @@ from channel.signing import (
     sign,
     verify,
 )
-from protocol.config import CLTV_EXPIRY_LOCKTIME_THRESHOLD, MAX_FAIL_REASON_BYTES
+from protocol.config import (
+    CLTV_EXPIRY_LOCKTIME_THRESHOLD,
+    MAX_FAIL_REASON_BYTES,
+    MIN_CLTV_EXPIRY_MARGIN_BLOCKS,
+)
 
 PACKET_VERSION = 1
 FAILURE_VERSION = 1
@@ -284,6 +288,45 @@ def open_payee_payload(packet: bytes, *, payment_hash: bytes, node_secret: bytes
                            payment_preimage=preimage if spontaneous else None,
                            refund_of_payment_hash=refund if flags & _FLAG_REFUND else None)
     return PayeePacket(forward, payload)
+
+
+# -- the payer's terms ------------------------------------------------------------------------
+
+# Blocks the payer adds above the payee's min_final_cltv_expiry: blocks mined while the
+# payment crosses the hub must not push the HTLC below what the payee accepts.
+FINAL_CLTV_SLACK_BLOCKS = 2
+
+
+def forwarding_fee_msat(amount_to_forward_msat: int, *, base_msat: int, fee_ppm: int) -> int:
+    """The hub's fee for forwarding ``amount_to_forward_msat``: ``base_msat +
+    amount_to_forward_msat * fee_ppm // 1_000_000``, rounded down (BOLT #7's formula).
+    Here, shared, because the payer (client/) computes what the hub (hub/) checks."""
+    return base_msat + amount_to_forward_msat * fee_ppm // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTerms:
+    """What the payer puts in its packet and in its HTLC to the hub."""
+
+    amount_to_forward_msat: int  # what the payee receives
+    outgoing_cltv_value: int  # the payee's HTLC expiry
+    htlc_amount_msat: int  # the payer's HTLC to the hub: amount + fee
+    htlc_cltv_expiry: int  # the payer's HTLC to the hub: outgoing expiry + the hub's delta
+    fee_msat: int
+
+
+def route_terms(*, amount_msat: int, min_final_cltv_expiry_blocks: int, height: int,
+                base_msat: int, fee_ppm: int, cltv_expiry_delta_blocks: int) -> RouteTerms:
+    """The amounts and expiries of a payment of ``amount_msat`` at ``height`` through a
+    hub with this fee policy and CLTV delta (GetInfo), to a payee that asks for
+    ``min_final_cltv_expiry_blocks`` (the invoice's ``c``; 18 when spontaneous)."""
+    # Never at or below the channels' floor (height + MIN_CLTV_EXPIRY_MARGIN_BLOCKS),
+    # even for a payee that asks for less.
+    final_blocks = max(min_final_cltv_expiry_blocks, MIN_CLTV_EXPIRY_MARGIN_BLOCKS + 1)
+    outgoing_cltv_value = height + final_blocks + FINAL_CLTV_SLACK_BLOCKS
+    fee = forwarding_fee_msat(amount_msat, base_msat=base_msat, fee_ppm=fee_ppm)
+    return RouteTerms(amount_msat, outgoing_cltv_value, amount_msat + fee,
+                      outgoing_cltv_value + cltv_expiry_delta_blocks, fee)
 
 
 # -- failures --------------------------------------------------------------------------------

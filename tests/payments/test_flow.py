@@ -40,6 +40,7 @@ from protocol.routing import (
     decode_forward,
     encode_failure,
     open_payee_payload,
+    route_terms,
 )
 from tests.payments.keys import HUB_ID, HUB_SECRET, PAYEE_ID, PAYEE_SECRET, ephemeral
 from tests.protocol.pair import ChannelPair, Party
@@ -73,17 +74,20 @@ class Network:
         invoice = decode_invoice(bolt11, now=NOW + 10)
         assert invoice.amount_msat is not None and invoice.payee_node_id == PAYEE_ID
         self.attempt += 1
-        outgoing_cltv = self.height + invoice.min_final_cltv_expiry_blocks + 2
+        terms = route_terms(amount_msat=invoice.amount_msat,
+                            min_final_cltv_expiry_blocks=invoice.min_final_cltv_expiry_blocks,
+                            height=self.height, base_msat=FEES.base_msat,
+                            fee_ppm=FEES.fee_ppm, cltv_expiry_delta_blocks=DELTA)
         packet = build_packet(
-            payee_node_id=invoice.payee_node_id, amount_to_forward_msat=invoice.amount_msat,
-            outgoing_cltv_value=outgoing_cltv, payment_hash=invoice.payment_hash,
+            payee_node_id=invoice.payee_node_id,
+            amount_to_forward_msat=terms.amount_to_forward_msat,
+            outgoing_cltv_value=terms.outgoing_cltv_value, payment_hash=invoice.payment_hash,
             payload=PayeePayload(invoice.amount_msat,
                                  payment_secret=secret or invoice.payment_secret),
             ephemeral_secret=ephemeral(self.attempt))
-        incoming_msat = invoice.amount_msat + FEES.fee_msat(invoice.amount_msat)
         p1 = self.payer_hub
-        added = p1.do("a", lambda c: c.add_htlc(incoming_msat, invoice.payment_hash,
-                                                outgoing_cltv + DELTA, height=self.height,
+        added = p1.do("a", lambda c: c.add_htlc(terms.htlc_amount_msat, invoice.payment_hash,
+                                                terms.htlc_cltv_expiry, height=self.height,
                                                 onion_routing_packet=packet))
         htlc_id = _added_id(added)
         p1.settle()

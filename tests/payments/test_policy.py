@@ -19,13 +19,21 @@ from hub.policy import (
     decide_forward,
 )
 from protocol.config import MAX_CLTV_EXPIRY_DELTA_BLOCKS, MIN_CLTV_EXPIRY_MARGIN_BLOCKS
-from protocol.routing import Failure, FailureCode, ForwardInstructions, decode_forward
+from protocol.routing import (
+    FINAL_CLTV_SLACK_BLOCKS,
+    Failure,
+    FailureCode,
+    ForwardInstructions,
+    decode_forward,
+    route_terms,
+)
 from tests.payments.keys import PAYEE_ID, PAYMENT_HASH, invoice_packet
 
 HEIGHT = 1_000
 DELTA = DEFAULT_CLTV_EXPIRY_DELTA_BLOCKS
 POLICY = FeePolicy(base_msat=1_000, fee_ppm=2_500)
 OPEN = OutgoingChannel(online=True, available_msat=10**9, htlc_minimum_msat=1)
+ROOMY = OutgoingChannel(online=True, available_msat=2**64, htlc_minimum_msat=1)
 
 
 def forward_for(amount_msat: int, cltv: int) -> ForwardInstructions:
@@ -148,3 +156,31 @@ def test_never_forwards_more_than_received_less_fee_nor_too_late(
             <= height + MAX_CLTV_EXPIRY_DELTA_BLOCKS
             and online and forward_msat <= available and forward_msat >= minimum)
     assert isinstance(result, OutgoingHtlc) == fits
+
+
+@given(amount=st.integers(1, 2**50), min_final=st.integers(1, 500), height=heights,
+       base=st.integers(0, 2**32 - 1), ppm=st.integers(0, 2**32 - 1),
+       delta=st.integers(MIN_CLTV_EXPIRY_DELTA_BLOCKS, 1008))
+def test_the_payers_terms_are_what_the_hub_accepts(amount: int, min_final: int, height: int,
+                                                  base: int, ppm: int, delta: int) -> None:
+    terms = route_terms(amount_msat=amount, min_final_cltv_expiry_blocks=min_final,
+                        height=height, base_msat=base, fee_ppm=ppm,
+                        cltv_expiry_delta_blocks=delta)
+    policy = FeePolicy(base, ppm)
+    assert terms.fee_msat == policy.fee_msat(amount)
+    assert terms.htlc_amount_msat == amount + terms.fee_msat
+    forward = forward_for(terms.amount_to_forward_msat, terms.outgoing_cltv_value)
+    # Accepted at the payer's height and while the slack lasts (blocks mined meanwhile)...
+    for mined in range(FINAL_CLTV_SLACK_BLOCKS + 1):
+        out = decide_forward(
+            incoming=IncomingHtlc(terms.htlc_amount_msat, terms.htlc_cltv_expiry, PAYMENT_HASH),
+            forward=forward, fee_policy=policy, cltv_expiry_delta_blocks=delta,
+            height=height + mined, outgoing=ROOMY)
+        assert isinstance(out, OutgoingHtlc)
+        assert out.cltv_expiry >= height + mined + min_final  # the payee's check holds
+    # ...and one millisatoshi less is refused.
+    short = decide_forward(
+        incoming=IncomingHtlc(terms.htlc_amount_msat - 1, terms.htlc_cltv_expiry, PAYMENT_HASH),
+        forward=forward, fee_policy=policy, cltv_expiry_delta_blocks=delta, height=height,
+        outgoing=ROOMY)
+    assert isinstance(short, Failure) and short.code is FailureCode.FEE_INSUFFICIENT
