@@ -420,6 +420,40 @@ class FailureReport:
     origin: FailureOrigin
     failure: Failure
 
+    def describe(self) -> str:
+        """One line for a person: who refused, and why (the CLI's error line)."""
+        f = self.failure
+        text = _DESCRIPTIONS[f.code].format(
+            htlc_msat=f.htlc_msat, htlc_minimum_msat=f.htlc_minimum_msat,
+            fee_base_msat=f.fee_base_msat, fee_ppm=f.fee_ppm, cltv_expiry=f.cltv_expiry,
+            cltv_expiry_delta_blocks=f.cltv_expiry_delta_blocks, height=f.height)
+        return f"{self.origin.name.lower()}: {text}"
+
+
+_DESCRIPTIONS: dict[FailureCode, str] = {
+    FailureCode.INVALID_ONION_PAYLOAD: "the payment packet could not be read",
+    FailureCode.UNKNOWN_PAYEE: "the payee is not a client of this hub",
+    FailureCode.PAYEE_OFFLINE: "the payee is offline",
+    FailureCode.INSUFFICIENT_CAPACITY: "not enough liquidity toward the payee",
+    FailureCode.AMOUNT_BELOW_MINIMUM:
+        "amount below the payee channel's minimum of {htlc_minimum_msat} msat",
+    FailureCode.FEE_INSUFFICIENT:
+        "fee too low: the hub charges {fee_base_msat} msat + {fee_ppm} ppm",
+    FailureCode.INCORRECT_CLTV_EXPIRY:
+        "expiry too close to the incoming one: the hub needs {cltv_expiry_delta_blocks} blocks",
+    FailureCode.EXPIRY_TOO_SOON: "expiry too soon at height {height}",
+    FailureCode.EXPIRY_TOO_FAR: "expiry too far beyond height {height}",
+    FailureCode.INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS:
+        "incorrect or unknown payment details (wrong secret, amount or expiry, or no such "
+        "invoice)",
+    FailureCode.FINAL_INCORRECT_CLTV_EXPIRY: "the hub shortened the expiry the payer set",
+    FailureCode.FINAL_INCORRECT_HTLC_AMOUNT: "the hub forwarded less than the payer set",
+    FailureCode.INVOICE_EXPIRED: "the invoice has expired",
+    FailureCode.ALREADY_PAID: "the invoice is already paid",
+    FailureCode.TEMPORARY_FAILURE: "temporary failure (or timed out); try again later",
+    FailureCode.PERMANENT_FAILURE: "permanent failure",
+}
+
 
 def _failure_digest(origin_node_id: bytes, payment_hash: bytes, onion_routing_packet: bytes,
                     body: bytes) -> bytes:

@@ -266,6 +266,14 @@ def test_failure_round_trip(failure: Failure, origin: FailureOrigin) -> None:
     assert _decode(reason) == routing.FailureReport(origin, failure)
 
 
+def test_every_failure_reads_as_one_line() -> None:
+    for failure in FAILURES:
+        text = routing.FailureReport(FailureOrigin.HUB, failure).describe()
+        assert text.startswith("hub: ") and "\n" not in text and "None" not in text
+    fee = routing.FailureReport(FailureOrigin.HUB, FAILURES[5]).describe()
+    assert fee == f"hub: fee too low: the hub charges {2**32 - 1} msat + 0 ppm"
+
+
 def test_permanent_flag() -> None:
     assert FailureCode.INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS.permanent
     assert FailureCode.UNKNOWN_PAYEE.permanent
