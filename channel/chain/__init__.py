@@ -8,7 +8,9 @@ On top of it, written once for the hub and the SDK (docs/dev/chain-api.md):
 - `ConfirmationTracker` (confirmations.py): depth and spend events, reversible;
 - `RpcBroadcaster` (broadcaster.py): publish and rebroadcast until confirmed;
 - `RpcFeeEstimator` (fees.py): estimatesmartfee in sat/kw, a fallback, a floor;
-- `OnchainWallet` (wallet.py): BIP84 keys, coins from blocks, funding, sending.
+- `OnchainWallet` (wallet.py): BIP84 keys, coins from blocks, funding, sending;
+- `ChainServices` (services.py): all of the above wired for one party, one
+  JSON-able state bundle, persisted after every block.
 
 This subpackage is the only part of channel/ that does I/O.
 """
@@ -49,6 +51,7 @@ from channel.chain.rpc import (
     RpcError,
     TxOutInfo,
 )
+from channel.chain.services import ChainServices
 from channel.chain.units import btc_to_sat, sat_to_btc
 from channel.chain.wallet import (
     Balance,
@@ -74,6 +77,7 @@ __all__ = [
     "ChainEvent",
     "ChainFollower",
     "ChainMismatch",
+    "ChainServices",
     "ChainSource",
     "ChainUnavailable",
     "ConfirmationTracker",

@@ -129,6 +129,9 @@ class ChainFollower:
         self.source = source
         self.poll_interval_s = poll_interval_s
         self._tip = checkpoint
+        # The tip as of the end of the last completed sync step (listeners and
+        # tip listeners done); `_tip` moves block by block inside a step.
+        self._synced_tip = checkpoint
         self._listeners: list[BlockListener] = list(listeners)
         self._tip_listeners: list[TipListener] = list(tip_listeners)
         self._parents: OrderedDict[str, str] = OrderedDict()
@@ -172,12 +175,13 @@ class ChainFollower:
                 log.warning("chain sync failed, retrying in %ss: %s", self.poll_interval_s, exc)
 
     async def wait_for_height(self, height: int) -> BlockRef:
-        """Return once the tip is at `height` or above (needs `run()` going)."""
-        if self._tip.height < height:
+        """Return once a sync step that reached `height` or above has finished,
+        tip listeners included (so the owner's persist has run); needs `run()`."""
+        if self._synced_tip.height < height:
             event = trio.Event()
             self._height_waiters.append((height, event))
             await event.wait()
-        return self._tip
+        return self._synced_tip
 
     async def sync_once(self) -> SyncResult:
         """One step to the node's best block (see the module docstring)."""
@@ -195,6 +199,7 @@ class ChainFollower:
             if result.moved:
                 for tip_listener in list(self._tip_listeners):
                     await tip_listener.best_block_updated(self._tip)
+                self._synced_tip = self._tip
                 self._wake_waiters()
             return result
 
@@ -245,7 +250,7 @@ class ChainFollower:
     def _wake_waiters(self) -> None:
         still_waiting = []
         for height, event in self._height_waiters:
-            if self._tip.height >= height:
+            if self._synced_tip.height >= height:
                 event.set()
             else:
                 still_waiting.append((height, event))
