@@ -106,16 +106,25 @@ class RpcBroadcaster:
         """Stop rebroadcasting `txid` (e.g. a conflicting spend won)."""
         self._pending.pop(txid, None)
 
-    async def broadcast(self, tx: Tx, *, label: str = "") -> str:
-        """Send `tx` now and keep it until `confirm_depth` deep; returns its txid."""
+    async def broadcast(self, tx: Tx, *, label: str = "", keep_if_refused: bool = False) -> str:
+        """Send `tx` now and keep it until `confirm_depth` deep; returns its txid.
+
+        A refusal raises `BroadcastRefused`; the tx is then forgotten unless
+        `keep_if_refused` (a commitment or penalty that must confirm: a fee below
+        the mempool minimum now may relay later, so it is retried every block).
+        """
         txid = tx.txid_hex()
         entry = self._pending.get(txid)
         if entry is None:
             entry = PendingTx(txid, tx.serialize(), label)
         try:
             await self._send(entry)
-        except BroadcastRefused:
-            self._pending.pop(txid, None)
+        except BroadcastRefused as exc:
+            if keep_if_refused:
+                entry.last_error = f"{exc.reason} (code {exc.code})"
+                self._pending[txid] = entry
+            else:
+                self._pending.pop(txid, None)
             raise
         except ChainUnavailable:
             self._pending[txid] = entry
@@ -138,6 +147,10 @@ class RpcBroadcaster:
                 return
             raise BroadcastRefused(entry.txid, exc.code, exc.message) from exc
         entry.last_error = None
+
+    def for_driver(self) -> ActionBroadcaster:
+        """This broadcaster behind protocol.driver's `Broadcaster` interface."""
+        return ActionBroadcaster(self)
 
     # -- BlockListener / TipListener -------------------------------------------------
 
@@ -201,3 +214,30 @@ class RpcBroadcaster:
                 txid, raw, str(item["label"]), item["confirmed_height"], item["last_error"]
             )
         return broadcaster
+
+
+class ActionBroadcaster:
+    """protocol.driver's `Broadcaster` (`broadcast(raw_tx, txid, reason)`, internal
+    byte order txid, never raising for the chain's sake) over `RpcBroadcaster`.
+
+    A channel's Broadcast action carries a transaction that must confirm (a
+    force-close commitment, a cooperative close, a penalty), so nothing is
+    dropped: a node that is down, a tx not yet valid or a refusal all leave it
+    pending, retried on every block, with the reason in `last_error` and logged.
+    Only a tx whose bytes are not the txid named is a programming error
+    (ValueError).
+    """
+
+    def __init__(self, inner: RpcBroadcaster) -> None:
+        self.inner = inner
+
+    async def broadcast(self, raw_tx: bytes, txid: bytes, reason: str) -> None:
+        tx = Tx.parse(raw_tx)
+        if tx.txid() != txid:
+            raise ValueError(f"{reason}: the transaction is not {txid[::-1].hex()}")
+        try:
+            await self.inner.broadcast(tx, label=reason, keep_if_refused=True)
+        except BroadcastRefused as exc:
+            log.error("%s: %s; retrying every block", reason, exc)
+        except ChainUnavailable as exc:
+            log.warning("%s: node unreachable (%s); retrying every block", reason, exc)

@@ -91,3 +91,23 @@ async def test_pending_set_round_trips_through_json(rpc: BitcoinRpc) -> None:
     data["pending"][0]["txid"] = "00" * 32
     with pytest.raises(ValueError):
         RpcBroadcaster.from_json(rpc, data)
+
+
+async def test_driver_adapter_never_drops_a_must_confirm_tx(rpc: BitcoinRpc) -> None:
+    broadcaster = RpcBroadcaster(rpc, tip_height=await rpc.getblockcount())
+    for_driver = broadcaster.for_driver()
+    # protocol.driver's interface, checked statically by mypy here.
+    from protocol.driver.driver import Broadcaster as DriverBroadcaster
+
+    typed: DriverBroadcaster = for_driver
+    tx = await _wallet_tx(rpc)
+    conflicting = tx.copy()
+    conflicting.outputs = [TxOut(o.amount_sat - 1, o.script_pubkey) for o in tx.outputs]
+    await typed.broadcast(conflicting.serialize(), conflicting.txid(), "force close")
+    (entry,) = broadcaster.pending()
+    assert entry.txid == conflicting.txid_hex() and entry.label == "force close"
+    assert entry.last_error is not None and "-26" in entry.last_error
+    await typed.broadcast(tx.serialize(), tx.txid(), "cooperative close")
+    assert {p.txid for p in broadcaster.pending()} == {tx.txid_hex(), conflicting.txid_hex()}
+    with pytest.raises(ValueError):
+        await typed.broadcast(tx.serialize(), conflicting.txid(), "mislabelled")
