@@ -37,7 +37,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
-from sqlalchemy.dialects import postgresql, sqlite
 
 from protocol.driver.crypto import (
     KeyFile,
@@ -86,6 +85,24 @@ meta_table = sa.Table(
 )
 
 _KEY_META = "store_key"
+
+# The hot path as plain SQL, valid on SQLite (>= 3.35) and PostgreSQL alike: prebuilt text()
+# skips building and cache-keying a Core expression per write (a third of the
+# writer thread's time before).
+# One statement, one round trip: insert, or update if the stored update_id is lower
+# and the peer the same; RETURNING says whether it happened (else: stale or foreign).
+_UPSERT_SNAPSHOT = sa.text(
+    "INSERT INTO driver_channels (channel_key, peer_node_id, channel_id, update_id, state, "
+    "snapshot) VALUES (:channel_key, :peer_node_id, :channel_id, :update_id, :state, "
+    ":snapshot) ON CONFLICT (channel_key) DO UPDATE SET channel_id = excluded.channel_id, "
+    "update_id = excluded.update_id, state = excluded.state, snapshot = excluded.snapshot "
+    "WHERE driver_channels.update_id < excluded.update_id "
+    "AND driver_channels.peer_node_id = excluded.peer_node_id RETURNING update_id")
+_SELECT_SNAPSHOT_OWNER = sa.text(
+    "SELECT update_id, peer_node_id FROM driver_channels WHERE channel_key = :channel_key")
+_INSERT_WATCH = sa.text(
+    "INSERT INTO driver_watches (channel_key, kind, txid, record) "
+    "VALUES (:channel_key, :kind, :txid, :record) ON CONFLICT DO NOTHING")
 
 
 class StaleUpdate(StoreError):
@@ -187,23 +204,15 @@ class ChannelStore:
         channel_id = bytes.fromhex(snapshot.get("channel_id") or "") or bytes.fromhex(
             snapshot.get("temporary_channel_id") or "")
         state = str(snapshot.get("state", ""))
-        values = {"channel_id": channel_id, "update_id": update_id, "state": state,
+        params = {"channel_key": channel_key, "peer_node_id": peer_node_id,
+                  "channel_id": channel_id, "update_id": update_id, "state": state,
                   "snapshot": blob}
-        t = channels_table
 
         def write(conn: Connection) -> None:
-            updated = conn.execute(
-                t.update().where(t.c.channel_key == channel_key,
-                                 t.c.peer_node_id == peer_node_id,
-                                 t.c.update_id < update_id).values(**values))
-            if updated.rowcount == 1:
+            if conn.execute(_UPSERT_SNAPSHOT, params).first() is not None:
                 return
-            row = conn.execute(sa.select(t.c.update_id, t.c.peer_node_id)
-                               .where(t.c.channel_key == channel_key)).one_or_none()
-            if row is None:
-                conn.execute(t.insert().values(channel_key=channel_key,
-                                               peer_node_id=peer_node_id, **values))
-            elif row.peer_node_id != peer_node_id:
+            row = conn.execute(_SELECT_SNAPSHOT_OWNER, params).one()
+            if bytes(row.peer_node_id) != peer_node_id:
                 raise ChannelKeyConflict(f"channel {channel_key.hex()} belongs to another peer")
             else:
                 raise StaleUpdate(f"channel {channel_key.hex()}: update_id {update_id} is not "
@@ -217,11 +226,10 @@ class ChannelStore:
         txid = bytes.fromhex(str(record.get("txid", "")))
         text = json.dumps(record, sort_keys=True)
 
+        params = {"channel_key": channel_key, "kind": kind, "txid": txid, "record": text}
+
         def write(conn: Connection) -> None:
-            insert = (postgresql.insert(watches_table) if conn.dialect.name == "postgresql"
-                      else sqlite.insert(watches_table))
-            conn.execute(insert.values(channel_key=channel_key, kind=kind, txid=txid,
-                                       record=text).on_conflict_do_nothing())
+            conn.execute(_INSERT_WATCH, params)
 
         return write
 

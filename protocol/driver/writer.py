@@ -17,9 +17,11 @@ form the next batch: the busier the process, the more writes each fsync covers.
 
 Failure, all or nothing:
 
-- ``fn`` raises: it runs inside a SAVEPOINT, so only its own changes are rolled back
-  and only its caller gets the exception (``write`` re-raises it as is); the rest of
-  the batch goes on. A refused write (a stale snapshot) cannot sink its neighbours.
+- ``fn`` raises: the transaction is rolled back and the batch re-run without it, so
+  only its caller gets the exception (``write`` re-raises it as is) and the rest of
+  the batch commits. A refused write (a stale snapshot) cannot sink its neighbours.
+  (So a function may run more than once; only the committed run counts: a write
+  function must touch nothing but its connection.)
 - the COMMIT (or BEGIN) fails (disk full, a deferred constraint, connection lost):
   nothing of the batch is stored, and every caller of that batch gets
   ``CommitFailed`` (the cause chained). Nothing half-done is ever reported as durable.
@@ -164,38 +166,51 @@ class GroupWriter:
 
     def _commit_batch(self, batch: list[PendingWrite[Any]]
                       ) -> list[tuple[Any, BaseException | None]]:
-        """In the writer thread: run the batch in one transaction, commit it."""
+        """In the writer thread: run the batch in one transaction, commit it.
+
+        Optimistic, without a SAVEPOINT per write (they doubled the statements): if a
+        function raises, the transaction is rolled back and the batch re-run without
+        it, so it fails alone. A function may therefore run more than once; only the
+        run that committed counts (write functions touch nothing but ``conn``)."""
         started = time.perf_counter()
-        outcomes: list[tuple[Any, BaseException | None]] = []
-        try:
-            if self._conn is None:  # the last failure may have broken the connection
-                self._conn = self._connect()
-            conn = self._conn
-            with conn.begin():
-                for pending in batch:
-                    savepoint = conn.begin_nested()
-                    try:
-                        result = pending.fn(conn)
-                    except Exception as exc:
-                        savepoint.rollback()
-                        outcomes.append((None, exc))
-                    else:
-                        savepoint.commit()
-                        outcomes.append((result, None))
-                if self.before_commit is not None:
-                    self.before_commit(len(batch))
-            # leaving the block committed the transaction
-        except Exception as exc:
-            self.stats.failed_commits += 1
-            if self._conn is not None:
-                # A dead connection may fail to close; drop it anyway.
-                with contextlib.suppress(Exception):
-                    self._conn.close()
-                self._conn = None
-            failure = CommitFailed(f"commit of a batch of {len(batch)} writes failed: {exc}")
-            failure.__cause__ = exc
-            return [(None, failure)] * len(batch)
+        refused: dict[int, BaseException] = {}
+        while True:
+            results: dict[int, Any] = {}
+            try:
+                if self._conn is None:  # the last failure may have broken the connection
+                    self._conn = self._connect()
+                conn = self._conn
+                with conn.begin():
+                    for index, pending in enumerate(batch):
+                        if index in refused:
+                            continue
+                        try:
+                            results[index] = pending.fn(conn)
+                        except Exception as exc:
+                            refused[index] = exc
+                            raise _Refused from exc
+                    if self.before_commit is not None:
+                        self.before_commit(len(batch))
+                # leaving the block committed the transaction
+            except _Refused:
+                continue  # rolled back: run the batch again without the refused write
+            except Exception as exc:
+                self.stats.failed_commits += 1
+                if self._conn is not None:
+                    # A dead connection may fail to close; drop it anyway.
+                    with contextlib.suppress(Exception):
+                        self._conn.close()
+                    self._conn = None
+                failure = CommitFailed(
+                    f"commit of a batch of {len(batch)} writes failed: {exc}")
+                failure.__cause__ = exc
+                return [(None, refused.get(i, failure)) for i in range(len(batch))]
+            break
         self.stats.commits += 1
-        self.stats.writes += len(batch)
+        self.stats.writes += len(results)
         self.stats.commit_seconds += time.perf_counter() - started
-        return outcomes
+        return [(results.get(i), refused.get(i)) for i in range(len(batch))]
+
+
+class _Refused(Exception):
+    """Internal: a write function raised; its batch is re-run without it."""

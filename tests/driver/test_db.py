@@ -79,8 +79,8 @@ async def test_callers_add_their_own_branch_and_write_in_one_transaction(
     db = Database.open(store_url, version_locations=[EXTRA])
     heads = db.read_sync(lambda c: {r[0] for r in c.exec_driver_sql(
         "SELECT version_num FROM alembic_version")})
-    # driver_0001 is an ancestor of app_0001 (depends_on): alembic records the head.
-    assert heads == {"app_0001"}
+    # driver_0001 is an ancestor of app_0002 (depends_on): alembic records the head.
+    assert heads == {"app_0002"}
     payments = sa.Table("app_payments", sa.MetaData(), autoload_with=db.engine)
     store = ChannelStore(db, open_secret_box(db, TEST_PASSPHRASE), GroupWriter(db.engine))
     key = new_channel_key()
