@@ -313,18 +313,23 @@ def fee_problem(d: ChannelData, static: ChannelStatic, sender: Side,
         if floor < needed:
             return Problem(f"the funder cannot afford feerate_per_kw {feerate_per_kw} and "
                            f"keep its channel reserve ({floor} < {needed} msat)")
-    return fee_dust_problem(d, static, feerate_per_kw)
+    return fee_dust_problem(d, static, sender, feerate_per_kw)
 
 
-def fee_dust_problem(d: ChannelData, static: ChannelStatic,
+def fee_dust_problem(d: ChannelData, static: ChannelStatic, sender: Side,
                      feerate_per_kw: int) -> Problem | None:
     """BOLT #2 update_fee: "if the dust balance of the remote [or local] transaction at
     the new feerate_per_kw exceeds max_dust_htlc_exposure_msat: MAY fail the channel"
     (and a sender "MAY NOT send update_fee"). A higher feerate trims more HTLCs, and a
     trimmed HTLC is lost to the miners if the channel closes on chain: without this, a
-    funder raising the fee could burn every HTLC we offered it (issue 11, finding 4)."""
+    funder raising the fee could burn every HTLC we offered it (issue 11, finding 4).
+
+    Counted on the sender's ``min_view``, the HTLCs both sides know of when the
+    update_fee is read (messages are ordered), so an honest funder with our cap never
+    trips it; our own adds crossing the update_fee are left out (the sender cannot see
+    them): they were checked at the feerate we knew when we offered them."""
     cap = d.config.max_dust_htlc_exposure_msat
-    htlcs = list(d.book.htlcs.values())
+    htlcs = d.book.view(min_view_pred(d, sender)).htlcs
     for owner in (LOCAL, REMOTE):
         exposure = sum(h.amount_msat for h in htlcs
                        if is_trimmed(static, owner, h, feerate_per_kw))
