@@ -23,6 +23,7 @@ from channel.chain.confirmations import (
     OutpointSpent,
     OutpointUnspent,
     TxConfirmed,
+    TxMismatch,
     TxUnconfirmed,
 )
 from channel.chain.fees import FEERATE_FLOOR_SAT_PER_KW, RpcFeeEstimator
@@ -96,6 +97,7 @@ __all__ = [
     "SyncResult",
     "TipListener",
     "TxConfirmed",
+    "TxMismatch",
     "TxOutInfo",
     "TxUnconfirmed",
     "Utxo",

@@ -12,7 +12,9 @@ it is reversed with `TxUnconfirmed` / `OutpointUnspent`. A reorg that only
 shortens the chain above a confirmed tx does not reverse it: the tx is still in
 the best chain, and if its depth was enough once, the channel logic (a funding
 lock-in, a sweep) has acted on it; only losing its block undoes that (as LDK's
-`transaction_unconfirmed`).
+`transaction_unconfirmed`). A watch may name the output it expects
+(`expect_output`): a mined tx without exactly that output is told as `TxMismatch`
+and never counts as confirmed.
 
 Events are handed to `on_event` as they happen, inside the follower's sync step
 (so they must not do I/O: push to a trio memory channel with `send_nowait`, or
@@ -29,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from channel.tx import OutPoint, Tx
+from channel.tx import OutPoint, Tx, TxOut
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,17 @@ class TxUnconfirmed:
 
 
 @dataclass(frozen=True, slots=True)
+class TxMismatch:
+    """The watched txid was mined, but its output is not the one expected (a
+    funder naming a funding outpoint that pays another script or amount)."""
+
+    txid: str
+    height: int
+    block_hash: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class OutpointSpent:
     outpoint: OutPoint
     spending_tx: Tx
@@ -63,7 +76,7 @@ class OutpointUnspent:
     block_hash: str
 
 
-ChainEvent = TxConfirmed | TxUnconfirmed | OutpointSpent | OutpointUnspent
+ChainEvent = TxConfirmed | TxUnconfirmed | TxMismatch | OutpointSpent | OutpointUnspent
 
 
 @dataclass(slots=True)
@@ -72,6 +85,7 @@ class _TxWatch:
     height: int | None = None
     block_hash: str | None = None
     told: bool = False
+    expected: tuple[int, TxOut] | None = None
 
 
 @dataclass(slots=True)
@@ -95,14 +109,22 @@ class ConfirmationTracker:
 
     # -- watches ---------------------------------------------------------------
 
-    def watch_tx(self, txid: str, min_depth: int) -> None:
-        """Tell `TxConfirmed` once `txid` is `min_depth` deep (1: in a block)."""
+    def watch_tx(
+        self, txid: str, min_depth: int, *, expect_output: tuple[int, TxOut] | None = None
+    ) -> None:
+        """Tell `TxConfirmed` once `txid` is `min_depth` deep (1: in a block).
+
+        With `expect_output=(index, TxOut(amount_sat, script_pubkey))`, the mined
+        tx must have exactly that output (BOLT #2: the fundee checks the funding
+        output before it counts confirmations); if not, `TxMismatch` is told
+        instead and the tx never counts as confirmed.
+        """
         if min_depth < 1:
             raise ValueError("min_depth is at least 1")
         bytes.fromhex(txid)
         existing = self._txs.get(txid)
         if existing is None:
-            self._txs[txid] = _TxWatch(min_depth)
+            self._txs[txid] = _TxWatch(min_depth, expected=expect_output)
         else:
             existing.min_depth = min_depth
             self._tell_deep_enough()
@@ -140,7 +162,11 @@ class ConfirmationTracker:
             txid = tx.txid_hex()
             watch = self._txs.get(txid)
             if watch is not None and watch.height is None:
-                watch.height, watch.block_hash = height, block_hash
+                mismatch = _mismatch(tx, watch.expected)
+                if mismatch is not None:
+                    self._emit(TxMismatch(txid, height, block_hash, mismatch))
+                else:
+                    watch.height, watch.block_hash = height, block_hash
             for txin in tx.inputs:
                 spend = self._spends.get(txin.outpoint)
                 if spend is not None and spend.height is None:
@@ -192,6 +218,13 @@ class ConfirmationTracker:
                     "height": w.height,
                     "block_hash": w.block_hash,
                     "told": w.told,
+                    "expected": None
+                    if w.expected is None
+                    else {
+                        "index": w.expected[0],
+                        "amount_sat": w.expected[1].amount_sat,
+                        "script_pubkey": w.expected[1].script_pubkey.hex(),
+                    },
                 }
                 for txid, w in self._txs.items()
             },
@@ -216,8 +249,18 @@ class ConfirmationTracker:
         tracker = cls(int(data["tip_height"]), on_event=on_event)
         for txid, w in data["txs"].items():
             bytes.fromhex(txid)
+            expected = w.get("expected")
             tracker._txs[txid] = _TxWatch(
-                int(w["min_depth"]), w["height"], w["block_hash"], bool(w["told"])
+                int(w["min_depth"]),
+                w["height"],
+                w["block_hash"],
+                bool(w["told"]),
+                None
+                if expected is None
+                else (
+                    int(expected["index"]),
+                    TxOut(int(expected["amount_sat"]), bytes.fromhex(expected["script_pubkey"])),
+                ),
             )
         for s in data["outpoints"]:
             spending = (
@@ -227,3 +270,17 @@ class ConfirmationTracker:
                 s["height"], s["block_hash"], spending
             )
         return tracker
+
+
+def _mismatch(tx: Tx, expected: tuple[int, TxOut] | None) -> str | None:
+    if expected is None:
+        return None
+    index, output = expected
+    if index >= len(tx.outputs):
+        return f"no output {index}"
+    found = tx.outputs[index]
+    if found.script_pubkey != output.script_pubkey:
+        return f"output {index} pays another script"
+    if found.amount_sat != output.amount_sat:
+        return f"output {index} pays {found.amount_sat} sat, not {output.amount_sat}"
+    return None

@@ -11,10 +11,11 @@ from channel.chain.confirmations import (
     OutpointSpent,
     OutpointUnspent,
     TxConfirmed,
+    TxMismatch,
     TxUnconfirmed,
 )
 from channel.chain.follower import ChainFollower, RpcChainSource, checkpoint_at
-from channel.tx import Tx
+from channel.tx import Tx, TxOut
 
 
 async def test_depth_and_spend_are_reported_then_reversed_by_a_reorg(
@@ -106,3 +107,39 @@ async def test_state_round_trips_through_json(rpc: BitcoinRpc, source: RpcChainS
     await resumed.sync_once()
     kinds = [type(e).__name__ for e in restored.drain_events()]
     assert kinds == ["OutpointUnspent", "OutpointSpent", "TxConfirmed"]
+
+
+async def test_an_expected_output_that_is_not_there_is_a_mismatch(
+    rpc: BitcoinRpc, source: RpcChainSource
+) -> None:
+    start = await checkpoint_at(source, await rpc.getblockcount())
+    tracker = ConfirmationTracker(start.height)
+    follower = ChainFollower(source, start, listeners=[tracker])
+    honest = Tx.parse(
+        await rpc.getrawtransaction(await rpc.sendtoaddress(await rpc.getnewaddress(), 90_000))
+    )
+    lying = Tx.parse(
+        await rpc.getrawtransaction(await rpc.sendtoaddress(await rpc.getnewaddress(), 90_000))
+    )
+    index = next(i for i, o in enumerate(honest.outputs) if o.amount_sat == 90_000)
+    tracker.watch_tx(honest.txid_hex(), 1, expect_output=(index, honest.outputs[index]))
+    lie_index = next(i for i, o in enumerate(lying.outputs) if o.amount_sat == 90_000)
+    claimed = TxOut(100_000, lying.outputs[lie_index].script_pubkey)  # more than it pays
+    tracker.watch_tx(lying.txid_hex(), 1, expect_output=(lie_index, claimed))
+    tracker.watch_tx("ab" * 32, 1, expect_output=(0, claimed))
+    (block,) = await rpc.generatetoaddress(1, await rpc.getnewaddress())
+    await follower.sync_once()
+    events = tracker.drain_events()
+    assert TxConfirmed(honest.txid_hex(), start.height + 1, block, 1) in events
+    assert (
+        TxMismatch(
+            lying.txid_hex(),
+            start.height + 1,
+            block,
+            f"output {lie_index} pays 90000 sat, not 100000",
+        )
+        in events
+    )
+    assert len(events) == 2 and tracker.depth(lying.txid_hex()) == 0
+    restored = ConfirmationTracker.from_json(json.loads(json.dumps(tracker.to_json())))
+    assert restored.to_json() == tracker.to_json()
