@@ -139,6 +139,19 @@ def test_replacement_must_pay_for_the_descendants_it_evicts(regtest_node: Node) 
         f"insufficient fee, rejecting replacement {tb.txid(replacement)}, less fees than "
         f"conflicting txs; {format_money(5_000)} < {format_money(21_000)}",
     )
+    # one satoshi short of the package's fees, then exactly them (but nothing for relay)
+    short = pay([(coin, 100_000, OWNER)], [(9, 100_000 - 20_999)])
+    assert refusal(regtest_node, short) == (
+        -26,
+        f"insufficient fee, rejecting replacement {tb.txid(short)}, less fees than "
+        f"conflicting txs; {format_money(20_999)} < {format_money(21_000)}",
+    )
+    level = pay([(coin, 100_000, OWNER)], [(9, 100_000 - 21_000)])
+    assert refusal(regtest_node, level) == (
+        -26,
+        f"insufficient fee, rejecting replacement {tb.txid(level)}, not enough additional "
+        f"fees to relay; 0.00 < {format_money(level.vsize)}",
+    )
 
 
 def test_replacement_must_add_the_incremental_relay_fee_on_its_size(regtest_node: Node) -> None:
