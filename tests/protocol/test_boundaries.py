@@ -1,0 +1,257 @@
+"""Every acceptance limit of ``protocol.rules`` checked on both sides: the last value it
+accepts and the first it refuses (issue 11: "almost every limit can move by one or lose
+a term without a failing test"). Figures are worked out in each test from the BOLT #3
+fee formula (weight 724 + 172 per untrimmed HTLC), so a moved bound, a dropped term
+(HTLCs already offered, the fee-spike headroom, whose reserve it is) or a swapped side
+changes the answer at the boundary.
+
+The channel: 1,000,000 sat, a funds and keeps 600,000 sat, b has 400,000 sat, 1,000
+sat/kw. a demands a reserve of 10,000 sat of b, b demands 20,000 sat of a (different, so
+"whose reserve" matters).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from channel.commitment import Side
+from protocol import rules
+from protocol.book import Htlc, Mark
+from protocol.config import LocalConfig
+from protocol.errors import LocalProtocolError
+from tests.protocol.pair import HEIGHT, ChannelPair, hash_of, preimage_of
+
+LOCAL, REMOTE = Side.LOCAL, Side.REMOTE
+CFG_A = LocalConfig(channel_reserve_sat=10_000, max_accepted_htlcs=30, htlc_minimum_msat=2000,
+                    max_htlc_value_in_flight_msat=580_000_000)
+CFG_B = LocalConfig(channel_reserve_sat=20_000, max_accepted_htlcs=10, htlc_minimum_msat=1000,
+                    max_htlc_value_in_flight_msat=590_000_000)
+HASH = hash_of(preimage_of(1))
+
+
+@pytest.fixture
+def pair() -> ChannelPair:
+    return ChannelPair(config_a=CFG_A, config_b=CFG_B)
+
+
+def add_problem(pair: ChannelPair, receiver: str, amount_msat: int,
+                cltv: int = HEIGHT + 40) -> rules.Problem | None:
+    """The receiver's verdict on the peer's next add."""
+    ch = pair.party(receiver).channel
+    return rules.add_problem(ch.d, ch.static, REMOTE, ch.d.book.next_remote_htlc_id,
+                             amount_msat, HASH, cltv, HEIGHT)
+
+
+def own_add_problem(pair: ChannelPair, sender: str, amount_msat: int,
+                    cltv: int = HEIGHT + 40) -> rules.Problem | None:
+    ch = pair.party(sender).channel
+    return rules.add_problem(ch.d, ch.static, LOCAL, ch.d.book.next_local_htlc_id,
+                             amount_msat, HASH, cltv, HEIGHT)
+
+
+def fee_1000(htlcs: int) -> int:
+    """Commitment fee in msat at 1,000 sat/kw with ``htlcs`` untrimmed HTLCs."""
+    return (724 + 172 * htlcs) * 1000
+
+
+# -- htlc_minimum_msat ----------------------------------------------------------------
+
+
+def test_htlc_minimum_is_the_receivers(pair: ChannelPair) -> None:
+    assert add_problem(pair, "b", 1000) is None  # b's minimum
+    assert "htlc_minimum_msat" in add_problem(pair, "b", 999).message  # type: ignore[union-attr]
+    assert add_problem(pair, "a", 2000) is None  # a's minimum
+    assert "htlc_minimum_msat" in add_problem(pair, "a", 1999).message  # type: ignore[union-attr]
+    # A sender checks the receiver's minimum, not its own.
+    assert own_add_problem(pair, "a", 1000) is None
+    assert own_add_problem(pair, "a", 999) is not None
+    assert own_add_problem(pair, "b", 1999) is not None
+
+
+# -- max_htlc_value_in_flight_msat, HTLCs already offered --------------------------------
+
+
+def test_in_flight_counts_what_is_already_offered(pair: ChannelPair) -> None:
+    """b accepts 590,000,000 msat in flight from a in total: with 10,000,000 offered and
+    committed, 580,000,000 more is the limit; one msat more is refused for the
+    in-flight cap (a's affordability, which 580,000,000 may break, is tested apart)."""
+    pair.add("a", 10_000_000, 1)
+    pair.settle()
+    limit = 590_000_000 - 10_000_000
+    p = add_problem(pair, "b", limit + 1)
+    assert p is not None and "max_htlc_value_in_flight_msat" in p.message
+    p = add_problem(pair, "b", limit)
+    assert p is None or "in flight" not in p.message
+
+
+def test_in_flight_at_the_limit_accepted(pair: ChannelPair) -> None:
+    """a accepts 580,000,000 msat from b; b holds 400,000 sat, so in-flight is reached
+    through HTLCs already offered: 3 x 150,000,000 plus one more."""
+    for n in range(2):
+        pair.add("b", 150_000_000, n)
+    pair.settle()
+    # 300,000,000 in flight; b keeps 100,000 sat (a's reserve for it is 10,000 sat).
+    assert add_problem(pair, "a", 90_000_000) is None
+    cfg = LocalConfig(channel_reserve_sat=10_000, max_accepted_htlcs=30,
+                      htlc_minimum_msat=2000, max_htlc_value_in_flight_msat=389_999_999)
+    pair.a.channel.d.config = cfg
+    p = add_problem(pair, "a", 90_000_000)
+    assert p is not None and "in flight" in p.message
+    pair.a.channel.d.config = LocalConfig(channel_reserve_sat=10_000, max_accepted_htlcs=30,
+                                          htlc_minimum_msat=2000,
+                                          max_htlc_value_in_flight_msat=390_000_000)
+    assert add_problem(pair, "a", 90_000_000) is None
+
+
+# -- max_accepted_htlcs ------------------------------------------------------------------------
+
+
+def test_max_accepted_is_the_receivers(pair: ChannelPair) -> None:
+    """b accepts 10 HTLCs from a; a accepts 30 from b."""
+    for n in range(9):
+        pair.add("a", 2_000_000, n)
+    pair.settle()
+    assert add_problem(pair, "b", 2_000_000) is None  # the 10th
+    assert own_add_problem(pair, "a", 2_000_000) is None
+    pair.add("a", 2_000_000, 9)
+    pair.settle()
+    p = add_problem(pair, "b", 2_000_000)
+    assert p is not None and "max_accepted_htlcs" in p.message
+    with pytest.raises(LocalProtocolError, match="max_accepted_htlcs"):
+        pair.a.channel.add_htlc(2_000_000, HASH, HEIGHT + 40, height=HEIGHT)
+    assert add_problem(pair, "a", 2_000_000) is None  # b -> a: 30 allowed
+
+
+# -- the sender's reserve, and whose it is -------------------------------------------------------
+
+
+def test_fundee_keeps_the_reserve_its_peer_demands(pair: ChannelPair) -> None:
+    """b (400,000 sat) must keep a's demand, 10,000 sat: 390,000,000 msat is the most it
+    can offer (b's own demand of a is 20,000 sat: a swapped reserve gives 380,000,000)."""
+    pair.a.channel.d.config = LocalConfig(channel_reserve_sat=10_000, max_accepted_htlcs=30,
+                                          htlc_minimum_msat=2000,
+                                          max_htlc_value_in_flight_msat=10**12)
+    assert add_problem(pair, "a", 390_000_000) is None
+    p = add_problem(pair, "a", 390_000_001)
+    assert p is not None and "reserve" in p.message
+    assert own_add_problem(pair, "b", 390_000_000) is None
+    assert own_add_problem(pair, "b", 390_000_001) is not None
+
+
+def test_funder_keeps_its_reserve_and_the_fee(pair: ChannelPair) -> None:
+    """a's add as b judges it: 600,000,000 - 20,000,000 (b's demand) - the fee with one
+    HTLC (896,000) = 579,104,000 msat at most."""
+    pair.b.channel.d.config = LocalConfig(channel_reserve_sat=20_000, max_accepted_htlcs=10,
+                                          htlc_minimum_msat=1000,
+                                          max_htlc_value_in_flight_msat=10**12)
+    limit = 600_000_000 - 20_000_000 - fee_1000(1)
+    assert add_problem(pair, "b", limit) is None
+    p = add_problem(pair, "b", limit + 1)
+    assert p is not None and "cannot afford" in p.message
+
+
+def test_funder_headroom_for_the_peers_adds(pair: ChannelPair) -> None:
+    """a's own add keeps the fee of a commitment with this HTLC and every HTLC b may
+    still add (a accepts 30 from b) at the highest feerate: 20,000,000 + (724 + 172 * 31)
+    * 1000 = 26,056,000 msat must be left: 573,944,000 msat at most."""
+    pair.a.channel.d.remote.max_htlc_value_in_flight_msat = 10**12  # type: ignore[union-attr]
+    limit = 600_000_000 - 20_000_000 - fee_1000(31)
+    assert own_add_problem(pair, "a", limit) is None
+    p = own_add_problem(pair, "a", limit + 1)
+    assert p is not None and "headroom" in p.message
+    # Each HTLC b already offered is one slot less of headroom but one HTLC more.
+    pair.add("b", 2_000_000, 5)
+    pair.settle()
+    assert own_add_problem(pair, "a", limit) is None
+    assert own_add_problem(pair, "a", limit + 1) is not None
+
+
+def test_fundee_checks_the_funder_can_pay(pair: ChannelPair) -> None:
+    """b's own add: a must keep b's demand (20,000 sat) plus the fee bound with one more
+    HTLC. a is left with 20,896 sat exactly at the limit."""
+    pair = ChannelPair(config_a=CFG_A, config_b=CFG_B,
+                       push_msat=1_000_000_000 - 20_000_000 - fee_1000(1))
+    assert own_add_problem(pair, "b", 2_000_000) is None
+    pair = ChannelPair(config_a=CFG_A, config_b=CFG_B,
+                       push_msat=1_000_000_000 - 20_000_000 - fee_1000(1) + 1)
+    p = own_add_problem(pair, "b", 2_000_000)
+    assert p is not None and "funder could not pay" in p.message
+
+
+# -- CLTV margin and horizon -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delta,ok", [(3, False), (4, True), (2016, True), (2017, False)])
+def test_cltv_bounds(pair: ChannelPair, delta: int, ok: bool) -> None:
+    """Refused at or below height + 3 and beyond height + 2016 (policy: our own add is
+    refused, a peer's is failed back once committed)."""
+    ch = pair.b.channel
+    htlc = Htlc(REMOTE, 0, 2_000_000, HASH, HEIGHT + delta, b"", Mark(REMOTE, 0))
+    problem = rules.policy_problem(ch.d, ch.static, htlc, HEIGHT)
+    assert (problem is None) is ok
+    assert (own_add_problem(pair, "a", 2_000_000, HEIGHT + delta) is None) is ok
+
+
+# -- dust exposure -----------------------------------------------------------------------------
+
+
+def test_dust_exposure_at_the_cap(pair: ChannelPair) -> None:
+    """1,000-sat HTLCs are trimmed at 1,000 sat/kw (546 + 663 > 1,000): the fifth brings
+    a's default 5,000,000 msat exposure cap to exactly its limit, the sixth past it."""
+    for n in range(4):
+        pair.add("b", 1_000_000, n)
+    pair.settle()
+    ch = pair.a.channel
+    fifth = Htlc(REMOTE, 4, 1_000_000, HASH, HEIGHT + 40, b"", Mark(REMOTE, 0))
+    assert rules.policy_problem(ch.d, ch.static, fifth, HEIGHT) is None
+    over = Htlc(REMOTE, 4, 1_000_001, HASH, HEIGHT + 40, b"", Mark(REMOTE, 0))
+    p = rules.policy_problem(ch.d, ch.static, over, HEIGHT)
+    assert p is not None and "dust HTLC exposure" in p.message
+
+
+# -- update_fee --------------------------------------------------------------------------------
+
+
+def test_our_fee_update_keeps_headroom() -> None:
+    """a keeps b's 20,000 sat demand plus the fee bound with every HTLC b may add (30):
+    580,000,000 msat must cover f * 5,884: 98,572 sat/kw is the most."""
+    pair = ChannelPair(config_a=CFG_A, config_b=CFG_B)
+    ch = pair.a.channel
+    assert rules.fee_problem(ch.d, ch.static, LOCAL, 98_572) is None
+    p = rules.fee_problem(ch.d, ch.static, LOCAL, 98_573)
+    assert p is not None and "cannot afford" in p.message
+
+
+def test_peer_fee_update_exact() -> None:
+    """a keeps 50,000 sat; b demands 20,000: the fee without HTLCs (724 weight) may take
+    30,000 sat: 41,437 sat/kw (29,999.9 rounds down to... 30,000) is the most."""
+    pair = ChannelPair(config_a=CFG_A, config_b=CFG_B, push_msat=950_000_000)
+    ch = pair.b.channel
+    assert 724 * 41_437 // 1000 == 30_000 and 724 * 41_438 // 1000 == 30_001
+    assert rules.fee_problem(ch.d, ch.static, REMOTE, 41_437) is None
+    p = rules.fee_problem(ch.d, ch.static, REMOTE, 41_438)
+    assert p is not None and "channel reserve" in p.message
+
+
+@pytest.mark.parametrize("feerate,ok", [(252, False), (253, True), (100_000, True),
+                                        (100_001, False)])
+def test_feerate_bounds(feerate: int, ok: bool) -> None:
+    pair = ChannelPair(config_a=CFG_A, config_b=CFG_B, push_msat=0)
+    ch = pair.b.channel
+    assert (rules.fee_problem(ch.d, ch.static, REMOTE, feerate) is None) is ok
+
+
+# -- opening: the funder pays the first fee ------------------------------------------------------
+
+
+def test_funder_must_pay_the_first_commitment_fee() -> None:
+    from protocol.state import RemoteParams
+
+    pair = ChannelPair(config_a=CFG_A, config_b=CFG_B)
+    remote = pair.b.channel.d.remote
+    assert isinstance(remote, RemoteParams)
+    cfg = CFG_B
+    # 724 sat at 1,000 sat/kw: a funder with exactly that passes.
+    assert rules.params_problem(cfg, 1_000_000, remote, 1000, 724_000) is None
+    p = rules.params_problem(cfg, 1_000_000, remote, 1000, 723_999)
+    assert p is not None and "first commitment" in p.message
