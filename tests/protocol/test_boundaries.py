@@ -255,3 +255,75 @@ def test_funder_must_pay_the_first_commitment_fee() -> None:
     assert rules.params_problem(cfg, 1_000_000, remote, 1000, 724_000) is None
     p = rules.params_problem(cfg, 1_000_000, remote, 1000, 723_999)
     assert p is not None and "first commitment" in p.message
+
+
+# -- updates and closing: the order of things -----------------------------------------------------
+
+
+def test_fulfill_reported_once_across_a_retransmission() -> None:
+    """The preimage is reported at the first update_fulfill_htlc; the same fulfill
+    re-sent after a reconnect (it was not committed yet) is not reported again."""
+    from protocol.actions import HtlcFulfilled
+
+    pair = ChannelPair()
+    pair.add("a", 5_000_000, 1)
+    pair.settle()
+    pair.do("b", lambda c: c.fulfill_htlc(0, preimage_of(1)))
+    pair.deliver_one(pair.b)
+    assert len(pair.events_of("a", HtlcFulfilled)) == 1
+    pair.disconnect()  # uncommitted: both forget it; b re-sends it after reestablish
+    pair.reconnect()
+    pair.settle()
+    assert len(pair.events_of("a", HtlcFulfilled)) == 1
+    assert not pair.a.channel.d.book.htlcs  # settled all the same
+
+
+def test_peer_shutdown_with_its_updates_uncommitted_refused() -> None:
+    """BOLT #2: a node MUST NOT send shutdown while its updates are uncommitted: b
+    refuses it (and takes it once a's commitment_signed covered the add)."""
+    import copy
+
+    from proto import peer_pb2
+    from protocol.errors import Disposition, RemoteProtocolError
+
+    pair = ChannelPair()
+    pair.add("a", 5_000_000, 1)
+    shutdown = peer_pb2.PeerMessage(shutdown=peer_pb2.Shutdown(
+        channel_id=pair.a.channel.channel_id, scriptpubkey=b"\x00\x14" + b"\xaa" * 20))
+    pair.deliver_one(pair.a)  # the add, uncommitted
+    before = copy.deepcopy(pair.b.channel.snapshot())
+    with pytest.raises(RemoteProtocolError, match="uncommitted") as exc:
+        pair.b.channel.handle(shutdown, height=HEIGHT)
+    assert exc.value.disposition is Disposition.CLOSE
+    assert pair.b.channel.snapshot() == before
+    pair.do("a", lambda c: c.commit())
+    pair.deliver_one(pair.a)  # commitment_signed: now the add is committed
+    pair.b.channel.handle(shutdown, height=HEIGHT)
+    assert pair.b.channel.d.remote_shutdown_script is not None
+
+
+def test_our_shutdown_waits_for_our_updates() -> None:
+    pair = ChannelPair()
+    pair.add("a", 5_000_000, 1)
+    with pytest.raises(LocalProtocolError, match="commit pending updates"):
+        pair.a.channel.shutdown()
+    pair.do("a", lambda c: c.commit())
+    pair.do("a", lambda c: c.shutdown())
+
+
+def test_actions_are_values() -> None:
+    """Actions are frozen: a driver may keep, compare and hash them (a Watch in a set
+    of pending watches) without the machine changing them under it."""
+    import dataclasses
+
+    from protocol import actions
+
+    for name in ("Send", "Persist", "Watch", "Broadcast", "FundingNeeded", "FundingSigned",
+                 "ChannelOpened", "HtlcReceived", "HtlcFulfilled", "HtlcFailed",
+                 "HtlcDeadline", "PeerWarning", "ChannelFailed", "ChannelClosed"):
+        cls = getattr(actions, name)
+        assert cls.__dataclass_params__.frozen, name
+    w = actions.Watch("closing", b"\x00" * 32)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        w.kind = "funding"  # type: ignore[misc]
+    assert {w, actions.Watch("closing", b"\x00" * 32)} == {w}
