@@ -274,7 +274,12 @@ def check_incoming_payment(*, amount_msat: int, cltv_expiry: int, payment_hash: 
     """Accept or refuse a received HTLC (BOLT #4 "final node" requirements, plus the
     invoice's). ``invoice`` is the payee's record for ``payment_hash``, None if it
     has none; a spontaneous payment (preimage in the payload) needs none. Idempotence
-    of spontaneous payments (the same hash twice) is the caller's, who stores them."""
+    of spontaneous payments (the same hash twice) is the caller's, who stores them.
+
+    ``InvoiceRecord.paid`` must be true from the moment the caller accepted one HTLC
+    for the invoice (stored durably before it fulfills), not only once that HTLC is
+    settled: two HTLCs for one invoice may arrive in the same batch, and the second
+    must be refused as already paid."""
 
     def refuse(reason: RefusalReason, failure: Failure | None = None) -> Refused:
         return Refused(reason, failure or Failure(
