@@ -203,3 +203,25 @@ def test_bip341_script_pub_key_vector(entry: dict[str, Any]) -> None:
         "BIP341 scriptPubKey vectors derive outputs and addresses from key trees; they carry "
         "no spend for the node to validate (script-path spends are covered by script_tests)"
     )
+
+
+def test_tapscript_checksig_with_an_empty_key_is_cores_pubkeytype() -> None:
+    """BIP342: an empty public key fails the script; Core v28 names it PUBKEYTYPE.
+
+    No Core vector above covers it (btclib has its own TAPSCRIPT_EMPTY_PUBKEY for it),
+    so the case is built in the vectors' own format.
+    """
+    case = script_test_case(
+        [
+            ["11" * 64, "#SCRIPT# 0 CHECKSIG", "#CONTROLBLOCK#", 0.00000001],
+            "",
+            "0x51 0x20 #TAPROOTOUTPUT#",
+            "P2SH,WITNESS,TAPROOT",
+            "PUBKEYTYPE",
+        ]
+    )
+    refusal = _outcome(case.tx, [case.coin], case.flags)
+    assert refusal is not None and refusal.script_error == "PUBKEYTYPE"
+    assert refusal.reason == (
+        "mandatory-script-verify-flag-failed (Public key is neither compressed or uncompressed)"
+    )
