@@ -261,7 +261,7 @@ class GrpcEdge:
         self._stopped.set()
 
     async def _start_server(self) -> tuple[grpc.aio.Server, int]:
-        options = [*grpc_options(self.config.max_message_bytes),
+        options = [*grpc_options(self.config.max_message_bytes, server=True),
                    ("grpc.max_concurrent_streams", self.config.max_concurrent_streams)]
         server = grpc.aio.server(options=options)
         client_pb2_grpc.add_HubServicer_to_server(_HubServicer(self), server)

@@ -103,15 +103,35 @@ class StreamAborted(Exception):
         self.details = details
 
 
-def grpc_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
+# A peer that vanished without closing its TCP connection (a partition, a laptop lid)
+# must not look online for hours: both sides ping every 20 s of silence and give up
+# after 10 s without an answer, so a dead link ends (LinkClosed) within ~30 s and the
+# hub fails payments to that client back instead of holding them.
+KEEPALIVE_TIME_MS = 20_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+
+
+def grpc_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *,
+                 server: bool = False) -> list[tuple[str, Any]]:
     """Channel/server options both sides use: the message size bound in both
     directions (gRPC refuses a larger message with RESOURCE_EXHAUSTED before parsing
-    it) and no port sharing (two servers must never silently share a port)."""
-    return [
+    it), keepalive pings (see ``KEEPALIVE_TIME_MS``), and for a server no port
+    sharing (two servers must never silently share a port) and acceptance of the
+    clients' pings."""
+    options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
     ]
+    if server:
+        options += [
+            ("grpc.so_reuseport", 0),
+            ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+        ]
+    return options
 
 
 class _CallbackQueue:

@@ -440,3 +440,44 @@ async def test_many_clients_share_one_thread(tmp_path: Path) -> None:
             assert (await link.receive()).messages[0].update_fee.feerate_per_kw == 2
         for transport in transports:
             await transport.aclose()
+
+
+async def test_malformed_frame_ends_the_link_and_delivers_nothing(tmp_path: Path) -> None:
+    async with running_hub(tmp_path) as hub, RawConnection(hub) as raw:
+        secret = new_node_secret()
+        metadata = await raw.login(secret)
+
+        async def send_garbage(channel: Any) -> Any:
+            call = channel.stream_stream("/chanhub.client.Hub/PeerLink")(
+                None, metadata=metadata)  # raw bytes, no serializer
+            await call.write(b"\x0a\xff\xff\xff\xff\x0f")  # a length beyond the message
+            return await call.read()
+
+        with pytest.raises(RpcStatusError):
+            await raw.run(send_garbage)
+        assert pubkey_from_secret(secret) not in hub.service.received
+        # The hub still serves this client (and everyone else) normally.
+        async with await hub.connect(secret) as transport:
+            link = await transport.open_peer_link()
+            await link.send(fee_frame(5))
+            while not hub.service.received.get(transport.node_id):
+                await hub.service.frame_received.wait()
+
+
+async def test_client_vanishing_closes_the_hub_end(tmp_path: Path) -> None:
+    async with running_hub(tmp_path) as hub:
+        transport = await hub.connect()
+        await transport.open_peer_link()
+        hub_link = await hub_link_of(hub, transport.node_id)
+        channel = transport._channel
+
+        async def drop() -> None:
+            await channel.close(grace=None)  # cancels the streams, no goodbye
+
+        await hub.bridge.run_in_asyncio(drop)
+        with pytest.raises(LinkClosed):
+            await hub_link.receive()
+        with pytest.raises(LinkClosed):
+            await hub_link.send(fee_frame(1))
+        await hub_link.wait_closed()
+        await transport.aclose()
