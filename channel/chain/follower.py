@@ -15,10 +15,11 @@ block:
    its parent (known from the blocks we connected, or from the stale header,
    which bitcoind keeps). This is also how a reorg that happened while we were
    down is found: the checkpoint itself is checked first.
-3. Walk forward: fetch the block at tip height + 1 (raw, verified by
-   `Block.parse`), and if its parent is our tip, hand it to every listener's
-   `block_connected(height, hash, txs)` and advance. If its parent is not our
-   tip, the node reorganised while we read: go back to 2.
+3. Walk forward: fetch the blocks from tip height + 1 on, `batch_blocks` at a
+   time (two JSON-RPC batches: their hashes, then the raw blocks, each verified
+   by `Block.parse`), and for each whose parent is our tip, hand it to every
+   listener's `block_connected(height, hash, txs)` and advance. If a parent is
+   not our tip, the node reorganised while we read: go back to 2.
 
 This is LDK's documented ordering (all disconnects, tip first, down to the fork
 point, then the connects in ascending order), block by block, so a listener
@@ -89,6 +90,27 @@ class RpcChainSource:
     async def block(self, block_hash: str) -> Block:
         return Block.parse(await self.rpc.getrawblock(block_hash), expected_hash=block_hash)
 
+    async def blocks_from(self, height: int, max_count: int) -> list[Block]:
+        hashes: list[str] = []
+        answers = await self.rpc.call_batch(
+            [("getblockhash", [h]) for h in range(height, height + max_count)]
+        )
+        for answer in answers:
+            if isinstance(answer, RpcError):
+                if answer.code == RPC_INVALID_PARAMETER:  # above the tip: stop here
+                    break
+                raise answer
+            hashes.append(str(answer))
+        if not hashes:
+            return []
+        raws = await self.rpc.call_batch([("getblock", [h, 0]) for h in hashes])
+        blocks = []
+        for block_hash, raw in zip(hashes, raws, strict=True):
+            if isinstance(raw, RpcError):
+                raise raw
+            blocks.append(Block.parse(bytes.fromhex(raw), expected_hash=block_hash))
+        return blocks
+
 
 @dataclass(frozen=True, slots=True)
 class SyncResult:
@@ -123,11 +145,17 @@ class ChainFollower:
         listeners: Iterable[BlockListener] = (),
         tip_listeners: Iterable[TipListener] = (),
         poll_interval_s: float = 1.0,
+        batch_blocks: int = 8,
     ) -> None:
         if poll_interval_s <= 0:
             raise ValueError("poll_interval_s must be positive")
+        if batch_blocks < 1:
+            raise ValueError("batch_blocks is at least 1")
         self.source = source
         self.poll_interval_s = poll_interval_s
+        # Blocks fetched per round trip while catching up: a few, so a mainnet
+        # catch-up holds at most batch_blocks x 4 MB in memory at once.
+        self.batch_blocks = batch_blocks
         self._tip = checkpoint
         # The tip as of the end of the last completed sync step (listeners and
         # tip listeners done); `_tip` moves block by block inside a step.
@@ -228,19 +256,22 @@ class ChainFollower:
         """Connect blocks until the node has no more; False if a parent mismatched."""
         count = 0
         while True:
-            height = self._tip.height + 1
-            block_hash = await self.source.block_hash(height)
-            if block_hash is None:
+            first_height = self._tip.height + 1
+            blocks = await self.source.blocks_from(first_height, self.batch_blocks)
+            for offset, block in enumerate(blocks):
+                if block.prev_hash != self._tip.hash:
+                    return count, False
+                height = first_height + offset
+                for listener in list(self._listeners):
+                    listener.block_connected(height, block.hash, block.txs)
+                self._remember_parent(block.hash, block.prev_hash)
+                self._tip = BlockRef(height, block.hash)
+                self.blocks_connected += 1
+                count += 1
+            if len(blocks) < self.batch_blocks:
+                # At the node's tip as of this batch; newer blocks wait for the
+                # next poll rather than cost one more round trip now.
                 return count, True
-            block = await self.source.block(block_hash)
-            if block.prev_hash != self._tip.hash:
-                return count, False
-            for listener in list(self._listeners):
-                listener.block_connected(height, block_hash, block.txs)
-            self._remember_parent(block_hash, block.prev_hash)
-            self._tip = BlockRef(height, block_hash)
-            self.blocks_connected += 1
-            count += 1
 
     def _remember_parent(self, block_hash: str, parent: str) -> None:
         self._parents[block_hash] = parent

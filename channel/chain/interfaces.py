@@ -64,7 +64,12 @@ class ChainSource(Protocol):
         """The header of any block the node knows, stale ones included."""
         ...
 
-    async def block(self, block_hash: str) -> Block: ...
+    async def blocks_from(self, height: int, max_count: int) -> list[Block]:
+        """Up to `max_count` blocks of the best chain from `height` up (fewer at the
+        tip, none above it), verified. One batch, so a catch-up of many blocks
+        costs two round trips per batch instead of two per block. The caller
+        checks that they link (a reorg may happen between the two halves)."""
+        ...
 
 
 class BlockListener(Protocol):

@@ -157,23 +157,62 @@ class BitcoinRpc:
             {"jsonrpc": "1.0", "id": next(self._ids), "method": method, "params": list(params)},
             default=_encode_decimal,
         )
-        response = await self._post(body, reload_cookie=False)
-        if response.status_code == 401 and self._cookie_file is not None:
-            response = await self._post(body, reload_cookie=True)
-        if response.status_code == 401:
-            raise RpcAuthError(f"{method}: the node refused our credentials")
-        try:
-            reply = json.loads(response.text, parse_float=Decimal)
-        except json.JSONDecodeError as exc:
-            raise ChainUnavailable(
-                f"{method}: HTTP {response.status_code} with a body that is not JSON"
-            ) from exc
+        reply = await self._exchange(body, method)
         if not isinstance(reply, dict):
             raise ChainUnavailable(f"{method}: unexpected reply {reply!r}")
         error = reply.get("error")
         if error is not None:
             raise RpcError(method, int(error.get("code", 0)), str(error.get("message", "")))
         return reply.get("result")
+
+    async def call_batch(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """Several calls in one HTTP request (a JSON-RPC batch, as bitcoind takes
+        them). Returns one entry per call, in order: its result, or the
+        `RpcError` it answered (returned, not raised, so one failure among many
+        can be told apart)."""
+        if not calls:
+            return []
+        first_id = next(self._ids)
+        ids = [first_id + i for i in range(len(calls))]
+        self._ids = itertools.count(first_id + len(calls))
+        body = json.dumps(
+            [
+                {"jsonrpc": "1.0", "id": call_id, "method": method, "params": list(params)}
+                for call_id, (method, params) in zip(ids, calls, strict=True)
+            ],
+            default=_encode_decimal,
+        )
+        label = f"batch of {len(calls)} ({calls[0][0]}...)"
+        reply = await self._exchange(body, label)
+        if not isinstance(reply, list):
+            raise ChainUnavailable(f"{label}: unexpected reply {reply!r}")
+        by_id = {entry.get("id"): entry for entry in reply if isinstance(entry, dict)}
+        results: list[Any] = []
+        for call_id, (method, _) in zip(ids, calls, strict=True):
+            entry = by_id.get(call_id)
+            if entry is None:
+                raise ChainUnavailable(f"{label}: no answer for {method}")
+            error = entry.get("error")
+            if error is not None:
+                results.append(
+                    RpcError(method, int(error.get("code", 0)), str(error.get("message", "")))
+                )
+            else:
+                results.append(entry.get("result"))
+        return results
+
+    async def _exchange(self, body: str, label: str) -> Any:
+        response = await self._post(body, reload_cookie=False)
+        if response.status_code == 401 and self._cookie_file is not None:
+            response = await self._post(body, reload_cookie=True)
+        if response.status_code == 401:
+            raise RpcAuthError(f"{label}: the node refused our credentials")
+        try:
+            return json.loads(response.text, parse_float=Decimal)
+        except json.JSONDecodeError as exc:
+            raise ChainUnavailable(
+                f"{label}: HTTP {response.status_code} with a body that is not JSON"
+            ) from exc
 
     async def _post(self, body: str, *, reload_cookie: bool) -> httpx.Response:
         headers = {

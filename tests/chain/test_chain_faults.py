@@ -54,7 +54,8 @@ async def _node_chain(rpc: BitcoinRpc, from_height: int) -> dict[int, str]:
 
 class ReorgMidSync:
     """The real source, but the node reorganises once, right after the follower
-    has read the block at `trigger_height`."""
+    has read a batch holding one of the `trigger` blocks (which it then connects:
+    the next batch no longer links, and it must walk back)."""
 
     def __init__(self, inner: RpcChainSource, trigger_height_hash: list[str]) -> None:
         self.inner = inner
@@ -70,15 +71,15 @@ class ReorgMidSync:
     async def block_header(self, block_hash: str) -> BlockHeader:
         return await self.inner.block_header(block_hash)
 
-    async def block(self, block_hash: str) -> Block:
-        block = await self.inner.block(block_hash)
-        if not self.fired and block_hash in self.trigger:
+    async def blocks_from(self, height: int, max_count: int) -> list[Block]:
+        blocks = await self.inner.blocks_from(height, max_count)
+        if not self.fired and any(b.hash in self.trigger for b in blocks):
             self.fired = True
             rpc = self.inner.rpc
             await rpc.invalidateblock(self.trigger[0])
             for _ in range(len(self.trigger) + 1):
                 await rpc.call("generateblock", await rpc.getnewaddress(), [])
-        return block
+        return blocks
 
 
 async def test_a_reorg_during_the_walk_forward_ends_consistent(rpc: BitcoinRpc) -> None:
@@ -87,7 +88,7 @@ async def test_a_reorg_during_the_walk_forward_ends_consistent(rpc: BitcoinRpc) 
     source = ReorgMidSync(RpcChainSource(rpc), branch[1:])  # fires after reading branch[1]
     replayer = ChainReplayer(start.height, start.hash)
     recorder = RecordingListener()
-    follower = ChainFollower(source, start, listeners=[replayer, recorder])
+    follower = ChainFollower(source, start, listeners=[replayer, recorder], batch_blocks=2)
     await follower.sync_once()
     assert source.fired
     assert replayer.chain == await _node_chain(rpc, start.height)
@@ -120,9 +121,9 @@ class FlakySource:
         self._check()
         return await self.inner.block_header(block_hash)
 
-    async def block(self, block_hash: str) -> Block:
+    async def blocks_from(self, height: int, max_count: int) -> list[Block]:
         self._check()
-        return await self.inner.block(block_hash)
+        return await self.inner.blocks_from(height, max_count)
 
 
 async def test_run_survives_a_node_that_is_down_for_a_while(

@@ -174,3 +174,15 @@ async def test_blocks_are_verified_before_they_are_believed(
         Block.parse(raw + b"\x00")
     with pytest.raises(BlockParseError):
         Block.parse(raw[:-1])
+
+
+async def test_blocks_from_stops_at_the_tip(rpc: BitcoinRpc, source: RpcChainSource) -> None:
+    height = await rpc.getblockcount()
+    blocks = await source.blocks_from(height - 2, 8)
+    assert [b.hash for b in blocks] == [
+        await rpc.getblockhash(h) for h in range(height - 2, height + 1)
+    ]
+    assert await source.blocks_from(height + 1, 8) == []
+    follower = ChainFollower(source, await checkpoint_at(source, 0), batch_blocks=7)
+    result = await follower.sync_once()
+    assert result.connected == height and follower.tip == await _tip(source)

@@ -123,3 +123,17 @@ def test_amounts_are_parsed_as_decimals() -> None:
     # The client parses replies with Decimal; btc_to_sat refuses floats outright,
     # so a float slipping through would fail loudly here rather than round.
     assert btc_to_sat("0.00000001") == 1
+
+
+async def test_a_batch_answers_each_call_in_order_errors_in_place(regtest_rpc: Any) -> None:
+    async with _client(regtest_rpc) as rpc:
+        height = await rpc.getblockcount()
+        results = await rpc.call_batch(
+            [("getblockhash", [height]), ("getblockhash", [height + 1]), ("getblockcount", [])]
+        )
+        assert results[0] == await rpc.getbestblockhash()
+        assert isinstance(results[1], RpcError) and results[1].code == -8
+        assert results[2] == height
+        assert await rpc.call_batch([]) == []
+        # The ids keep counting after a batch: a single call still matches its reply.
+        assert await rpc.getblockcount() == height
