@@ -44,7 +44,11 @@ def test_index_range_and_order() -> None:
         store.add_secret(MAX_INDEX + 1, b"\x00" * 32)
     with pytest.raises(ShachainError, match="range"):
         store.add_secret(-1, b"\x00" * 32)
-    # The first secret may come at any index in range (a store restarted mid-channel).
+    # The first secret may come at any index in range (a store restarted mid-channel),
+    # the last one (index 0, commitment 2**48 - 1) included.
+    at_zero = RevocationStore()
+    at_zero.add_secret(0, b"\x05" * 32)
+    assert at_zero.lowest_index() == 0 and at_zero.get_secret(0) == b"\x05" * 32
     store.add_secret(MAX_INDEX, PEER.per_commitment_secret(0))
     for wrong in (MAX_INDEX, MAX_INDEX - 2, MAX_INDEX + 1):
         with pytest.raises(ShachainError):
