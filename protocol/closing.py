@@ -190,7 +190,13 @@ def start_negotiation(ch: Channel, *, link_up: bool) -> Step:
     """The funder opens the negotiation (again, after a reconnect: BOLT #2 restarts it)."""
     if not ch.d.local_is_funder or not link_up:
         return []
-    return _propose(ch, ideal_fee_sat(ch))
+    try:
+        fee = ideal_fee_sat(ch)
+    except TransactionError as exc:
+        # No closing transaction exists (both outputs under the dust limit): the only
+        # way out is our commitment. Reached from handle(), so never raised.
+        return ch.fail_channel(f"no cooperative close possible: {exc}", send_error=True)
+    return _propose(ch, fee)
 
 
 def on_closing_signed(ch: Channel, msg: peer_pb2.ClosingSigned, height: int) -> Step:
@@ -219,8 +225,11 @@ def on_closing_signed(ch: Channel, msg: peer_pb2.ClosingSigned, height: int) -> 
         if not lo < fee < hi:
             raise RemoteProtocolError(
                 f"closing fee {fee} not strictly between {lo} and {hi}", Disposition.WARN)
-    tx = _closing_tx(ch, fee)
-    commitments.verify_closing(ch.static, tx, msg.signature)
+    assert d.local_shutdown_script is not None and d.remote_shutdown_script is not None
+    # The variant the peer signed: if we agree, we sign that very transaction.
+    tx = commitments.verify_closing(ch.static, ch.view_of(LOCAL, d.local_ctn), fee,
+                                    d.local_shutdown_script, d.remote_shutdown_script,
+                                    msg.signature)
     # Verified: now decide.
     d.closing_fee_received_sat = fee
     ours = sent if sent is not None else ideal_fee_sat(ch)

@@ -116,17 +116,30 @@ def closing_amounts_sat(static: ChannelStatic, view: View, fee_sat: int) -> tupl
 
 def build_closing(static: ChannelStatic, view: View, fee_sat: int, local_script: bytes,
                   remote_script: bytes) -> Tx:
+    """The closing transaction we sign: outputs below our dust limit removed (BOLT #3),
+    and the peer's output also when it is below the PEER's dust limit: the peer removes
+    it from the transaction it signs, so only then do both sides sign the same bytes
+    (``channel.closing`` accepts that variant of the peer's signature)."""
     local_sat, remote_sat = closing_amounts_sat(static, view, fee_sat)
-    return ch_closing.build_closing_tx(static, local_sat, remote_sat, local_script, remote_script)
+    return ch_closing.build_closing_tx(
+        static, local_sat, remote_sat, local_script, remote_script,
+        omit_remote_output=remote_sat < static.remote.dust_limit_sat)
 
 
 def sign_closing(static: ChannelStatic, secrets: ChannelSecrets, tx: Tx) -> bytes:
     return ch_closing.sign_closing_tx(static, secrets, tx)
 
 
-def verify_closing(static: ChannelStatic, tx: Tx, signature: bytes) -> None:
+def verify_closing(static: ChannelStatic, view: View, fee_sat: int, local_script: bytes,
+                   remote_script: bytes, signature: bytes) -> Tx:
+    """The closing transaction the peer's ``signature`` signs at ``fee_sat``: ours, or
+    ours without the peer's own output (BOLT #3: each signer drops outputs below its
+    own dust limit and may drop its own; ``channel.closing``). A signature valid for
+    neither fails the channel (BOLT #2 closing_signed)."""
+    local_sat, remote_sat = closing_amounts_sat(static, view, fee_sat)
     try:
-        ch_closing.verify_closing_signature(static, tx, signature)
+        return ch_closing.closing_tx_signed_by_peer(static, local_sat, remote_sat, local_script,
+                                                    remote_script, signature)
     except (InvalidSignature, ValueError) as exc:
         raise RemoteProtocolError(f"invalid closing signature: {exc}", Disposition.CLOSE) from exc
 

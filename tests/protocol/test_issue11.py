@@ -544,3 +544,35 @@ def test_htlc_deadlines() -> None:
     assert pair.b.channel.onchain_deadlines() == [fulfilled]
     pair.settle()
     assert pair.a.channel.onchain_deadlines() == [] == pair.b.channel.onchain_deadlines()
+
+
+def test_no_closing_transaction_fails_the_channel_instead_of_raising() -> None:
+    """When no closing transaction can be built at all (both outputs under the dust
+    limit), negotiation cannot start: the funder fails the channel (its commitment
+    goes on chain) instead of raising TransactionError out of ``handle()``."""
+    from protocol import closing
+
+    pair = ChannelPair()
+    pair.do("b", lambda c: c.shutdown())
+    pair.deliver_one(pair.b)
+    a = pair.a.channel
+    a.d.book.local_base_msat, a.d.book.remote_base_msat = 1_000_000, 999_000_000
+    a.d.config = LocalConfig(dust_limit_sat=1_000_000, channel_reserve_sat=1_000_000)
+    a._static = None  # our dust limit is now above both outputs
+    step = closing.start_negotiation(a, link_up=True)
+    assert a.state is ChannelState.FAILED
+    assert any(isinstance(x, Broadcast) for x in step)
+
+
+def test_close_when_the_peer_drops_its_own_dust_output() -> None:
+    """b (dust limit 5,000 sat) holds 3,000 sat: its own closing transaction leaves its
+    output out, a's (dust limit 546) keeps it. a accepts b's signature for the variant
+    without b's output (BOLT #3), and both broadcast that same transaction."""
+    pair = ChannelPair(push_msat=3_000_000, config_b=LocalConfig(dust_limit_sat=5000))
+    pair.do("a", lambda c: c.shutdown())
+    pair.settle()
+    assert pair.a.channel.state is ChannelState.CLOSED is pair.b.channel.state
+    assert pair.a.broadcasts[-1].raw_tx == pair.b.broadcasts[-1].raw_tx
+    from channel.tx import Tx
+
+    assert len(Tx.parse(pair.a.broadcasts[-1].raw_tx).outputs) == 1
