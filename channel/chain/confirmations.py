@@ -121,7 +121,7 @@ class ConfirmationTracker:
         """
         if min_depth < 1:
             raise ValueError("min_depth is at least 1")
-        bytes.fromhex(txid)
+        _check_txid(txid)
         existing = self._txs.get(txid)
         if existing is None:
             self._txs[txid] = _TxWatch(min_depth, expected=expect_output)
@@ -248,7 +248,7 @@ class ConfirmationTracker:
     ) -> ConfirmationTracker:
         tracker = cls(int(data["tip_height"]), on_event=on_event)
         for txid, w in data["txs"].items():
-            bytes.fromhex(txid)
+            _check_txid(txid)
             expected = w.get("expected")
             tracker._txs[txid] = _TxWatch(
                 int(w["min_depth"]),
@@ -284,3 +284,9 @@ def _mismatch(tx: Tx, expected: tuple[int, TxOut] | None) -> str | None:
     if found.amount_sat != output.amount_sat:
         return f"output {index} pays {found.amount_sat} sat, not {output.amount_sat}"
     return None
+
+
+def _check_txid(txid: str) -> None:
+    """Display-order hex, lowercase, as bitcoind prints it (so lookups match)."""
+    if len(txid) != 64 or bytes.fromhex(txid).hex() != txid:
+        raise ValueError(f"not a txid: {txid!r}")

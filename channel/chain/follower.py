@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import trio
 
-from channel.chain.block import Block, BlockHeader
+from channel.chain.block import Block, BlockHeader, BlockParseError
 from channel.chain.interfaces import BlockListener, BlockRef, ChainSource, TipListener
 from channel.chain.rpc import (
     RPC_INVALID_ADDRESS_OR_KEY,
@@ -82,13 +83,16 @@ class RpcChainSource:
             raise
 
     async def block_header(self, block_hash: str) -> BlockHeader:
-        header = BlockHeader.parse(await self.rpc.getblockheader_raw(block_hash))
+        with _as_parse_error(block_hash):
+            header = BlockHeader.parse(await self.rpc.getblockheader_raw(block_hash))
         if header.hash != block_hash:
-            raise ChainError(f"asked for header {block_hash}, got {header.hash}")
+            raise BlockParseError(f"asked for header {block_hash}, got {header.hash}")
         return header
 
     async def block(self, block_hash: str) -> Block:
-        return Block.parse(await self.rpc.getrawblock(block_hash), expected_hash=block_hash)
+        with _as_parse_error(block_hash):
+            raw = await self.rpc.getrawblock(block_hash)
+        return Block.parse(raw, expected_hash=block_hash)
 
     async def blocks_from(self, height: int, max_count: int) -> list[Block]:
         hashes: list[str] = []
@@ -108,8 +112,20 @@ class RpcChainSource:
         for block_hash, raw in zip(hashes, raws, strict=True):
             if isinstance(raw, RpcError):
                 raise raw
-            blocks.append(Block.parse(bytes.fromhex(raw), expected_hash=block_hash))
+            with _as_parse_error(block_hash):
+                raw_bytes = bytes.fromhex(raw)
+            blocks.append(Block.parse(raw_bytes, expected_hash=block_hash))
         return blocks
+
+
+@contextmanager
+def _as_parse_error(what: str) -> Iterator[None]:
+    # A node answering something that is not hex (a bug, a proxy's error page)
+    # is a chain error the follower retries, not a crash of the service.
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        raise BlockParseError(f"{what}: the node's answer is not a block: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)

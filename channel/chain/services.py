@@ -93,15 +93,19 @@ class ChainServices:
         (default: the node's current height: nothing older is ever ours)."""
         fees = RpcFeeEstimator(rpc, fallback_sat_per_kw=fallback_sat_per_kw)
         if state is not None:
-            broadcaster = RpcBroadcaster.from_json(
-                rpc, state["broadcaster"], confirm_depth=confirm_depth
-            )
-            wallet = OnchainWallet.from_json(
-                seed, state["wallet"], broadcaster=broadcaster, fee_estimator=fees
-            )
+            try:
+                broadcaster = RpcBroadcaster.from_json(
+                    rpc, state["broadcaster"], confirm_depth=confirm_depth
+                )
+                wallet = OnchainWallet.from_json(
+                    seed, state["wallet"], broadcaster=broadcaster, fee_estimator=fees
+                )
+                tracker = ConfirmationTracker.from_json(state["tracker"])
+                saved_tip = BlockRef.from_json(state["tip"])
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise WalletError(f"malformed chain state: {exc!r}") from exc
             wallet.min_depth = min_depth
-            tracker = ConfirmationTracker.from_json(state["tracker"])
-            if BlockRef.from_json(state["tip"]) != wallet.tip:
+            if saved_tip != wallet.tip:
                 raise WalletError("the saved chain state's tip is not its wallet's tip")
         else:
             source = RpcChainSource(rpc)

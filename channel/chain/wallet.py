@@ -502,8 +502,8 @@ class OnchainWallet:
                 if item["by"] not in wallet._own:
                     raise WalletError(f"lock by unknown transaction {item['by']}")
                 wallet._locks[OutPoint.from_display(item["txid"], int(item["vout"]))] = item["by"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise WalletError(f"malformed wallet state: {exc}") from exc
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise WalletError(f"malformed wallet state: {exc!r}") from exc
         return wallet
 
 

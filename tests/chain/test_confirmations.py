@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from channel.chain import BitcoinRpc
 from channel.chain.confirmations import (
     ConfirmationTracker,
@@ -143,3 +145,6 @@ async def test_an_expected_output_that_is_not_there_is_a_mismatch(
     assert len(events) == 2 and tracker.depth(lying.txid_hex()) == 0
     restored = ConfirmationTracker.from_json(json.loads(json.dumps(tracker.to_json())))
     assert restored.to_json() == tracker.to_json()
+    for bad in ("AB" * 32, "ab" * 31, "zz" * 32):
+        with pytest.raises(ValueError):
+            tracker.watch_tx(bad, 1)

@@ -68,3 +68,11 @@ async def test_fund_open_confirm_persist_restart(
 
     with pytest.raises(WalletError):
         await ChainServices.open(rpc, SEED, state=dict(bundle, tip=saved[0]["tip"]))
+    for broken in (
+        dict(bundle, tracker={"tip_height": 5, "txs": [], "outpoints": []}),
+        dict(bundle, broadcaster={"tip_height": 5}),
+        {k: v for k, v in bundle.items() if k != "wallet"},
+        dict(bundle, tip={"height": -1, "hash": "00"}),
+    ):
+        with pytest.raises(WalletError):
+            await ChainServices.open(rpc, SEED, state=broken)
