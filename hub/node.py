@@ -1,0 +1,506 @@
+"""HubNode: the hub's business core behind the gRPC edge.
+
+Theory of operation. ``HubNode.open`` opens the store (driver tables plus the
+``hub`` alembic branch), the secret box, the node secret (created on first open,
+sealed in ``driver_secrets``), the group writer and a ``HubChannelStore``; it
+restores every channel into one ``PeerSession`` per client node id. ``run`` starts
+the writer and the router, then reconciles every forward against the restored
+channel books (``Router.reconcile``) before any link can run, so a restart
+finishes what the previous process left in flight.
+
+``on_peer_link`` (the edge calls it per authenticated link) runs the client's
+session on that link; ``DriverContext.on_event`` feeds the router (HTLCs) and the
+event log (channel life). Client-funded channels are accepted by
+``accept_channel`` within the configured limits; the funding outpoint a client
+names is checked (script, amount, depth) by ``check_fundings`` against the chain
+before ``funding_confirmed()``. ``HubNode`` is the edge's ``HubService``;
+``node.admin`` (``hub.inbound.AdminApi``... see ``AdminApi`` below) its
+``AdminService``. Unix times come from ``now_unix`` (a clock read is the caller's).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from channel.commitment import Side
+from channel.keys import pubkey_from_secret
+from channel.scripts import p2wpkh
+from hub import ledger
+from hub.config import HubConfig
+from hub.edge import EventSender, FailedPrecondition, NotFound, PermissionDeniedError
+from hub.events import EventLog
+from hub.ledger import HubChannelStore
+from hub.policy import FeePolicy
+from hub.router import Router, payment_proto
+from proto import admin_pb2, client_pb2, peer_pb2
+from protocol import Channel, LocalConfig
+from protocol.actions import ChannelClosed, ChannelFailed, ChannelOpened, Event, Watch
+from protocol.driver.crypto import KeySource
+from protocol.driver.db import Database
+from protocol.driver.driver import Broadcaster, ChannelDriver, DriverContext
+from protocol.driver.link import FrameLink, LinkClosed
+from protocol.driver.peer import PeerSession
+from protocol.driver.store import new_channel_key, open_secret_box
+from protocol.driver.writer import GroupWriter
+from protocol.errors import LocalProtocolError
+from protocol.table import ChannelState
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+NODE_SEED = "hub_node_seed"
+REGTEST_GENESIS_HASH = bytes.fromhex(
+    "06226e46111a0b59caaf126043eb5bbf28c34f3a5e332a1fc7b2b73cf188910f")
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    store_url: str
+    key_source: KeySource
+    lock_name: str = "hub"
+    fee_base_msat: int = 1000
+    fee_ppm: int = 1
+    cltv_expiry_delta_blocks: int = 40
+    minimum_depth: int = 3
+    min_channel_size_sat: int = 20_000
+    max_channel_size_sat: int = 16_777_215
+    max_inbound_sat: int = 1_000_000
+    min_htlc_msat: int = 1
+    max_htlc_msat: int = 5_000_000_000
+    max_accepted_htlcs: int = 483
+    max_channels_per_client: int = 5
+    to_self_delay_blocks: int = 144
+    chain: str = "regtest"
+    chain_hash: bytes = REGTEST_GENESIS_HASH
+
+    @classmethod
+    def from_config(cls, config: HubConfig, key_source: KeySource) -> HubSettings:
+        return cls(store_url=config.effective_store_url, key_source=key_source,
+                   fee_base_msat=config.fee_base_msat, fee_ppm=config.fee_ppm,
+                   cltv_expiry_delta_blocks=config.cltv_expiry_delta_blocks,
+                   minimum_depth=config.minimum_depth,
+                   min_channel_size_sat=config.min_channel_size_sat,
+                   max_channel_size_sat=config.max_channel_size_sat,
+                   max_inbound_sat=config.max_inbound_sat,
+                   min_htlc_msat=config.min_htlc_msat, max_htlc_msat=config.max_htlc_msat,
+                   max_accepted_htlcs=config.max_accepted_htlcs,
+                   max_channels_per_client=config.max_channels_per_client)
+
+    def local_config(self) -> LocalConfig:
+        return LocalConfig(to_self_delay=self.to_self_delay_blocks,
+                           minimum_depth=self.minimum_depth,
+                           max_accepted_htlcs=min(self.max_accepted_htlcs, 483),
+                           htlc_minimum_msat=self.min_htlc_msat,
+                           min_funding_sat=self.min_channel_size_sat)
+
+
+# gettxout as bitcoind answers it (None: spent or unknown), for check_fundings.
+TxOutLookup = Callable[[str, int], Awaitable[dict[str, Any] | None]]
+
+_CHANNEL_STATES = {
+    ChannelState.NORMAL: client_pb2.CHANNEL_STATE_OPEN,
+    ChannelState.SHUTDOWN: client_pb2.CHANNEL_STATE_CLOSING,
+    ChannelState.NEGOTIATING: client_pb2.CHANNEL_STATE_CLOSING,
+    ChannelState.CLOSED: client_pb2.CHANNEL_STATE_CLOSED,
+    ChannelState.FAILED: client_pb2.CHANNEL_STATE_FORCE_CLOSING,
+}
+
+
+class HubNode:
+    """See the module docstring. Satisfies ``hub.edge.HubService``."""
+
+    def __init__(self, settings: HubSettings, db: Database, store: HubChannelStore,
+                 node_secret: bytes, *, height: Callable[[], int], broadcaster: Broadcaster,
+                 now_unix: Callable[[], int]) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = store
+        self.writer = store.writer
+        self.node_secret = node_secret
+        self.hub_node_id = pubkey_from_secret(node_secret)
+        self.height = height
+        self.now_unix = now_unix
+        self.ctx = DriverContext(store, broadcaster, height, self._on_event, self._on_watch)
+        self.events = EventLog(db, now_unix)
+        self.sessions: dict[bytes, PeerSession] = {}
+        self.drivers: dict[bytes, ChannelDriver] = {}
+        self.funding_watches: dict[bytes, Watch] = {}  # channel_key -> Watch("funding")
+        self.fee_policy = db.read_sync(ledger.load_fee_policy) or FeePolicy(
+            settings.fee_base_msat, settings.fee_ppm)
+        self.router = Router(store=store, events=self.events, node_secret=node_secret,
+                             hub_node_id=self.hub_node_id, sessions=self.sessions,
+                             drivers=self.drivers, fee_policy=lambda: self.fee_policy,
+                             cltv_expiry_delta_blocks=settings.cltv_expiry_delta_blocks,
+                             min_htlc_msat=settings.min_htlc_msat, height=height,
+                             now_unix=now_unix)
+        for stored in store.load_channels():
+            self._add_driver(ChannelDriver.restore(stored, self.ctx))
+        for watch in store.load_watches():
+            if watch.kind == "funding":
+                driver = self.drivers.get(watch.channel_key)
+                if driver is not None and driver.channel.state is ChannelState.AWAIT_CHANNEL_READY:
+                    self.funding_watches[watch.channel_key] = Watch(**{
+                        k: (bytes.fromhex(v) if k in ("txid", "script_pubkey") else v)
+                        for k, v in watch.record.items()
+                        if k in ("kind", "txid", "output_index", "script_pubkey",
+                                 "amount_sat")})
+        self.admin = AdminApi(self)
+
+    @classmethod
+    def open(cls, settings: HubSettings, *, height: Callable[[], int],
+             broadcaster: Broadcaster, now_unix: Callable[[], int] | None = None) -> HubNode:
+        db = Database.open(settings.store_url, lock_name=settings.lock_name,
+                           version_locations=[MIGRATIONS])
+        try:
+            box = open_secret_box(db, settings.key_source)
+            store = HubChannelStore(db, box, GroupWriter(db.engine))
+            secret = store.load_secret(NODE_SEED)
+            if secret is None:
+                secret = secrets.token_bytes(32)
+                with db.engine.begin() as conn:  # before the writer runs: written directly
+                    store.secret_write(NODE_SEED, secret)(conn)
+            return cls(settings, db, store, secret, height=height, broadcaster=broadcaster,
+                       now_unix=now_unix or (lambda: int(time.time())))
+        except BaseException:
+            db.close()
+            raise
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.writer.run)
+            await nursery.start(self.router.run)
+            await self.db.read(self.router.reconcile)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def drain(self) -> None:
+        """Finish the resolutions in flight and every queued channel action."""
+        await self.router.idle()
+        for session in self.sessions.values():
+            await session.idle()
+
+    # -- channels ---------------------------------------------------------------------
+
+    def _add_driver(self, driver: ChannelDriver) -> None:
+        self.drivers[driver.channel_key] = driver
+        session = self._session(driver.peer_node_id)
+        if driver not in session.drivers:
+            session.add_channel(driver)
+
+    def _session(self, client_node_id: bytes) -> PeerSession:
+        session = self.sessions.get(client_node_id)
+        if session is None:
+            session = PeerSession(client_node_id, [], self.ctx,
+                                  accept_channel=self._accept_channel)
+            self.sessions[client_node_id] = session
+        return session
+
+    def _channel_seed(self, channel_key: bytes) -> bytes:
+        return hmac.new(self.node_secret, b"channel seed" + channel_key, "sha256").digest()
+
+    def _close_script(self, channel_key: bytes) -> bytes:
+        key = hmac.new(self.node_secret, b"close key" + channel_key, "sha256").digest()
+        return p2wpkh(pubkey_from_secret(key))
+
+    def _accept_channel(self, session: PeerSession, msg: peer_pb2.OpenChannel
+                        ) -> ChannelDriver | None:
+        s = self.settings
+        open_count = sum(d.channel.state not in (ChannelState.CLOSED, ChannelState.FAILED)
+                         for d in session.drivers)
+        if bytes(msg.chain_hash) != s.chain_hash:
+            log.info("open_channel from %s refused: another chain", session.peer_node_id.hex())
+            return None
+        if not s.min_channel_size_sat <= msg.funding_satoshis <= s.max_channel_size_sat:
+            log.info("open_channel refused: %d sat outside [%d, %d]", msg.funding_satoshis,
+                     s.min_channel_size_sat, s.max_channel_size_sat)
+            return None
+        if open_count >= s.max_channels_per_client:
+            log.info("open_channel refused: %s has %d channels", session.peer_node_id.hex(),
+                     open_count)
+            return None
+        channel_key = new_channel_key()
+        channel = Channel.inbound(config=s.local_config(),
+                                  channel_seed=self._channel_seed(channel_key),
+                                  chain_hash=s.chain_hash,
+                                  close_script=self._close_script(channel_key))
+        driver = ChannelDriver(channel, channel_key=channel_key,
+                               peer_node_id=session.peer_node_id, ctx=self.ctx)
+        self.drivers[channel_key] = driver
+        return driver
+
+    async def _on_watch(self, driver: ChannelDriver, watch: Watch) -> None:
+        if watch.kind == "funding":
+            self.funding_watches[driver.channel_key] = watch
+
+    async def check_fundings(self, gettxout: TxOutLookup) -> int:
+        """Confirm each awaited funding output that exists with exactly the agreed
+        script and amount at ``minimum_depth``; returns how many were confirmed. A
+        mismatching output is never confirmed (the channel stays unusable)."""
+        confirmed = 0
+        for channel_key, watch in list(self.funding_watches.items()):
+            driver = self.drivers.get(channel_key)
+            if driver is None or driver.channel.state is not ChannelState.AWAIT_CHANNEL_READY:
+                self.funding_watches.pop(channel_key, None)
+                continue
+            out = await gettxout(watch.txid[::-1].hex(), int(watch.output_index or 0))
+            if out is None:
+                continue
+            script = bytes.fromhex(out["scriptPubKey"]["hex"])
+            amount_sat = int(Decimal(str(out["value"])) * 100_000_000)
+            if script != watch.script_pubkey or amount_sat != watch.amount_sat:
+                log.warning("channel %s: funding output pays %d sat to another script: "
+                            "not confirmed", driver.channel_id.hex(), amount_sat)
+                continue
+            if int(out.get("confirmations", 0)) < self.settings.minimum_depth:
+                continue
+            del self.funding_watches[channel_key]
+            driver.funding_confirmed()
+            confirmed += 1
+        return confirmed
+
+    async def _on_event(self, driver: ChannelDriver, event: Event) -> None:
+        self.router.on_event(driver, event)
+        body: client_pb2.Event | None = None
+        if isinstance(event, ChannelOpened):
+            body = client_pb2.Event(channel_opened=client_pb2.ChannelChanged(
+                channel=self.channel_proto(driver)))
+        elif isinstance(event, ChannelFailed):
+            body = client_pb2.Event(channel_closing=client_pb2.ChannelChanged(
+                channel=self.channel_proto(driver)))
+        elif isinstance(event, ChannelClosed):
+            body = client_pb2.Event(channel_closed=client_pb2.ChannelChanged(
+                channel=self.channel_proto(driver)))
+        if body is not None:
+            client = driver.peer_node_id
+            await self.writer.write(self.events.append_fn(client, [body]))
+            self.events.notify(client)
+
+    def channel_proto(self, driver: ChannelDriver) -> client_pb2.Channel:
+        channel = driver.channel
+        d = channel.d
+        view = channel.latest_view(Side.LOCAL) if d.remote is not None else None
+        pending = len(view.htlcs) if view is not None else 0
+        state = _CHANNEL_STATES.get(d.state, client_pb2.CHANNEL_STATE_PENDING_OPEN)
+        return client_pb2.Channel(
+            channel_id=driver.channel_id, funding_txid=d.funding_txid,
+            funding_output_index=d.funding_output_index, client_node_id=driver.peer_node_id,
+            capacity_sat=d.funding_sat,
+            local_balance_msat=view.remote_msat if view is not None else 0,
+            remote_balance_msat=view.local_msat if view is not None else 0,
+            pending_htlc_count=pending, state=state, client_funded=not d.local_is_funder,
+            to_self_delay=d.remote.to_self_delay if d.remote is not None else 0,
+            closing_txid=d.closing_txid)
+
+    def _client_driver(self, client_node_id: bytes, channel_id: bytes) -> ChannelDriver:
+        for driver in self.drivers.values():
+            if driver.channel_id == channel_id:
+                if driver.peer_node_id != client_node_id:
+                    raise PermissionDeniedError("that channel is not yours")
+                return driver
+        raise NotFound(f"no channel {channel_id.hex()}")
+
+    # -- HubService -------------------------------------------------------------------
+
+    async def on_peer_link(self, client_node_id: bytes, link: FrameLink) -> None:
+        await self.writer.write(ledger.touch_client(client_node_id, self.now_unix()))
+        session = self._session(client_node_id)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(session.run, link)
+            # What the client offered before a restart and nobody settled yet.
+            for driver in list(session.drivers):
+                await self.db.read(lambda conn, d=driver: self.router.settle_received(conn, d))
+
+    async def get_info(self, client_node_id: bytes) -> client_pb2.GetInfoResponse:
+        session = self.sessions.get(client_node_id)
+        return self._info(peer_link_open=session is not None and session.connected)
+
+    def _info(self, *, peer_link_open: bool = False) -> client_pb2.GetInfoResponse:
+        s = self.settings
+        return client_pb2.GetInfoResponse(
+            hub_node_id=self.hub_node_id, version=VERSION, chain=s.chain,
+            chain_hash=s.chain_hash, block_height=self.height(),
+            fee_policy=client_pb2.FeePolicy(base_fee_msat=self.fee_policy.base_msat,
+                                            fee_rate_ppm=self.fee_policy.fee_ppm),
+            cltv_expiry_delta=s.cltv_expiry_delta_blocks, minimum_depth=s.minimum_depth,
+            limits=client_pb2.Limits(
+                min_channel_size_sat=s.min_channel_size_sat,
+                max_channel_size_sat=s.max_channel_size_sat, max_inbound_sat=s.max_inbound_sat,
+                min_htlc_msat=s.min_htlc_msat, max_htlc_msat=s.max_htlc_msat,
+                max_accepted_htlcs=s.max_accepted_htlcs,
+                max_channels_per_client=s.max_channels_per_client),
+            peer_link_open=peer_link_open)
+
+    async def request_inbound(self, client_node_id: bytes,
+                              request: client_pb2.RequestInboundRequest
+                              ) -> client_pb2.InboundOrder:
+        raise FailedPrecondition("this hub has no wallet to fund inbound channels yet")
+
+    async def get_inbound_order(self, client_node_id: bytes,
+                                request: client_pb2.GetInboundOrderRequest
+                                ) -> client_pb2.InboundOrder:
+        raise NotFound(f"no inbound order {request.order_id!r}")
+
+    async def list_channels(self, client_node_id: bytes,
+                            request: client_pb2.ListChannelsRequest
+                            ) -> client_pb2.ListChannelsResponse:
+        return self._channels(client_node_id, request)
+
+    def _channels(self, client_node_id: bytes | None, request: client_pb2.ListChannelsRequest
+                  ) -> client_pb2.ListChannelsResponse:
+        wanted = set(request.states)
+        out = [self.channel_proto(d) for d in self.drivers.values()
+               if client_node_id is None or d.peer_node_id == client_node_id]
+        return client_pb2.ListChannelsResponse(
+            channels=[c for c in out if not wanted or c.state in wanted])
+
+    async def list_payments(self, client_node_id: bytes,
+                            request: client_pb2.ListPaymentsRequest
+                            ) -> client_pb2.ListPaymentsResponse:
+        records, cursor = await self._page(client_node_id, request)
+        return client_pb2.ListPaymentsResponse(
+            payments=[payment_proto(r, client_node_id) for r in records], next_cursor=cursor)
+
+    async def _page(self, client_node_id: bytes | None, request: client_pb2.ListPaymentsRequest
+                    ) -> tuple[list[ledger.ForwardRecord], str]:
+        direction = {client_pb2.PAYMENT_DIRECTION_SENT: "sent",
+                     client_pb2.PAYMENT_DIRECTION_RECEIVED: "received"}.get(request.direction)
+        states = tuple({client_pb2.PAYMENT_STATE_IN_FLIGHT: ledger.IN_FLIGHT,
+                        client_pb2.PAYMENT_STATE_SUCCEEDED: ledger.SUCCEEDED,
+                        client_pb2.PAYMENT_STATE_FAILED: ledger.FAILED}[s]
+                       for s in request.states if s)
+        after = None
+        if request.cursor:
+            created, _, payment_id = request.cursor.partition(":")
+            after = (int(created), payment_id)
+        limit = min(request.limit or 100, 1000)
+        records = await self.db.read(lambda conn: ledger.list_forwards(
+            conn, client_node_id=client_node_id, direction=direction, states=states,
+            after_payment=after, limit=limit))
+        cursor = (f"{records[-1].created_at_unix}:{records[-1].payment_id}"
+                  if len(records) == limit else "")
+        return records, cursor
+
+    async def subscribe_events(self, client_node_id: bytes,
+                               request: client_pb2.SubscribeEventsRequest,
+                               events: EventSender) -> None:
+        try:
+            await self.events.subscribe(client_node_id, request.after_sequence, events)
+        except LinkClosed:
+            return
+
+    # -- operations shared with Admin --------------------------------------------------
+
+    def close_channel(self, driver: ChannelDriver, force: bool) -> client_pb2.CloseChannelResponse:
+        try:
+            if force:
+                driver.fail("force close requested")
+            else:
+                driver.shutdown()
+        except LocalProtocolError as exc:
+            raise FailedPrecondition(f"cannot close: {exc.message}") from None
+        return client_pb2.CloseChannelResponse(
+            state=(client_pb2.CHANNEL_STATE_FORCE_CLOSING if force
+                   else client_pb2.CHANNEL_STATE_CLOSING),
+            closing_txid=driver.channel.d.closing_txid)
+
+
+class AdminApi:
+    """The Admin service (``hub.edge.AdminService``) over a ``HubNode``."""
+
+    def __init__(self, node: HubNode) -> None:
+        self.node = node
+
+    async def get_info(self) -> admin_pb2.GetInfoResponse:
+        node = self.node
+        live = [d for d in node.drivers.values()
+                if d.channel.state not in (ChannelState.CLOSED, ChannelState.FAILED)]
+        hub_msat = sum(node.channel_proto(d).remote_balance_msat for d in live)
+        clients = await node.db.read(ledger.list_clients)
+        fees = await node.db.read(ledger.fees_earned_msat)
+        return admin_pb2.GetInfoResponse(
+            hub=node._info(), client_count=len(clients),
+            connected_client_count=sum(s.connected for s in node.sessions.values()),
+            open_channel_count=len(live), hub_channel_balance_msat=hub_msat,
+            fees_earned_msat=fees)
+
+    async def list_clients(self, request: admin_pb2.ListClientsRequest
+                           ) -> admin_pb2.ListClientsResponse:
+        node = self.node
+        out = []
+        for node_id, first_seen, last_seen in await node.db.read(ledger.list_clients):
+            session = node.sessions.get(node_id)
+            connected = session is not None and session.connected
+            if request.connected_only and not connected:
+                continue
+            channels = [node.channel_proto(d) for d in node.drivers.values()
+                        if d.peer_node_id == node_id]
+            live = [c for c in channels if c.state != client_pb2.CHANNEL_STATE_CLOSED]
+            out.append(admin_pb2.ClientSummary(
+                node_id=node_id, connected=connected, first_seen_unix=first_seen,
+                last_seen_unix=last_seen, open_channel_count=len(live),
+                local_balance_msat=sum(c.local_balance_msat for c in live),
+                remote_balance_msat=sum(c.remote_balance_msat for c in live)))
+        return admin_pb2.ListClientsResponse(clients=out)
+
+    async def list_channels(self, request: admin_pb2.ListChannelsRequest
+                            ) -> client_pb2.ListChannelsResponse:
+        return self.node._channels(bytes(request.client_node_id) or None, request.filter)
+
+    async def list_payments(self, request: admin_pb2.ListPaymentsRequest
+                            ) -> admin_pb2.ListPaymentsResponse:
+        records, cursor = await self.node._page(bytes(request.client_node_id) or None,
+                                                request.filter)
+        return admin_pb2.ListPaymentsResponse(forwards=[_forward_proto(r) for r in records],
+                                              next_cursor=cursor)
+
+    async def set_fee_policy(self, request: admin_pb2.SetFeePolicyRequest
+                             ) -> client_pb2.FeePolicy:
+        from hub.edge import InvalidArgument
+        from hub.policy import PolicyError
+        try:
+            policy = FeePolicy(int(request.fee_policy.base_fee_msat),
+                               int(request.fee_policy.fee_rate_ppm))
+        except PolicyError as exc:
+            raise InvalidArgument(str(exc)) from None
+        await self.node.writer.write(ledger.set_fee_policy(policy))
+        self.node.fee_policy = policy
+        return client_pb2.FeePolicy(base_fee_msat=policy.base_msat, fee_rate_ppm=policy.fee_ppm)
+
+    async def close_channel(self, request: client_pb2.CloseChannelRequest
+                            ) -> client_pb2.CloseChannelResponse:
+        for driver in self.node.drivers.values():
+            if driver.channel_id == bytes(request.channel_id):
+                return self.node.close_channel(driver, request.force)
+        raise NotFound(f"no channel {bytes(request.channel_id).hex()}")
+
+
+def _forward_proto(record: ledger.ForwardRecord) -> admin_pb2.Forward:
+    state = {ledger.IN_FLIGHT: client_pb2.PAYMENT_STATE_IN_FLIGHT,
+             ledger.SUCCEEDED: client_pb2.PAYMENT_STATE_SUCCEEDED,
+             ledger.FAILED: client_pb2.PAYMENT_STATE_FAILED}[record.state]
+    return admin_pb2.Forward(
+        payment_id=record.payment_id, payer_node_id=record.payer_node_id,
+        payee_node_id=record.payee_node_id or b"", payment_hash=record.payment_hash,
+        amount_in_msat=record.amount_in_msat, amount_out_msat=record.amount_out_msat,
+        fee_msat=record.fee_msat, state=state,
+        failure_reason=record.failure_reason,  # type: ignore[arg-type]
+        created_at_unix=record.created_at_unix, resolved_at_unix=record.resolved_at_unix)
+
+

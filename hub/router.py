@@ -1,0 +1,450 @@
+"""The router: payer channel -> hub -> payee channel, one durable forward per HTLC.
+
+Theory of operation. The hub's ``DriverContext.on_event`` hands the router every
+HTLC event of every channel (``HubNode``). Nothing here awaits inside ``on_event``
+(it runs in the peer session's task, and a wait there would stall that client's
+other channels): what must wait for the store runs in a task of the router's own
+nursery.
+
+- ``HtlcReceived`` (the client's HTLC, irrevocably committed): decode the forward
+  header (``protocol.routing.decode_forward``), pick the payee's channel, ask
+  ``hub.policy.decide_forward``. A forward: ``add_htlc`` on the payee's channel
+  (synchronous: nothing leaves yet), then the new in-flight record is *attached* to
+  that channel's next snapshot write (``HubChannelStore.attach``): the first snapshot
+  that holds the outgoing HTLC commits together with its record, and the update
+  reaches the payee only after that (the driver's Persist ordering). A refusal: the
+  failure (signed by the hub, ``encode_failure``) is stored with the record, then the
+  incoming HTLC is failed back with it.
+- ``HtlcFulfilled`` on an outgoing HTLC: the preimage is stored (awaited, retried
+  through a failed commit), and only then the incoming HTLC is fulfilled.
+- ``HtlcFailed`` on an outgoing HTLC: the payee's signed reason is relayed unchanged
+  (a local failure: a reverted add, a failed channel, gets the hub's
+  ``TEMPORARY_FAILURE``); stored first, then failed back. A stale ``HtlcFailed`` (a
+  revert reported after the same htlc id was offered again) is recognised because
+  the book still holds that id unresolved, and ignored.
+
+Why the hub cannot lose on a forward: the outgoing HTLC is offered only from an
+irrevocably committed incoming HTLC, with policy's amount and expiry margins; every
+outgoing HTLC has a durable record naming its incoming HTLC; the incoming HTLC is
+failed only once its outgoing HTLC failed or never existed, and fulfilled with the
+stored preimage. ``reconcile`` re-applies these rules after a restart from the store
+and the restored channel books: outgoing fulfilled -> fulfill incoming; outgoing
+failed or absent -> fail incoming; still pending -> wait for its event; an incoming
+HTLC with no record -> routed as new.
+
+Not handled here (the disputes issue): an outgoing HTLC the payee holds past its
+deadline (``HtlcDeadline``) has to be settled on chain.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+import trio
+
+from channel.commitment import Side
+from hub.events import EventLog
+from hub.ledger import (
+    FAILED,
+    IN_FLIGHT,
+    SUCCEEDED,
+    ForwardRecord,
+    HubChannelStore,
+    WriteFn,
+    insert_forward,
+    load_forwards_for_incoming,
+    load_in_flight,
+    new_payment_id,
+    upsert_forward,
+)
+from hub.policy import FeePolicy, IncomingHtlc, OutgoingChannel, OutgoingHtlc, decide_forward
+from proto import client_pb2
+from protocol.actions import HtlcFailed, HtlcFulfilled, HtlcReceived
+from protocol.driver.driver import ChannelDriver
+from protocol.driver.peer import PeerSession
+from protocol.driver.writer import CommitFailed, WriterClosed
+from protocol.errors import LocalProtocolError
+from protocol.routing import (
+    Failure,
+    FailureCode,
+    FailureOrigin,
+    RoutingFormatError,
+    decode_failure,
+    decode_forward,
+    encode_failure,
+)
+from protocol.table import ChannelState, LinkState
+
+log = logging.getLogger(__name__)
+
+FR = client_pb2.FailureReason
+_REASONS: dict[FailureCode, int] = {
+    FailureCode.UNKNOWN_PAYEE: FR.FAILURE_REASON_UNKNOWN_DESTINATION,
+    FailureCode.PAYEE_OFFLINE: FR.FAILURE_REASON_PAYEE_OFFLINE,
+    FailureCode.INSUFFICIENT_CAPACITY: FR.FAILURE_REASON_INSUFFICIENT_BALANCE,
+    FailureCode.AMOUNT_BELOW_MINIMUM: FR.FAILURE_REASON_AMOUNT_OUT_OF_RANGE,
+    FailureCode.FEE_INSUFFICIENT: FR.FAILURE_REASON_FEE_INSUFFICIENT,
+    FailureCode.INCORRECT_CLTV_EXPIRY: FR.FAILURE_REASON_EXPIRY_TOO_SOON,
+    FailureCode.EXPIRY_TOO_SOON: FR.FAILURE_REASON_EXPIRY_TOO_SOON,
+    FailureCode.EXPIRY_TOO_FAR: FR.FAILURE_REASON_EXPIRY_TOO_SOON,
+    FailureCode.INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS: FR.FAILURE_REASON_INCORRECT_PAYMENT_DETAILS,
+    FailureCode.FINAL_INCORRECT_CLTV_EXPIRY: FR.FAILURE_REASON_INCORRECT_PAYMENT_DETAILS,
+    FailureCode.FINAL_INCORRECT_HTLC_AMOUNT: FR.FAILURE_REASON_INCORRECT_PAYMENT_DETAILS,
+    FailureCode.INVOICE_EXPIRED: FR.FAILURE_REASON_INCORRECT_PAYMENT_DETAILS,
+    FailureCode.ALREADY_PAID: FR.FAILURE_REASON_INCORRECT_PAYMENT_DETAILS,
+}
+
+
+def failure_reason(code: FailureCode | None) -> int:
+    if code is None:
+        return int(FR.FAILURE_REASON_OTHER)
+    return int(_REASONS.get(code, FR.FAILURE_REASON_OTHER))
+
+
+def payment_proto(record: ForwardRecord, client_node_id: bytes) -> client_pb2.Payment:
+    """The record as ``client_node_id`` sees it (the payer: SENT, the payee: RECEIVED,
+    the payer's identity withheld)."""
+    sent = record.payer_node_id == client_node_id
+    state = {IN_FLIGHT: client_pb2.PAYMENT_STATE_IN_FLIGHT,
+             SUCCEEDED: client_pb2.PAYMENT_STATE_SUCCEEDED,
+             FAILED: client_pb2.PAYMENT_STATE_FAILED}[record.state]
+    payment = client_pb2.Payment(
+        payment_id=record.payment_id,
+        direction=(client_pb2.PAYMENT_DIRECTION_SENT if sent
+                   else client_pb2.PAYMENT_DIRECTION_RECEIVED),
+        state=state, payment_hash=record.payment_hash,
+        payment_preimage=record.payment_preimage or b"",
+        amount_msat=record.amount_out_msat,
+        fee_msat=record.fee_msat if sent else 0,
+        counterparty_node_id=(record.payee_node_id or b"") if sent else b"",
+        created_at_unix=record.created_at_unix, resolved_at_unix=record.resolved_at_unix,
+        failure_reason=record.failure_reason,  # type: ignore[arg-type]
+        failure_message=record.failure_message)
+    return payment
+
+
+@dataclass
+class RouterStats:
+    forwarded: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    refused: int = 0
+
+
+class Router:
+    def __init__(self, *, store: HubChannelStore, events: EventLog, node_secret: bytes,
+                 hub_node_id: bytes, sessions: dict[bytes, PeerSession],
+                 drivers: dict[bytes, ChannelDriver], fee_policy: Callable[[], FeePolicy],
+                 cltv_expiry_delta_blocks: int, min_htlc_msat: int,
+                 height: Callable[[], int], now_unix: Callable[[], int]) -> None:
+        self.store = store
+        self.events = events
+        self.node_secret = node_secret
+        self.hub_node_id = hub_node_id
+        self.sessions = sessions
+        self.drivers = drivers
+        self.fee_policy = fee_policy
+        self.cltv_expiry_delta_blocks = cltv_expiry_delta_blocks
+        self.min_htlc_msat = min_htlc_msat
+        self.height = height
+        self.now_unix = now_unix
+        self.stats = RouterStats()
+        # In-flight forwards, by incoming and by outgoing HTLC.
+        self.by_incoming: dict[tuple[bytes, int], ForwardRecord] = {}
+        self.by_outgoing: dict[tuple[bytes, int], ForwardRecord] = {}
+        self._nursery: trio.Nursery | None = None
+        self._tasks = 0
+        self._idle = trio.Event()
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        assert self._nursery is not None, "Router.run is not running"
+        self._tasks += 1
+
+        async def task() -> None:
+            try:
+                await fn(*args)
+            finally:
+                self._tasks -= 1
+                if not self._tasks:
+                    self._idle.set()
+                    self._idle = trio.Event()
+
+        self._nursery.start_soon(task)
+
+    async def idle(self) -> None:
+        """Wait until no resolution is being stored (tests, drain)."""
+        while self._tasks:
+            await self._idle.wait()
+
+    # -- events (from DriverContext.on_event; never await the store here) ----------------
+
+    def on_event(self, driver: ChannelDriver, event: object) -> None:
+        if isinstance(event, HtlcReceived):
+            self.route(driver, event.htlc_id, event.amount_msat, event.payment_hash,
+                       event.cltv_expiry, event.onion_routing_packet)
+        elif isinstance(event, HtlcFulfilled):
+            self._outgoing_fulfilled(driver, event)
+        elif isinstance(event, HtlcFailed):
+            self._outgoing_failed(driver, event)
+
+    def route(self, driver: ChannelDriver, htlc_id: int, amount_msat: int,
+              payment_hash: bytes, cltv_expiry: int, packet: bytes) -> None:
+        key = (driver.channel_key, htlc_id)
+        if key in self.by_incoming:
+            return  # already being forwarded (a replayed event)
+        now = self.now_unix()
+        record = ForwardRecord(
+            payment_id=new_payment_id(), payer_node_id=driver.peer_node_id,
+            incoming_channel_key=driver.channel_key, incoming_htlc_id=htlc_id,
+            payee_node_id=None, outgoing_channel_key=None, outgoing_htlc_id=None,
+            payment_hash=payment_hash, amount_in_msat=amount_msat, amount_out_msat=0,
+            cltv_in=cltv_expiry, cltv_out=0, state=IN_FLIGHT, created_at_unix=now)
+        try:
+            forward = decode_forward(packet)
+        except RoutingFormatError:
+            self._refuse(record, Failure(FailureCode.INVALID_ONION_PAYLOAD), packet)
+            return
+        record = ForwardRecord(**{**record.row(), "payee_node_id": forward.payee_node_id,
+                                  "amount_out_msat": forward.amount_to_forward_msat,
+                                  "cltv_out": forward.outgoing_cltv_value})
+        out_driver, outgoing = self._outgoing_channel(forward.payee_node_id)
+        fees = self.fee_policy()
+        decision = decide_forward(
+            incoming=IncomingHtlc(amount_msat, cltv_expiry, payment_hash), forward=forward,
+            fee_policy=fees, cltv_expiry_delta_blocks=self.cltv_expiry_delta_blocks,
+            height=self.height(), outgoing=outgoing)
+        if isinstance(decision, Failure):
+            self._refuse(record, decision, packet)
+            return
+        assert out_driver is not None
+        self._offer(record, out_driver, decision, packet)
+
+    def _offer(self, record: ForwardRecord, out_driver: ChannelDriver, out: OutgoingHtlc,
+               packet: bytes) -> None:
+        try:
+            out_id = out_driver.add_htlc(out.amount_msat, out.payment_hash, out.cltv_expiry,
+                                         onion_routing_packet=out.onion_routing_packet)
+        except LocalProtocolError as exc:
+            log.info("forward %s refused by the payee's channel: %s", record.payment_id,
+                     exc.message)
+            self._refuse(record, Failure(FailureCode.INSUFFICIENT_CAPACITY), packet)
+            return
+        record = ForwardRecord(**{**record.row(),
+                                  "outgoing_channel_key": out_driver.channel_key,
+                                  "outgoing_htlc_id": out_id})
+        # The record rides in the outgoing channel's next snapshot (module docstring).
+        self.store.attach(out_driver.channel_key, insert_forward(record))
+        self.by_incoming[record.incoming] = record
+        self.by_outgoing[(out_driver.channel_key, out_id)] = record
+        self.stats.forwarded += 1
+
+    def _refuse(self, record: ForwardRecord, failure: Failure, packet: bytes) -> None:
+        blob = encode_failure(failure, origin=FailureOrigin.HUB,
+                              payment_hash=record.payment_hash, onion_routing_packet=packet,
+                              node_secret=self.node_secret)
+        resolved = record.failed(failure_reason(failure.code), failure.code.name, blob,
+                                 self.now_unix())
+        self.stats.refused += 1
+        self.by_incoming[record.incoming] = resolved
+        self._spawn(self._store_then_settle, resolved)
+
+    def _outgoing_fulfilled(self, driver: ChannelDriver, event: HtlcFulfilled) -> None:
+        record = self.by_outgoing.pop((driver.channel_key, event.htlc_id), None)
+        if record is None or record.payment_hash != event.payment_hash:
+            return  # not a forward of ours (or already resolved)
+        resolved = record.succeeded(bytes(event.payment_preimage), self.now_unix())
+        self.by_incoming[record.incoming] = resolved
+        self._spawn(self._store_then_settle, resolved)
+
+    def _outgoing_failed(self, driver: ChannelDriver, event: HtlcFailed) -> None:
+        key = (driver.channel_key, event.htlc_id)
+        record = self.by_outgoing.get(key)
+        if record is None or record.payment_hash != event.payment_hash:
+            return
+        htlc = driver.channel.d.book.htlcs.get((Side.LOCAL, event.htlc_id))
+        if htlc is not None and htlc.removal is None:
+            return  # stale: a reverted add reported after the id was offered again
+        del self.by_outgoing[key]
+        self._fail_back(record, bytes(event.reason))
+
+    def _fail_back(self, record: ForwardRecord, payee_reason: bytes) -> None:
+        """Fail the incoming HTLC because its outgoing one failed (or never existed):
+        relay the payee's signed reason, or the hub's own temporary failure."""
+        code: FailureCode | None = None
+        blob = payee_reason
+        if payee_reason and record.payee_node_id is not None:
+            try:
+                code = decode_failure(
+                    payee_reason, payment_hash=record.payment_hash,
+                    onion_routing_packet=self._packet_of(record),
+                    hub_node_id=self.hub_node_id,
+                    payee_node_id=record.payee_node_id).failure.code
+            except RoutingFormatError:
+                blob = b""  # not a valid payee failure: the payer gets ours instead
+        if not blob:
+            failure = Failure(FailureCode.TEMPORARY_FAILURE)
+            code = failure.code
+            blob = encode_failure(failure, origin=FailureOrigin.HUB,
+                                  payment_hash=record.payment_hash,
+                                  onion_routing_packet=self._packet_of(record),
+                                  node_secret=self.node_secret)
+        resolved = record.failed(failure_reason(code), code.name if code else "", blob,
+                                 self.now_unix())
+        self.by_incoming[record.incoming] = resolved
+        self._spawn(self._store_then_settle, resolved)
+
+    def _packet_of(self, record: ForwardRecord) -> bytes:
+        driver = self.drivers.get(record.incoming_channel_key)
+        if driver is not None:
+            htlc = driver.channel.d.book.htlcs.get((Side.REMOTE, record.incoming_htlc_id))
+            if htlc is not None:
+                return bytes(htlc.onion)
+        return b""
+
+    # -- storing, then settling the incoming HTLC ----------------------------------------
+
+    def _resolution_write(self, record: ForwardRecord) -> WriteFn:
+        writes: list[WriteFn] = [upsert_forward(record)]
+        payer_events: list[client_pb2.Event] = []
+        if record.state == SUCCEEDED:
+            payer_events.append(client_pb2.Event(payment_succeeded=client_pb2.PaymentSucceeded(
+                payment=payment_proto(record, record.payer_node_id))))
+            if record.payee_node_id is not None:
+                writes.append(self.events.append_fn(record.payee_node_id, [client_pb2.Event(
+                    invoice_paid=client_pb2.InvoicePaid(
+                        payment_hash=record.payment_hash, payment_id=record.payment_id,
+                        amount_msat=record.amount_out_msat))]))
+        else:
+            payer_events.append(client_pb2.Event(payment_failed=client_pb2.PaymentFailed(
+                payment=payment_proto(record, record.payer_node_id))))
+        writes.append(self.events.append_fn(record.payer_node_id, payer_events))
+
+        def write(conn: sa.Connection) -> None:
+            for fn in writes:
+                fn(conn)
+
+        return write
+
+    async def _store_then_settle(self, record: ForwardRecord) -> None:
+        write = self._resolution_write(record)
+        while True:
+            try:
+                await self.store.writer.write(write)
+                break
+            except CommitFailed:
+                log.warning("forward %s: commit failed, storing again", record.payment_id)
+            except WriterClosed:
+                return  # shutting down: reconcile() finishes it after the restart
+        self.events.notify(record.payer_node_id)
+        if record.payee_node_id is not None:
+            self.events.notify(record.payee_node_id)
+        if record.state == SUCCEEDED:
+            self.stats.succeeded += 1
+        else:
+            self.stats.failed += 1
+        self.settle_incoming(record)
+
+    def settle_incoming(self, record: ForwardRecord) -> None:
+        driver = self.drivers.get(record.incoming_channel_key)
+        if driver is None:
+            return
+        try:
+            if record.state == SUCCEEDED:
+                assert record.payment_preimage is not None
+                driver.fulfill_htlc(record.incoming_htlc_id, record.payment_preimage)
+            elif record.state == FAILED:
+                driver.fail_htlc(record.incoming_htlc_id, record.failure_blob or b"")
+            else:
+                return
+        except LocalProtocolError as exc:
+            log.debug("forward %s: incoming not settled now: %s", record.payment_id,
+                      exc.message)
+            return
+        if self.by_incoming.get(record.incoming) is record:
+            del self.by_incoming[record.incoming]
+
+    # -- the payee's channel -------------------------------------------------------------
+
+    def _outgoing_channel(self, payee_node_id: bytes
+                          ) -> tuple[ChannelDriver | None, OutgoingChannel | None]:
+        session = self.sessions.get(payee_node_id)
+        if session is None:
+            return None, None
+        usable = [d for d in session.drivers if d.channel.state is ChannelState.NORMAL]
+        if not usable:
+            return None, None
+        best = max(usable, key=_spendable_msat)
+        online = session.connected and best.channel.link is LinkState.UP
+        remote = best.channel.d.remote
+        minimum = max(self.min_htlc_msat, remote.htlc_minimum_msat if remote else 0)
+        return best, OutgoingChannel(online=online, available_msat=_spendable_msat(best),
+                                     htlc_minimum_msat=minimum)
+
+    # -- after a restart -------------------------------------------------------------------
+
+    def reconcile(self, conn: sa.Connection) -> list[ForwardRecord]:
+        """Rebuild the in-flight maps from the store and decide every forward the
+        restored channel books already settled (see the module docstring). Call before
+        any link runs and with ``run`` started. Returns the records still in flight."""
+        pending: list[ForwardRecord] = []
+        for record in load_in_flight(conn):
+            outgoing = record.outgoing
+            driver = self.drivers.get(outgoing[0]) if outgoing else None
+            htlc = (driver.channel.d.book.htlcs.get((Side.LOCAL, outgoing[1]))
+                    if driver is not None and outgoing is not None else None)
+            if htlc is None or htlc.payment_hash != record.payment_hash:
+                self._fail_back(record, b"")  # never added, or reverted by the restart
+            elif htlc.removal is None:
+                self.by_incoming[record.incoming] = record
+                assert outgoing is not None
+                self.by_outgoing[outgoing] = record
+                pending.append(record)
+            elif htlc.removal.fulfilled:
+                assert htlc.removal.preimage is not None
+                resolved = record.succeeded(bytes(htlc.removal.preimage), self.now_unix())
+                self.by_incoming[record.incoming] = resolved
+                self._spawn(self._store_then_settle, resolved)
+            else:
+                self._fail_back(record, bytes(htlc.removal.reason))
+        return pending
+
+    def settle_received(self, conn: sa.Connection, driver: ChannelDriver) -> None:
+        """For every HTLC the client offered on this channel that is irrevocably
+        committed and unsettled: settle it the way its record says, or route it if it
+        has none (the hub stopped before storing anything of it)."""
+        received = driver.channel.received_htlcs()
+        if not received:
+            return
+        records = load_forwards_for_incoming(conn, driver.channel_key)
+        for htlc_id, amount_msat, payment_hash, cltv_expiry in received:
+            live = self.by_incoming.get((driver.channel_key, htlc_id))
+            record = live or records.get(htlc_id)
+            if record is None or record.payment_hash != payment_hash:
+                htlc = driver.channel.d.book.htlcs[(Side.REMOTE, htlc_id)]
+                self.route(driver, htlc_id, amount_msat, payment_hash, cltv_expiry,
+                           bytes(htlc.onion))
+            elif record.state != IN_FLIGHT:
+                self.settle_incoming(record)
+
+
+def _spendable_msat(driver: ChannelDriver) -> int:
+    """The hub's side after every pending update, less the reserve the client asks
+    of it: an estimate for the policy; the channel's own check is final."""
+    channel = driver.channel
+    view = channel.d.book.view(lambda mark: True)
+    remote = channel.d.remote
+    reserve_msat = remote.channel_reserve_sat * 1000 if remote is not None else 0
+    return max(0, view.local_msat - reserve_msat)
