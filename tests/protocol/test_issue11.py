@@ -430,6 +430,16 @@ def test_p2tr_shutdown_accepted_with_anysegwit() -> None:
     (b"\x51\x20" + bytes(32), False, False),
     (b"\x00\x20" + bytes(32), False, True),
     (b"\x00\x20" + bytes(31), False, False),
+    (b"\x76\xa9\x14" + bytes(20) + b"\x88\xac", False, True),  # P2PKH
+    (b"\x76\xa9\x14" + bytes(20) + b"\x88\xad", False, False),
+    (b"\x76\xa9\x15" + bytes(20) + b"\x88\xac", False, False),
+    (b"\xa9\x14" + bytes(20) + b"\x87", False, True),  # P2SH
+    (b"\xa9\x14" + bytes(20) + b"\x88", False, False),
+    (b"\xa9\x15" + bytes(20) + b"\x87", False, False),
+    (b"\x00\x14" + bytes(20), False, True),  # P2WPKH
+    (b"\x00\x14" + bytes(21), False, False),
+    (b"\x01\x14" + bytes(20), False, False),
+    (b"\x51\x02" + bytes(2), True, True),  # the shortest v1+ program
 ])
 def test_standard_script_forms(script: bytes, anysegwit: bool, ok: bool) -> None:
     from protocol.closing import standard_script
@@ -513,6 +523,14 @@ def test_our_own_oversized_onion_and_reason_are_refused() -> None:
     ({"min_funding_sat": 0}, False),
     ({"closing_feerate_per_kw": 0}, False),
     ({"closing_feerate_per_kw": 1}, True),
+    ({"max_accepted_htlcs": 1}, True),
+    ({"htlc_minimum_msat": 1, "max_htlc_value_in_flight_msat": 1}, True),
+    ({"to_self_delay": 1, "minimum_depth": 1}, True),
+    ({"to_self_delay": 0xFFFF, "max_to_self_delay": 0xFFFF}, True),
+    ({"to_self_delay": 0x10000, "max_to_self_delay": 0x10000}, False),
+    ({"min_feerate_per_kw": 253, "max_feerate_per_kw": 253}, True),
+    ({"min_feerate_per_kw": 254, "max_feerate_per_kw": 253}, False),
+    ({"max_dust_htlc_exposure_msat": 0, "min_funding_sat": 1}, True),
 ])
 def test_local_config_is_validated(fields: dict[str, int], ok: bool) -> None:
     if ok:
@@ -531,15 +549,14 @@ def test_htlc_deadlines() -> None:
     pair = ChannelPair()
     acts = pair.do("a", lambda c: c.add_htlc(5_000_000, hash_of(preimage_of(1)), HEIGHT + 40,
                                              height=HEIGHT))
-    offered = HtlcDeadline(0, True, hash_of(preimage_of(1)),
-                           HEIGHT + 40 + OFFERED_HTLC_GRACE_BLOCKS)
+    assert OFFERED_HTLC_GRACE_BLOCKS == 2 and FULFILLED_HTLC_DEADLINE_BLOCKS == 18
+    offered = HtlcDeadline(0, True, hash_of(preimage_of(1)), HEIGHT + 40 + 2)
     assert offered in acts
     assert pair.a.channel.onchain_deadlines() == [offered]
     pair.settle()
     assert pair.b.channel.onchain_deadlines() == []  # not fulfilled yet
     acts = pair.do("b", lambda c: c.fulfill_htlc(0, preimage_of(1)))
-    fulfilled = HtlcDeadline(0, False, hash_of(preimage_of(1)),
-                             HEIGHT + 40 - FULFILLED_HTLC_DEADLINE_BLOCKS)
+    fulfilled = HtlcDeadline(0, False, hash_of(preimage_of(1)), HEIGHT + 40 - 18)
     assert fulfilled in acts
     assert pair.b.channel.onchain_deadlines() == [fulfilled]
     pair.settle()
