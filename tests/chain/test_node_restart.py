@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from channel.chain import BitcoinRpc
 from channel.chain.services import ChainServices
 from regtest.harness import NodeEndpoint, free_port, start_node, stop_node
 
@@ -29,7 +30,9 @@ def node_process(tmp_path: Path) -> Iterator[NodeEndpoint]:
 async def test_services_ride_out_a_node_restart(
     node_process: NodeEndpoint, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async with node_process.rpc(timeout_s=None) as rpc:
+    async with BitcoinRpc(
+        node_process.url, cookie_file=node_process.cookie_file, timeout_s=None
+    ) as rpc:
         miner = await rpc.getnewaddress()
         await rpc.generatetoaddress(101, miner)
         chain = await ChainServices.open(rpc, b"\x09" * 32, poll_interval_s=3.0)
