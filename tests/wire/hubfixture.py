@@ -50,9 +50,14 @@ class RecordingHubService:
     read_links: bool = True  # False: hold links without reading (backpressure tests)
     received: dict[bytes, list[object]] = field(default_factory=dict)
     frame_received: trio.Event = field(default_factory=trio.Event)
+    get_info_gate: trio.Event | None = None  # set: get_info waits for it (in-flight tests)
+    get_info_entered: trio.Event = field(default_factory=trio.Event)
 
     async def get_info(self, client_node_id: bytes) -> client_pb2.GetInfoResponse:
         self.calls.append(("get_info", client_node_id))
+        self.get_info_entered.set()
+        if self.get_info_gate is not None:
+            await self.get_info_gate.wait()
         return client_pb2.GetInfoResponse(hub_node_id=self.hub_node_id, chain="regtest",
                                           peer_link_open=client_node_id in self.links)
 
