@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from channel.chain.fees import FEERATE_FLOOR_SAT_PER_KW
 from channel.funding import build_funding_tx
 from channel.scripts import p2wpkh_script_code
 from channel.sighash import Bip143Precomputed, bip143_sighash
@@ -82,8 +83,11 @@ def build_signed_tx(
     """Select from `coins`, pay `outputs` (+ change), sign; returns (tx, coins used)."""
     if not outputs:
         raise WalletError("nothing to pay")
-    if feerate_per_kw <= 0:
-        raise WalletError("the fee rate must be positive")
+    if feerate_per_kw < FEERATE_FLOOR_SAT_PER_KW:
+        # below 1 sat/vB nothing relays: a funding tx built so would never confirm
+        raise WalletError(
+            f"fee rate {feerate_per_kw} sat/kw is below the relay floor {FEERATE_FLOOR_SAT_PER_KW}"
+        )
     for output in outputs:
         if output.amount_sat < DUST_LIMIT_SAT:
             raise WalletError(f"an output of {output.amount_sat} sat is dust")

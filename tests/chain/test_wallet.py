@@ -252,6 +252,8 @@ async def test_refusals_change_nothing(rpc: BitcoinRpc, source: RpcChainSource) 
     with pytest.raises(WalletError):
         h.wallet.fund(b"\x00\x20" + bytes(32), 100, 253)  # dust
     with pytest.raises(WalletError):
+        h.wallet.fund(b"\x00\x20" + bytes(32), 100_000, 252)  # would not relay
+    with pytest.raises(WalletError):
         h.wallet.fund(b"\x00\x20" + bytes(32), 1.5, 253)  # type: ignore[arg-type]
     assert h.wallet.to_json() == before
 
