@@ -327,3 +327,17 @@ def test_actions_are_values() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         w.kind = "funding"  # type: ignore[misc]
     assert {w, actions.Watch("closing", b"\x00" * 32)} == {w}
+
+
+@pytest.mark.parametrize("push_delta,ok", [(0, True), (1, False)])
+def test_our_open_keeps_the_first_fee(push_delta: int, ok: bool) -> None:
+    """Our own open_channel: what we keep must pay the first commitment's fee (724 sat
+    at 1,000 sat/kw), to the msat."""
+    pair = ChannelPair(open_channel=False)
+    push = 1_000_000_000 - 724_000 + push_delta
+    if ok:
+        pair.do("a", lambda c: c.open(funding_sat=1_000_000, push_msat=push,
+                                      feerate_per_kw=1000))
+    else:
+        with pytest.raises(LocalProtocolError, match="first commitment"):
+            pair.a.channel.open(funding_sat=1_000_000, push_msat=push, feerate_per_kw=1000)
