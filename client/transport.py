@@ -14,7 +14,9 @@ of transports (a load generator hosts hundreds of clients on one loop thread).
    connection, so a transport that reconnects authenticates again.
 2. ``call`` (and the typed helpers) run one unary rpc and return its response; a
    non-OK status raises ``RpcStatusError(code, details)``, which the SDK maps to its
-   ``ChanhubError`` tree in one place.
+   ``ChanhubError`` tree in one place. UNAUTHENTICATED (the session expired) makes
+   the transport authenticate again and retry once: the hub refuses such a call
+   before anything runs, so the retry cannot do anything twice.
 3. ``open_peer_link`` returns a ``FrameLink`` once the hub accepted the stream (a
    refusal raises ``RpcStatusError`` right there); ``subscribe_events`` a stream of
    ``Event``s. When the connection or the stream ends, ``receive`` and ``send`` raise
@@ -173,16 +175,25 @@ class HubTransport:
 
     async def _unary(self, method: Callable[..., Any], request: Message, *,
                      authenticated: bool = True) -> Any:
-        metadata = self._metadata if authenticated else ()
         timeout = self._timeout
 
-        async def invoke() -> Any:
+        async def invoke(metadata: tuple[tuple[str, str], ...]) -> Any:
             try:
                 return await method(request, metadata=metadata, timeout=timeout)
             except grpc.aio.AioRpcError as exc:
                 raise await _status_error(exc) from None
 
-        return await self.bridge.run_in_asyncio(invoke)
+        if not authenticated:
+            return await self.bridge.run_in_asyncio(invoke, ())
+        try:
+            return await self.bridge.run_in_asyncio(invoke, self._metadata)
+        except RpcStatusError as error:
+            if error.code != grpc.StatusCode.UNAUTHENTICATED:
+                raise
+        # The session expired (or the hub restarted): the hub refused the call before
+        # anything ran, so authenticating again and retrying once is safe.
+        await self.authenticate()
+        return await self.bridge.run_in_asyncio(invoke, self._metadata)
 
     async def call(self, method_name: str, request: Message) -> Any:
         """Any unary rpc of the Hub service by name, e.g. ``call("GetInfo", req)``."""
@@ -249,23 +260,37 @@ class HubTransport:
                 call.cancel()
             self.bridge.to_trio(self._streams.discard, stream)
 
+    def _new_stream(self) -> BridgedStream[Any, Any]:
+        return BridgedStream(self.bridge, window_messages=self._window,
+                             max_message_bytes=self._max_message_bytes)
+
+    async def _open_with_reauth(self, start_call: Callable[[], Any], *,
+                                writing: bool) -> BridgedStream[Any, Any]:
+        stream = self._new_stream()
+        try:
+            await self._open_stream(stream, start_call, writing=writing)
+            return stream
+        except RpcStatusError as error:
+            if error.code != grpc.StatusCode.UNAUTHENTICATED:
+                raise
+        await self.authenticate()  # as in _unary: refused before anything ran
+        stream = self._new_stream()
+        await self._open_stream(stream, start_call, writing=writing)
+        return stream
+
     async def open_peer_link(self) -> PeerLinkStream:
         """The peer link (a ``FrameLink``), once the hub accepted it. A new link
         replaces any earlier one of this client on the hub."""
-        link: PeerLinkStream = BridgedStream(self.bridge, window_messages=self._window,
-                                             max_message_bytes=self._max_message_bytes)
-        await self._open_stream(link, lambda: self._stub.PeerLink(None, metadata=self._metadata),
-                                writing=True)
+        link: PeerLinkStream = await self._open_with_reauth(
+            lambda: self._stub.PeerLink(None, metadata=self._metadata), writing=True)
         return link
 
     async def subscribe_events(self, after_sequence: int = 0) -> EventStream:
         """The hub's events for us after ``after_sequence``: ``receive()`` each;
         ``LinkClosed`` when the stream ends; ``aclose()`` to stop."""
-        events: EventStream = BridgedStream(self.bridge, window_messages=self._window,
-                                            max_message_bytes=self._max_message_bytes)
         request = client_pb2.SubscribeEventsRequest(after_sequence=after_sequence)
-        await self._open_stream(
-            events, lambda: self._stub.SubscribeEvents(request, metadata=self._metadata),
+        events: EventStream = await self._open_with_reauth(
+            lambda: self._stub.SubscribeEvents(request, metadata=self._metadata),
             writing=False)
         return events
 

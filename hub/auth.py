@@ -10,7 +10,10 @@ Clients (client.proto, ``Hub.GetChallenge`` / ``Hub.Authenticate``):
    replayed answer finds nothing. The signature must verify for the claimed node id
    over ``wire_auth.challenge_digest`` (domain tag, hub node id, client node id,
    nonce, expiry); then a random session credential is issued, bound to that node
-   id and to the connection (gRPC's peer address) the answer came on.
+   id and to the connection (gRPC's peer address) the answer came on. A node id
+   keeps at most ``max_sessions_per_client`` sessions (the newest: a client that
+   reconnects over and over does not pile them up) and the table at most
+   ``max_sessions``.
 3. ``session_for(credential, connection)`` is checked on every later call: no or an
    unknown or expired credential is ``Unauthenticated``; a credential presented on
    another connection than its own (a stolen or another client's credential) is
@@ -57,7 +60,7 @@ class PermissionDenied(AuthError):
 
 
 class TooManyChallenges(AuthError):
-    """The pending-challenge table is full; try again shortly."""
+    """The pending-challenge (or session) table is full; try again shortly."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class Authenticator:
 
     def __init__(self, hub_node_id: bytes, *, challenge_ttl_seconds: int = 60,
                  session_ttl_seconds: int = 24 * 3600, max_pending_challenges: int = 100_000,
+                 max_sessions: int = 100_000, max_sessions_per_client: int = 4,
                  clock: Callable[[], float] = time.time,
                  random_bytes: Callable[[int], bytes] = secrets.token_bytes) -> None:
         if not is_compressed_pubkey_encoding(hub_node_id):
@@ -99,12 +103,17 @@ class Authenticator:
         self._challenge_ttl = challenge_ttl_seconds
         self._session_ttl = session_ttl_seconds
         self._max_pending = max_pending_challenges
+        self._max_sessions = max_sessions
+        self._max_sessions_per_client = max_sessions_per_client
         self._clock = clock
         self._random = random_bytes
         self._lock = threading.Lock()
         # nonce -> challenge, oldest first (expiry order, since the TTL is fixed)
         self._challenges: OrderedDict[bytes, IssuedChallenge] = OrderedDict()
         self._sessions: dict[bytes, _Session] = {}
+        # node id -> its credentials, oldest first: a client that reconnects again and
+        # again keeps at most max_sessions_per_client sessions, the newest.
+        self._sessions_of: dict[bytes, list[bytes]] = {}
         self._prune_sessions_at = 1024
 
     def _now(self) -> int:
@@ -147,7 +156,13 @@ class Authenticator:
         session = _Session(client_node_id, connection, now + self._session_ttl)
         with self._lock:
             self._prune_sessions(now)
+            if len(self._sessions) >= self._max_sessions:
+                raise TooManyChallenges("too many sessions")
             self._sessions[credential] = session
+            owned = self._sessions_of.setdefault(client_node_id, [])
+            owned.append(credential)
+            while len(owned) > self._max_sessions_per_client:
+                self._sessions.pop(owned.pop(0), None)
         return SessionGrant(client_node_id, credential, session.expires_at_unix)
 
     def session_for(self, credential: bytes | None, connection: str) -> bytes:
@@ -158,7 +173,7 @@ class Authenticator:
         with self._lock:
             session = self._sessions.get(credential)
             if session is not None and now > session.expires_at_unix:
-                del self._sessions[credential]
+                self._forget(credential)
                 session = None
         if session is None:
             raise Unauthenticated("unknown or expired session credential")
@@ -171,7 +186,21 @@ class Authenticator:
         with self._lock:
             for credential in [c for c, s in self._sessions.items()
                                if s.connection == connection]:
-                del self._sessions[credential]
+                self._forget(credential)
+
+    def session_count(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def _forget(self, credential: bytes) -> None:
+        session = self._sessions.pop(credential, None)
+        if session is None:
+            return
+        owned = self._sessions_of.get(session.client_node_id, [])
+        if credential in owned:
+            owned.remove(credential)
+        if not owned:
+            self._sessions_of.pop(session.client_node_id, None)
 
     def pending_challenge_count(self) -> int:
         with self._lock:
@@ -190,7 +219,7 @@ class Authenticator:
         if len(self._sessions) >= self._prune_sessions_at:
             for credential in [c for c, s in self._sessions.items()
                                if now > s.expires_at_unix]:
-                del self._sessions[credential]
+                self._forget(credential)
             self._prune_sessions_at = max(1024, 2 * len(self._sessions))
 
 

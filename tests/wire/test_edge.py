@@ -523,3 +523,18 @@ async def test_client_vanishing_closes_the_hub_end(tmp_path: Path) -> None:
             await hub_link.send(fee_frame(1))
         await hub_link.wait_closed()
         await transport.aclose()
+
+
+async def test_transport_authenticates_again_when_its_session_expired(tmp_path: Path) -> None:
+    async with running_hub(tmp_path) as hub, await hub.connect() as transport:
+        await transport.get_info()
+        old_metadata = transport._metadata
+        hub.clock[0] += 24 * 3600 + 1
+        assert (await transport.get_info()).hub_node_id == hub.hub_node_id
+        assert transport._metadata != old_metadata
+        # get_info ran once per successful call: the refused attempt ran nothing.
+        assert [name for name, _ in hub.service.calls] == ["get_info", "get_info"]
+        hub.clock[0] += 24 * 3600 + 1
+        link = await transport.open_peer_link()
+        await hub_link_of(hub, transport.node_id)
+        await link.aclose()

@@ -146,3 +146,17 @@ def test_admin_credential_file(tmp_path: Path) -> None:
     path.chmod(0o640)
     with pytest.raises(AuthError, match="chmod 600"):
         AdminCredential.load_or_create(path)
+
+
+def test_sessions_per_client_and_in_all_are_bounded() -> None:
+    auth = Authenticator(pubkey_from_secret(new_node_secret()), max_sessions_per_client=2,
+                         max_sessions=3)
+    secret = new_node_secret()
+    first, second, third = (_answer(auth, secret, "c") for _ in range(3))
+    with pytest.raises(Unauthenticated):
+        auth.session_for(first, "c")  # the oldest was dropped for the newest
+    assert auth.session_for(second, "c") == auth.session_for(third, "c")
+    _answer(auth, new_node_secret(), "d")
+    with pytest.raises(TooManyChallenges):
+        _answer(auth, new_node_secret(), "e")
+    assert auth.session_count() == 3
