@@ -521,6 +521,7 @@ async def test_client_vanishing_closes_the_hub_end(tmp_path: Path) -> None:
             await hub_link.receive()
         with pytest.raises(LinkClosed):
             await hub_link.send(fee_frame(1))
+        assert isinstance(hub_link, BridgedStream)
         await hub_link.wait_closed()
         await transport.aclose()
 
