@@ -16,6 +16,7 @@ import trio
 from channel.keys import pubkey_from_secret
 from channel.signing import sign
 from client.transport import HubPin, HubTransport
+from hub.admin_transport import AdminTransport
 from hub.edge import EdgeConfig
 from hub.tls import make_self_signed
 from proto import admin_pb2, admin_pb2_grpc, client_pb2, client_pb2_grpc, peer_pb2
@@ -539,3 +540,24 @@ async def test_transport_authenticates_again_when_its_session_expired(tmp_path: 
         link = await transport.open_peer_link()
         await hub_link_of(hub, transport.node_id)
         await link.aclose()
+
+
+async def test_admin_transport(tmp_path: Path) -> None:
+    async with running_hub(tmp_path) as hub:
+        admin = await AdminTransport.connect(
+            hub.bridge, hub.target, credential_file=tmp_path / "admin.credential",
+            fingerprint=hub.tls.fingerprint_sha256)
+        async with admin:
+            assert (await admin.call("GetInfo", admin_pb2.GetInfoRequest())).client_count == 7
+            policy = await admin.call("SetFeePolicy", admin_pb2.SetFeePolicyRequest(
+                fee_policy=client_pb2.FeePolicy(base_fee_msat=5, fee_rate_ppm=7)))
+            assert (policy.base_fee_msat, policy.fee_rate_ppm) == (5, 7)
+        wrong = tmp_path / "wrong.credential"
+        wrong.write_text("00" * 32)
+        wrong.chmod(0o600)
+        async with await AdminTransport.connect(
+                hub.bridge, hub.target, credential_file=wrong,
+                cert_pem=hub.tls.cert_pem) as impostor:
+            await expect_status(UNAUTHENTICATED,
+                                impostor.call("ListClients", admin_pb2.ListClientsRequest()))
+        assert hub.admin.calls == ["get_info", "set_fee_policy"]
