@@ -85,6 +85,7 @@ class PeerSession:
         self._outbox: list[peer_pb2.PeerMessage] = []
         self._wakeup = trio.Event()
         self._drained = trio.Event()
+        self._drain_lock = trio.Lock()
         self._close_reason: str | None = None
         self._link: FrameLink | None = None
         for driver in drivers:
@@ -266,7 +267,13 @@ class PeerSession:
         self._by_id = {k: d for k, d in self._by_id.items() if not d.lost}
 
     async def _drain(self) -> None:
-        """Commit what is pending, run every queue, until nothing is left."""
+        """Commit what is pending, run every queue, until nothing is left. One drainer
+        at a time (the link's executor, the disconnect, an offline ``idle``): two would
+        interleave one channel's actions."""
+        async with self._drain_lock:
+            await self._drain_locked()
+
+    async def _drain_locked(self) -> None:
         while True:
             if self._link is not None:
                 for driver in self.drivers:
@@ -286,6 +293,19 @@ class PeerSession:
             await link.send(peer_pb2.PeerFrame(messages=chunk))
 
     async def idle(self) -> None:
-        """Wait until nothing is queued (tests, and an orderly shutdown)."""
+        """Wait until nothing is queued. Without a link, execute the queue here: a
+        command given while the peer is offline (``fail`` for a force close,
+        ``funding_confirmed``) runs when you ``await session.idle()``, its Sends
+        dropped (reestablish resends what the peer must see)."""
+        if self._link is None:
+            try:
+                await self._drain()
+            except PersistFailed as exc:
+                log.warning("peer %s: %s", self.peer_node_id.hex(), exc)
+                self._forget_lost()
+            finally:
+                if self._link is None:
+                    self._outbox.clear()
+            return
         while self._queued or self._wakeup.is_set():
             await self._drained.wait()

@@ -173,3 +173,25 @@ async def test_unknown_channel_and_oversized_frames_change_nothing(
         assert not [e for e in b.events if isinstance(e, ChannelFailed)]
         nursery.cancel_scope.cancel()
     b.db.close()
+
+
+async def test_force_close_while_the_peer_is_offline(
+        store_url_pair: tuple[str, str], regtest_node: Node, autojump_clock: Any) -> None:
+    a, b = parties(store_url_pair, regtest_node)
+    async with trio.open_nursery() as nursery:
+        link_a, link_b = memory_link_pair()
+        await a.start(nursery, link_a)
+        await b.start(nursery, link_b)
+        await open_funded_channel(a, b, regtest_node, FUNDING_SAT)
+        await a.stop()
+        await until(lambda: not b.session.connected)
+        # The operator force-closes b's channel while a is offline: the command runs
+        # on the next session.idle(), with no link at all.
+        b.driver.fail("operator force close")
+        await b.session.idle()
+        assert [reason for _, reason in b.broadcaster.sent] == [
+            "force close: latest commitment"]
+        assert len(b.failed_channels()) == 1
+        assert b.store.load_channels()[0].state == "failed"
+        nursery.cancel_scope.cancel()
+    b.db.close()
