@@ -17,7 +17,11 @@ Clients (client.proto, ``Hub.GetChallenge`` / ``Hub.Authenticate``):
 3. ``session_for(credential, connection)`` is checked on every later call: no or an
    unknown or expired credential is ``Unauthenticated``; a credential presented on
    another connection than its own (a stolen or another client's credential) is
-   ``PermissionDenied``. Either way nothing else runs.
+   ``Unauthenticated`` too: on this connection nobody has authenticated. (Not
+   PERMISSION_DENIED: gRPC reconnects a channel by itself after a network blip, and
+   the client's transport must then see the one status that makes it authenticate
+   again.) Either way nothing else runs. ``PermissionDenied`` is left for an
+   authenticated caller asking for what is not its own.
 
 The tables live in this process only: a hub process authenticates the clients
 connected to it (DESIGN.md, "Scale-out"), and after a restart clients authenticate
@@ -178,7 +182,7 @@ class Authenticator:
         if session is None:
             raise Unauthenticated("unknown or expired session credential")
         if not hmac.compare_digest(session.connection.encode(), connection.encode()):
-            raise PermissionDenied("session credential belongs to another connection")
+            raise Unauthenticated("session credential belongs to another connection")
         return session.client_node_id
 
     def end_sessions_of(self, connection: str) -> None:

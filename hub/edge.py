@@ -8,8 +8,9 @@ no thread per client). Each rpc handler runs on that loop and does only three th
 1. authenticate: the challenge/answer rpcs are answered right there by
    ``hub.auth.Authenticator`` (no business logic involved); every other Hub rpc needs
    a session credential bound to its connection, every Admin rpc the admin
-   credential. A refusal aborts the call with UNAUTHENTICATED or PERMISSION_DENIED
-   before anything crosses into trio, so it changes nothing;
+   credential. A refusal aborts the call with UNAUTHENTICATED (RESOURCE_EXHAUSTED
+   when the challenge table is full) before anything crosses into trio, so it
+   changes nothing;
 2. cross into trio: unary rpcs await the matching ``HubService`` / ``AdminService``
    method, run as a trio task (``GrpcBridge.run_in_trio``), with the caller's node id
    as first argument; the method's ``RpcStatusError`` (``InvalidArgument``,

@@ -258,19 +258,27 @@ async def test_another_clients_credential_is_refused(tmp_path: Path) -> None:
     async with running_hub(tmp_path) as hub:
         alice = await hub.connect()
         bob = await hub.connect()
-        async with alice, bob:
+        async with alice, bob, RawConnection(hub) as thief:
             await alice.get_info()
             calls_before = list(hub.service.calls)
-            bob_own = bob._metadata
-            bob._metadata = alice._metadata  # Bob presents Alice's credential
-            await expect_status(PERMISSION_DENIED, bob.get_info())
-            with pytest.raises(RpcStatusError) as info:
-                await bob.open_peer_link()
-            assert info.value.code == PERMISSION_DENIED
-            await expect_status(PERMISSION_DENIED, bob.subscribe_events())
+            stolen = alice._metadata  # Alice's credential, presented on other connections
+            await expect_status(UNAUTHENTICATED,
+                                thief.hub_call("GetInfo", client_pb2.GetInfoRequest(), stolen))
+
+            async def open_link(channel: Any) -> Any:
+                call = client_pb2_grpc.HubStub(channel).PeerLink(None, metadata=stolen)
+                await call.write(fee_frame(1))
+                return await call.read()
+
+            await expect_status(UNAUTHENTICATED, thief.run(open_link))
             assert hub.service.calls == calls_before and hub.service.links_opened == 0
+            # Bob's transport holding Alice's credential is refused too; it then
+            # authenticates as itself (its own key) and the retry runs as Bob, never
+            # as Alice.
+            bob._metadata = stolen
+            await bob.get_info()
+            assert hub.service.calls[len(calls_before):] == [("get_info", bob.node_id)]
             # The service refuses requests naming another client's data.
-            bob._metadata = bob_own
             await expect_status(PERMISSION_DENIED, bob.list_payments(
                 client_pb2.ListPaymentsRequest(cursor=alice.node_id.hex())))
             await bob.list_payments(client_pb2.ListPaymentsRequest(cursor=bob.node_id.hex()))
