@@ -341,3 +341,16 @@ def test_our_open_keeps_the_first_fee(push_delta: int, ok: bool) -> None:
     else:
         with pytest.raises(LocalProtocolError, match="first commitment"):
             pair.a.channel.open(funding_sat=1_000_000, push_msat=push, feerate_per_kw=1000)
+
+
+def test_funder_headroom_when_the_peer_has_no_slot_left() -> None:
+    """a accepts 2 HTLCs from b and b has offered 2: no slot left, so a's headroom is
+    this HTLC and the 2 in flight (fee with 3 HTLCs), nothing more."""
+    cfg_a = LocalConfig(channel_reserve_sat=10_000, max_accepted_htlcs=2)
+    pair = ChannelPair(config_a=cfg_a, config_b=CFG_B)
+    for n in range(2):
+        pair.add("b", 2_000_000, n)
+    pair.settle()
+    limit = 600_000_000 - 20_000_000 - fee_1000(3)
+    assert own_add_problem(pair, "a", limit) is None
+    assert own_add_problem(pair, "a", limit + 1) is not None
