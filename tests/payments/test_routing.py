@@ -8,12 +8,14 @@ import hashlib
 
 import pytest
 from coincurve import PrivateKey
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given
 from hypothesis import strategies as st
 
 from channel.keys import pubkey_from_secret
-from channel.signing import parse_pubkey
+from channel.signing import parse_pubkey, verify
 from protocol import routing
 from protocol.config import MAX_FAIL_REASON_BYTES, MAX_ONION_ROUTING_PACKET_BYTES
 from protocol.routing import (
@@ -59,6 +61,23 @@ def test_invoice_payment_round_trip() -> None:
     assert opened.forward == forward
     assert opened.payload == PayeePayload(123_456, payment_secret=PAYMENT_SECRET)
     assert not opened.payload.spontaneous
+
+
+def test_the_packet_is_what_the_doc_says() -> None:
+    """docs/payment-format.md section 1, re-implemented from the text alone."""
+    refund_of = hashlib.sha256(b"refunded").digest()
+    packet = spontaneous_packet(amount_msat=0x0A0B0C, cltv=0x0D0E, refund_of=refund_of)
+    ephemeral_pubkey = pubkey_from_secret(EPHEMERAL)
+    header = (b"\x01" + PAYEE_ID + (0x0A0B0C).to_bytes(8, "big") + (0x0D0E).to_bytes(4, "big")
+              + ephemeral_pubkey)
+    shared = PrivateKey(EPHEMERAL).ecdh(PAYEE_ID)
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"chanhub/onion/v1",
+               info=ephemeral_pubkey + PAYEE_ID + PAYMENT_HASH).derive(shared)
+    plaintext = (b"\x03" + (0x0A0B0C).to_bytes(8, "big") + bytes(32) + PREIMAGE + refund_of)
+    sealed = ChaCha20Poly1305(key).encrypt(bytes(12), plaintext,
+                                           b"chanhub/payee-payload/v1" + PAYMENT_HASH + header)
+    assert packet == header + sealed
+    assert len(header) == 79 and len(sealed) == 105 + 16
 
 
 def test_spontaneous_refund_round_trip() -> None:
@@ -272,6 +291,32 @@ def test_every_failure_reads_as_one_line() -> None:
         assert text.startswith("hub: ") and "\n" not in text and "None" not in text
     fee = routing.FailureReport(FailureOrigin.HUB, FAILURES[5]).describe()
     assert fee == f"hub: fee too low: the hub charges {2**32 - 1} msat + 0 ppm"
+
+
+def test_codes_are_bolt4s_numbers() -> None:
+    # The wire values are a format (docs/payment-format.md): BOLT #4's where it has one.
+    assert {c.name: int(c) for c in FailureCode} == {
+        "INVALID_ONION_PAYLOAD": 0x4016, "UNKNOWN_PAYEE": 0x400A, "PAYEE_OFFLINE": 0x1014,
+        "INSUFFICIENT_CAPACITY": 0x1007, "AMOUNT_BELOW_MINIMUM": 0x100B,
+        "FEE_INSUFFICIENT": 0x100C, "INCORRECT_CLTV_EXPIRY": 0x100D,
+        "EXPIRY_TOO_SOON": 0x100E, "EXPIRY_TOO_FAR": 0x0015,
+        "INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS": 0x400F,
+        "FINAL_INCORRECT_CLTV_EXPIRY": 0x0012, "FINAL_INCORRECT_HTLC_AMOUNT": 0x0013,
+        "INVOICE_EXPIRED": 0x4081, "ALREADY_PAID": 0x4082, "TEMPORARY_FAILURE": 0x2002,
+        "PERMANENT_FAILURE": 0x6002}
+
+
+def test_a_failure_byte_for_byte() -> None:
+    reason = encode_failure(Failure(FailureCode.FEE_INSUFFICIENT, htlc_msat=0x0102,
+                                    fee_base_msat=3, fee_ppm=4),
+                            origin=FailureOrigin.HUB, payment_hash=PAYMENT_HASH,
+                            onion_routing_packet=b"", node_secret=HUB_SECRET)
+    assert reason[:22].hex() == ("01" "01" "100c" "0010" "0000000000000102" "00000003"
+                                 "00000004")
+    assert len(reason) == 22 + 64
+    digest = hashlib.sha256(b"chanhub/failure/v1" + HUB_ID + PAYMENT_HASH
+                            + hashlib.sha256(b"").digest() + reason[:22]).digest()
+    assert verify(HUB_ID, digest, reason[22:])
 
 
 def test_permanent_flag() -> None:
