@@ -306,6 +306,26 @@ def test_codes_are_bolt4s_numbers() -> None:
         "PERMANENT_FAILURE": 0x6002}
 
 
+def test_each_codes_data_is_as_documented() -> None:
+    # docs/payment-format.md section 5: the fields of each code, in order, big-endian.
+    widths = {FailureCode.AMOUNT_BELOW_MINIMUM: (8, 8), FailureCode.FEE_INSUFFICIENT: (8, 4, 4),
+              FailureCode.INCORRECT_CLTV_EXPIRY: (4, 2), FailureCode.EXPIRY_TOO_SOON: (4,),
+              FailureCode.EXPIRY_TOO_FAR: (4,),
+              FailureCode.INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS: (8, 4),
+              FailureCode.FINAL_INCORRECT_CLTV_EXPIRY: (4,),
+              FailureCode.FINAL_INCORRECT_HTLC_AMOUNT: (8,)}
+    for failure in FAILURES:
+        reason = encode_failure(failure, origin=FailureOrigin.HUB, payment_hash=PAYMENT_HASH,
+                                onion_routing_packet=b"", node_secret=HUB_SECRET)
+        fields = [v for v in (failure.htlc_msat, failure.htlc_minimum_msat,
+                              failure.fee_base_msat, failure.fee_ppm, failure.cltv_expiry,
+                              failure.cltv_expiry_delta_blocks, failure.height) if v is not None]
+        data = b"".join(v.to_bytes(w, "big")
+                        for v, w in zip(fields, widths.get(failure.code, ()), strict=True))
+        assert reason[:-64] == (b"\x01\x01" + int(failure.code).to_bytes(2, "big")
+                                + len(data).to_bytes(2, "big") + data), failure.code
+
+
 def test_a_failure_byte_for_byte() -> None:
     reason = encode_failure(Failure(FailureCode.FEE_INSUFFICIENT, htlc_msat=0x0102,
                                     fee_base_msat=3, fee_ppm=4),
