@@ -214,8 +214,9 @@ def test_dust_exposure_at_the_cap(pair: ChannelPair) -> None:
 
 def test_our_fee_update_keeps_headroom() -> None:
     """a keeps b's 20,000 sat demand plus the fee bound with every HTLC b may add (30):
-    580,000,000 msat must cover f * 5,884: 98,572 sat/kw is the most."""
-    pair = ChannelPair(config_a=CFG_A, config_b=CFG_B)
+    at 98,572 sat/kw that bound is 98,572 * 5,884 / 1000 = 579,997 sat, so a holding
+    599,997,000 msat is exactly at the limit, and 98,573 sat/kw (580,003 sat) is over."""
+    pair = ChannelPair(config_a=CFG_A, config_b=CFG_B, push_msat=1_000_000_000 - 599_997_000)
     ch = pair.a.channel
     assert rules.fee_problem(ch.d, ch.static, LOCAL, 98_572) is None
     p = rules.fee_problem(ch.d, ch.static, LOCAL, 98_573)
@@ -354,3 +355,20 @@ def test_funder_headroom_when_the_peer_has_no_slot_left() -> None:
     limit = 600_000_000 - 20_000_000 - fee_1000(3)
     assert own_add_problem(pair, "a", limit) is None
     assert own_add_problem(pair, "a", limit + 1) is not None
+
+
+@pytest.mark.parametrize("their_dust,ok", [(10_000, True), (10_001, False)])
+def test_our_reserve_covers_their_dust_limit(their_dust: int, ok: bool) -> None:
+    """BOLT #2: our channel_reserve_satoshis (10,000) must not be below their
+    dust_limit_satoshis, or their output at our reserve would be trimmed."""
+    from protocol.state import RemoteParams
+
+    pair = ChannelPair(config_a=CFG_A, config_b=CFG_B)
+    remote = pair.b.channel.d.remote
+    assert isinstance(remote, RemoteParams)
+    theirs = RemoteParams(their_dust, remote.max_htlc_value_in_flight_msat, 20_000,
+                          remote.htlc_minimum_msat, remote.to_self_delay,
+                          remote.max_accepted_htlcs, 3, remote.basepoints)
+    p = rules.params_problem(CFG_A, 1_000_000, theirs, 1000, 600_000_000)
+    assert (p is None) is ok
+    assert ok or "our channel_reserve_satoshis" in p.message  # type: ignore[union-attr]
