@@ -56,6 +56,11 @@ async def test_rebroadcasts_a_tx_a_reorg_evicted_until_deep_enough(
     assert broadcaster.pending() == []  # 3 deep: forgotten
     # Broadcasting a confirmed tx again is success too (-27).
     assert await broadcaster.broadcast(tx) == txid
+    # A chain that only gets shorter: the broadcaster's height follows it down
+    # (it is saved with the follower's tip and must agree with it).
+    await rpc.invalidateblock(await rpc.getbestblockhash())
+    await follower.sync_once()
+    assert broadcaster.tip_height == follower.tip.height == start.height + 4
 
 
 async def test_missing_inputs_stay_pending_and_refusals_are_typed(rpc: BitcoinRpc) -> None:
@@ -93,7 +98,9 @@ async def test_pending_set_round_trips_through_json(rpc: BitcoinRpc) -> None:
         RpcBroadcaster.from_json(rpc, data)
 
 
-async def test_driver_adapter_never_drops_a_must_confirm_tx(rpc: BitcoinRpc) -> None:
+async def test_driver_adapter_never_drops_a_must_confirm_tx(
+    rpc: BitcoinRpc, caplog: pytest.LogCaptureFixture
+) -> None:
     broadcaster = RpcBroadcaster(rpc, tip_height=await rpc.getblockcount())
     for_driver = broadcaster.for_driver()
     # protocol.driver's interface, checked statically by mypy here.
@@ -107,6 +114,7 @@ async def test_driver_adapter_never_drops_a_must_confirm_tx(rpc: BitcoinRpc) -> 
     (entry,) = broadcaster.pending()
     assert entry.txid == conflicting.txid_hex() and entry.label == "force close"
     assert entry.last_error is not None and "-26" in entry.last_error
+    assert "force close" in caplog.text and "retrying every block" in caplog.text
     await typed.broadcast(tx.serialize(), tx.txid(), "cooperative close")
     assert {p.txid for p in broadcaster.pending()} == {tx.txid_hex(), conflicting.txid_hex()}
     with pytest.raises(ValueError):
