@@ -457,6 +457,15 @@ def write_report(file: Path, args: argparse.Namespace, files: list[str],
 # --------------------------------------------------------------------------- main
 
 
+def _key_of(line: str) -> str:
+    """A mutant key from a line of `SURVIVED key` output, a report's "- `key`" line,
+    or a bare key."""
+    line = line.strip().removeprefix("SURVIVED ").strip()
+    if line.startswith("- `") and line.endswith("`"):
+        line = line[3:-1]
+    return line
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -498,8 +507,7 @@ def main(argv: list[str] | None = None) -> int:
                    and any(k.startswith(f + ":") for f in files))
     chosen = [m for m in everything if args.match in m.key]
     if args.keys:
-        wanted = {line.strip().removeprefix("SURVIVED ").strip("`- ")
-                  for line in args.keys.read_text().splitlines() if line.strip()}
+        wanted = {_key_of(line) for line in args.keys.read_text().splitlines() if line.strip()}
         chosen = [m for m in chosen if m.key in wanted]
     if args.sample and args.sample < len(chosen):
         chosen = sorted(random.Random(args.seed).sample(chosen, args.sample),
