@@ -372,3 +372,23 @@ def test_our_reserve_covers_their_dust_limit(their_dust: int, ok: bool) -> None:
     p = rules.params_problem(CFG_A, 1_000_000, theirs, 1000, 600_000_000)
     assert (p is None) is ok
     assert ok or "our channel_reserve_satoshis" in p.message  # type: ignore[union-attr]
+
+
+def test_snapshot_round_trip_with_every_kind_of_pending_update() -> None:
+    """A snapshot taken with HTLCs both ways, a removal and a fee update in flight
+    restores to the same state (the store keeps only this)."""
+    from protocol.channel import Channel
+    from protocol.state import from_snapshot, to_snapshot
+
+    pair = ChannelPair()
+    pair.add("a", 5_000_000, 1)
+    pair.add("b", 3_000_000, 2)
+    pair.settle()
+    pair.do("b", lambda c: c.fulfill_htlc(0, preimage_of(1)))
+    pair.do("a", lambda c: c.update_fee(1500))
+    pair.do("a", lambda c: c.commit())
+    for p in (pair.a, pair.b):
+        snap = p.channel.snapshot()
+        assert to_snapshot(from_snapshot(snap)) == snap
+        assert Channel.restore(snap).d.book.fee_updates or p is pair.b
+    assert pair.a.channel.d.book.fee_updates[0].feerate_per_kw == 1500
