@@ -281,6 +281,41 @@ def test_create_refusals(kwargs: dict[str, object]) -> None:
         _ours(**kwargs)
 
 
+def test_create_bounds_are_inclusive() -> None:
+    # The largest values each field holds are accepted; one more is refused.
+    assert decode_invoice(_ours(description="é" * 319 + "x"), now=NOW)  # 639 bytes
+    with pytest.raises(InvoiceError):
+        _ours(description="é" * 320)  # 640 bytes
+    assert parse_invoice(_ours(expiry_seconds=2**32 - 1))
+    with pytest.raises(InvoiceError):
+        _ours(expiry_seconds=2**32)
+    assert parse_invoice(_ours(now=2**35 - 1)).created_at == 2**35 - 1
+    with pytest.raises(InvoiceError):
+        _ours(now=2**35)
+    assert parse_invoice(_ours(min_final_cltv_expiry_blocks=2016))
+
+
+def test_length_bound() -> None:
+    with pytest.raises(InvoiceError, match="sane length"):
+        parse_invoice("lnbcrt1" + "q" * 4090)  # 4,097 characters
+    with pytest.raises(InvoiceError) as refused:
+        parse_invoice("lnbcrt1" + "q" * 4089)  # 4,096: read, then refused for its content
+    assert "sane length" not in str(refused.value)
+    with pytest.raises(InvoiceError, match="sane length"):
+        parse_invoice("")
+
+
+def test_an_unpayable_final_cltv_is_refused_by_the_payer() -> None:
+    tags = Tags([Tag(TagChar.payment_hash, PAYMENT_HASH.hex()),
+                 Tag(TagChar.payment_secret, PAYMENT_SECRET.hex()),
+                 Tag(TagChar.description, "x"), Tag(TagChar.min_final_cltv_expiry, 2017)])
+    text = bolt11.encode(bolt11.Bolt11(currency="bcrt", date=NOW, tags=tags),
+                         private_key=PAYEE_SECRET.hex())
+    assert parse_invoice(text).min_final_cltv_expiry_blocks == 2017
+    with pytest.raises(InvoiceError, match="final CLTV"):
+        decode_invoice(text, now=NOW)
+
+
 @given(amount=st.one_of(st.none(), st.integers(1, 2**40)),
        description=st.text(max_size=100).filter(lambda d: len(d.encode()) <= 639),
        expiry=st.integers(1, 2**32 - 1), cltv=st.integers(1, 2016),

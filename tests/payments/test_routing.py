@@ -346,6 +346,23 @@ def test_permanent_flag() -> None:
     assert not FailureCode.FEE_INSUFFICIENT.permanent
 
 
+def test_negative_fields_and_bad_keys_are_refused() -> None:
+    with pytest.raises(RoutingFormatError):
+        Failure(FailureCode.EXPIRY_TOO_SOON, height=-1)
+    with pytest.raises(RoutingFormatError, match="secret"):
+        encode_failure(Failure(FailureCode.PAYEE_OFFLINE), origin=FailureOrigin.HUB,
+                       payment_hash=PAYMENT_HASH, onion_routing_packet=b"",
+                       node_secret=bytes(32))
+    with pytest.raises(RoutingFormatError, match="32 bytes"):
+        encode_failure(Failure(FailureCode.PAYEE_OFFLINE), origin=FailureOrigin.HUB,
+                       payment_hash=bytes(31), onion_routing_packet=b"",
+                       node_secret=HUB_SECRET)
+    with pytest.raises(RoutingFormatError, match="secret"):
+        open_payee_payload(invoice_packet(), payment_hash=PAYMENT_HASH, node_secret=bytes(32))
+    with pytest.raises(RoutingFormatError, match="32 bytes"):
+        open_payee_payload(invoice_packet(), payment_hash=bytes(31), node_secret=PAYEE_SECRET)
+
+
 def test_failure_fields_must_match_the_code() -> None:
     with pytest.raises(RoutingFormatError):
         Failure(FailureCode.FEE_INSUFFICIENT, htlc_msat=1)  # missing fields
