@@ -32,6 +32,10 @@ this does not give: the hub can still fail any HTLC with a reason of its own cho
 failures are not confidential (the hub reads the payee's). It cannot forge or alter
 a payee failure.
 
+The payer's amounts and expiries (``route_terms``) and the fee formula
+(``forwarding_fee_msat``) live here too: the payer's SDK computes exactly what the hub's
+policy (hub/policy.py) checks, and client/ never imports hub/.
+
 Decoders (``decode_forward``, ``open_payee_payload``, ``decode_failure``) refuse every
 malformed, non-canonical or unauthenticated input with ``RoutingFormatError`` and
 nothing else. Pure: randomness (the ephemeral secret) comes in as an argument.
