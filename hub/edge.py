@@ -105,7 +105,8 @@ class HubService(Protocol):
                                request: client_pb2.SubscribeEventsRequest,
                                events: EventSender) -> None:
         """Send the stored events after ``request.after_sequence``, then live ones,
-        until ``events.send`` raises ``LinkClosed`` (then return)."""
+        until ``events.send`` raises ``LinkClosed`` (then return). Cancelled when the
+        subscriber goes away, so it holds no state that a cancellation would break."""
 
     async def on_peer_link(self, client_node_id: bytes, link: FrameLink) -> None:
         """Own the client's peer link until it ends (``LinkClosed``) or is replaced;
@@ -357,7 +358,16 @@ class GrpcEdge:
             return
         self._streams.add(stream)
         try:
-            await self.hub_service.subscribe_events(client_node_id, request, stream)
+            async with trio.open_nursery() as nursery:
+                async def cancel_when_gone() -> None:
+                    # A subscriber that leaves while the service waits for the next
+                    # event would otherwise keep its task until that event.
+                    await stream.wait_closed()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(cancel_when_gone)
+                await self.hub_service.subscribe_events(client_node_id, request, stream)
+                nursery.cancel_scope.cancel()
         finally:
             self._streams.discard(stream)
             stream.close_nowait()

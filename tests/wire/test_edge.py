@@ -569,3 +569,20 @@ async def test_admin_transport(tmp_path: Path) -> None:
             await expect_status(UNAUTHENTICATED,
                                 impostor.call("ListClients", admin_pb2.ListClientsRequest()))
         assert hub.admin.calls == ["get_info", "set_fee_policy"]
+
+
+async def test_a_subscription_ends_when_its_subscriber_leaves(tmp_path: Path) -> None:
+    async with running_hub(tmp_path) as hub, await hub.connect() as transport:
+        ended = trio.Event()
+        original = hub.service.subscribe_events
+
+        async def tracked(*args: Any) -> None:
+            try:
+                await original(*args)  # waits for events forever
+            finally:
+                ended.set()
+
+        hub.service.subscribe_events = tracked  # type: ignore[method-assign,assignment]
+        events = await transport.subscribe_events()
+        await events.aclose()
+        await ended.wait()
