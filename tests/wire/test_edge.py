@@ -294,7 +294,9 @@ async def test_admin_credential(tmp_path: Path) -> None:
         info = await raw.admin_call("GetInfo", admin_pb2.GetInfoRequest(), good)
         assert info.client_count == 7
         session = await raw.login(new_node_secret())
-        for metadata in [(), ((ADMIN_METADATA_KEY, hub.admin_secret[:-1] + "0"),),
+        last = hub.admin_secret[-1]
+        wrong = hub.admin_secret[:-1] + ("1" if last == "0" else "0")  # one digit off
+        for metadata in [(), ((ADMIN_METADATA_KEY, wrong),),
                          ((ADMIN_METADATA_KEY, ""),), session]:
             await expect_status(UNAUTHENTICATED, raw.admin_call(
                 "SetFeePolicy", admin_pb2.SetFeePolicyRequest(), metadata))
