@@ -10,7 +10,7 @@ import importlib
 import platform
 import sys
 
-BENCHMARKS = ("bench.node_bench", "bench.channel_bench", "bench.protocol_bench")
+BENCHMARKS = ("bench.node_bench", "bench.channel_bench", "bench.protocol_bench", "bench.edge_bench")
 
 
 def main() -> None:
