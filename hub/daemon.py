@@ -9,7 +9,8 @@ application is started in order with ``nursery.start(service.run)``, each callin
 ``task_status.started()`` when ready, then the edge last, so no call arrives before
 what serves it is ready.
 
-Shutdown (``request_shutdown``, SIGTERM or SIGINT in ``serve``): the edge first
+Shutdown (``request_shutdown``, SIGTERM or SIGINT in ``serve``; a second signal
+cancels at once): the edge first
 stops accepting calls and connections, closes every peer link (queued frames are
 flushed) and gives in-flight calls ``shutdown_grace_seconds``; then each service
 that can ``drain`` (finish its writes in flight) does, last started first; then the
@@ -99,13 +100,24 @@ class Daemon:
         self.config = config
         self._factory = application_factory
         self._shutdown = trio.Event()
+        self.stopped = trio.Event()  # set when run() has returned
         self.edge: GrpcEdge | None = None
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
 
+    @property
+    def shutdown_requested(self) -> bool:
+        return self._shutdown.is_set()
+
     async def run(self, *, task_status: trio.TaskStatus[DaemonStarted] = trio.TASK_STATUS_IGNORED
                   ) -> None:
+        try:
+            await self._run(task_status)
+        finally:
+            self.stopped.set()
+
+    async def _run(self, task_status: trio.TaskStatus[DaemonStarted]) -> None:
         tls, admin_credential = prepare_files(self.config)
         async with (open_grpc_bridge() as bridge, self._factory(self.config, tls) as app,
                     trio.open_nursery() as root):
@@ -140,9 +152,13 @@ async def serve(config: HubConfig, application_factory: ApplicationFactory,
 
             async def wait_for_signal() -> None:
                 async for signum in signals:
-                    log.info("signal %d: shutting down", signum)
-                    daemon.request_shutdown()
-                    return
+                    if not daemon.shutdown_requested:
+                        log.info("signal %d: shutting down", signum)
+                        daemon.request_shutdown()
+                    else:  # a second signal: stop waiting for the graceful path
+                        log.warning("signal %d again: cancelling", signum)
+                        nursery.cancel_scope.cancel()
 
             nursery.start_soon(wait_for_signal)
-        # daemon.run returned: the edge and the services are closed
+            await daemon.stopped.wait()
+            nursery.cancel_scope.cancel()  # daemon.run returned: stop listening for signals
