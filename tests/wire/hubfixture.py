@@ -9,6 +9,7 @@ hub's end, and serves events from an in-memory per-client log.
 from __future__ import annotations
 
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -233,3 +234,25 @@ async def open_test_application(config: HubConfig, tls: TlsIdentity
     yield HubApplication(hub_node_id, RecordingHubService(hub_node_id),
                          RecordingAdminService(),
                          [RecordingService("store", log), RecordingService("router", log)])
+
+
+@dataclass
+class StuckDrain:
+    """A service whose drain never ends (the second-signal test)."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def drain(self) -> None:
+        print("drain stuck", file=sys.stderr, flush=True)
+        await trio.sleep_forever()
+
+
+@asynccontextmanager
+async def open_stuck_application(config: HubConfig, tls: TlsIdentity
+                                 ) -> AsyncIterator[HubApplication]:
+    hub_node_id = pubkey_from_secret(new_node_secret())
+    yield HubApplication(hub_node_id, RecordingHubService(hub_node_id),
+                         RecordingAdminService(), [StuckDrain()])

@@ -149,3 +149,20 @@ def test_chanhubd_process_stops_on_sigterm_and_keeps_its_identity(tmp_path: Path
     printed = subprocess.run([*command, "--print-fingerprint"], env=env, capture_output=True,
                              text=True, cwd=REPO, check=True)
     assert printed.stdout.strip() == fingerprints[0]
+
+
+def test_a_second_sigterm_cancels_a_stuck_shutdown(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hub", "--application",
+         "tests.wire.hubfixture:open_stuck_application", "--data-dir", str(tmp_path),
+         "--listen", "127.0.0.1:0"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    assert process.stdout is not None and process.stderr is not None
+    assert json.loads(process.stdout.readline())["port"] > 0
+    process.send_signal(signal.SIGTERM)
+    for line in process.stderr:  # wait until the graceful path is stuck in drain
+        if "drain stuck" in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
