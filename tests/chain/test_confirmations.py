@@ -148,3 +148,22 @@ async def test_an_expected_output_that_is_not_there_is_a_mismatch(
     for bad in ("AB" * 32, "ab" * 31, "zz" * 32):
         with pytest.raises(ValueError):
             tracker.watch_tx(bad, 1)
+
+
+async def test_an_expected_output_index_past_the_end_is_a_mismatch(
+    rpc: BitcoinRpc, source: RpcChainSource
+) -> None:
+    start = await checkpoint_at(source, await rpc.getblockcount())
+    tracker = ConfirmationTracker(start.height)
+    follower = ChainFollower(source, start, listeners=[tracker])
+    txid = await rpc.sendtoaddress(await rpc.getnewaddress(), 90_000)
+    tx = Tx.parse(await rpc.getrawtransaction(txid))
+    tracker.watch_tx(txid, 1, expect_output=(len(tx.outputs), tx.outputs[0]))
+    await rpc.generatetoaddress(1, await rpc.getnewaddress())
+    await follower.sync_once()
+    (event,) = tracker.drain_events()
+    assert isinstance(event, TxMismatch) and event.reason == f"no output {len(tx.outputs)}"
+    state = tracker.to_json()
+    state["txs"] = {"AB" * 32: state["txs"][txid]}
+    with pytest.raises(ValueError):
+        ConfirmationTracker.from_json(state)

@@ -186,3 +186,22 @@ async def test_blocks_from_stops_at_the_tip(rpc: BitcoinRpc, source: RpcChainSou
     follower = ChainFollower(source, await checkpoint_at(source, 0), batch_blocks=7)
     result = await follower.sync_once()
     assert result.connected == height and follower.tip == await _tip(source)
+
+
+async def test_listeners_can_be_removed_and_counters_count(
+    rpc: BitcoinRpc, source: RpcChainSource
+) -> None:
+    start = await _tip(source)
+    kept, removed = RecordingListener(), RecordingListener()
+    follower = ChainFollower(source, start, listeners=[kept, removed])
+    follower.remove_listener(removed)
+    hashes = await rpc.generatetoaddress(2, await rpc.getnewaddress())
+    await follower.sync_once()
+    await rpc.invalidateblock(hashes[0])
+    await follower.sync_once()
+    assert len(kept.calls) == 4 and removed.calls == []
+    assert (follower.blocks_connected, follower.blocks_disconnected) == (2, 2)
+    with pytest.raises(ValueError):
+        ChainFollower(source, start, poll_interval_s=0)
+    with pytest.raises(ValueError):
+        ChainFollower(source, start, batch_blocks=0)

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from channel import scripts
-from channel.chain import BitcoinRpc
+from channel.chain import BitcoinRpc, BlockRef
 from channel.chain.broadcaster import RpcBroadcaster
 from channel.chain.fees import RpcFeeEstimator
 from channel.chain.follower import ChainFollower, RpcChainSource, checkpoint_at
@@ -279,3 +279,10 @@ async def test_mempool_payments_show_as_unconfirmed_until_mined(
     await h.mine(1)
     assert h.wallet.balance() == Balance(300_000, 0, 0)  # counted once, now confirmed
     assert await h.wallet.scan_mempool(rpc) == 0
+
+
+def test_configuration_is_checked() -> None:
+    birth = BlockRef(0, "00" * 32)
+    for bad in ({"min_depth": 0}, {"gap_limit": 0}):
+        with pytest.raises(ValueError):
+            OnchainWallet(SEED, birth, **bad)  # type: ignore[arg-type]
