@@ -50,7 +50,7 @@ bench: proto
 	$(PY) -m bench.run_all
 
 # Mutation testing (docs/mutation.md): a seeded sample, so it ends in well under an hour.
-MUTATE_ARGS ?= --sample 450 --seed 1 --jobs 2
+MUTATE_ARGS ?= --sample 300 --seed 1 --jobs 2
 mutate: proto
 	$(PY) .ci/mutate.py --paths channel protocol regtest/node $(MUTATE_ARGS) \
 		--report docs/mutation-report.md
