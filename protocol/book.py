@@ -171,15 +171,12 @@ class Book:
         for f in self.fee_updates:
             yield f.mark
 
-    def commit(self, owner: Side, ctn: int, eligible: Pred) -> int:
+    def commit(self, owner: Side, ctn: int, eligible: Pred) -> None:
         """Put every eligible update not yet in ``owner``'s chain into commitment
-        ``ctn``; returns how many were added."""
-        n = 0
+        ``ctn``."""
         for m in self.marks():
             if m.ctn(owner) is None and eligible(m):
                 m.set_ctn(owner, ctn)
-                n += 1
-        return n
 
     def pending(self, owner: Side, eligible: Pred) -> bool:
         return any(m.ctn(owner) is None and eligible(m) for m in self.marks())

@@ -340,7 +340,8 @@ def test_agreed_close_carries_a_confirmation_deadline_and_can_still_force_close(
         w = next(e for e in p.events if isinstance(e, Watch) and e.kind == "closing")
         closed = next(e for e in p.events if isinstance(e, ChannelClosed))
         assert w.txid == closed.closing_txid
-        assert w.deadline_height == HEIGHT + CLOSING_CONFIRM_DEADLINE_BLOCKS
+        assert w.deadline_height == HEIGHT + CLOSING_CONFIRM_DEADLINE_BLOCKS == HEIGHT + 144
+        assert (w.amount_sat, w.script_pubkey, w.htlc_outputs) == (0, b"", ())
         # What the driver does when the deadline passes unconfirmed: a force close.
         acts = p.channel.fail("closing transaction did not confirm")
         assert any(isinstance(a, Broadcast) and a.reason.startswith("force close")

@@ -285,8 +285,9 @@ class MaliciousPeer(RuleBasedStateMachine):
         """A commitment_signed for a state the peer's own machine refuses to build (a
         fee its funder cannot pay, say): the signature cannot be valid, but everything
         before the signature check runs on it, and must not crash."""
-        if not self.live:
-            return
+        ch = self.h.channel
+        if not self.live or not ch.d.book.pending(Side.LOCAL, ch.local_eligible()):
+            return  # nothing for the honest side to build: refused at once, uninteresting
         sig = hashlib.sha256(b"sig").digest() * 2
         self.m.outbox.append(peer_pb2.PeerMessage(commitment_signed=peer_pb2.CommitmentSigned(
             channel_id=self.m.channel.channel_id, signature=sig,
