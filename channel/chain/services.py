@@ -38,6 +38,9 @@ from channel.chain.wallet import OnchainWallet, WalletError
 
 Persist = Callable[[dict[str, Any]], Awaitable[None]]
 
+#: A fresh wallet is born this many blocks below the node's tip (see `open`).
+BIRTH_SAFETY_BLOCKS = 6
+
 
 class ChainServices:
     """Follower + wallet + tracker + broadcaster + fee estimator for one party."""
@@ -90,7 +93,9 @@ class ChainServices:
         poll_interval_s: float = 1.0,
     ) -> ChainServices:
         """From a saved bundle, or fresh with the wallet born at `birth_height`
-        (default: the node's current height: nothing older is ever ours)."""
+        (default: `BIRTH_SAFETY_BLOCKS` below the node's height: nothing older
+        is ours, and a short reorg of the newest blocks cannot take away the
+        wallet's birth block, which it could not walk back from)."""
         fees = RpcFeeEstimator(rpc, fallback_sat_per_kw=fallback_sat_per_kw)
         if state is not None:
             try:
@@ -109,7 +114,10 @@ class ChainServices:
                 raise WalletError("the saved chain state's tip is not its wallet's tip")
         else:
             source = RpcChainSource(rpc)
-            height = await rpc.getblockcount() if birth_height is None else birth_height
+            if birth_height is None:
+                height = max(0, await rpc.getblockcount() - BIRTH_SAFETY_BLOCKS)
+            else:
+                height = birth_height
             birth = await checkpoint_at(source, height)
             broadcaster = RpcBroadcaster(rpc, tip_height=birth.height, confirm_depth=confirm_depth)
             wallet = OnchainWallet(

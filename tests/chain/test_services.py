@@ -11,7 +11,7 @@ import trio
 
 from channel import scripts
 from channel.chain import BitcoinRpc, TxConfirmed, WalletError
-from channel.chain.services import ChainServices
+from channel.chain.services import BIRTH_SAFETY_BLOCKS, ChainServices
 from channel.funding import funding_output_index
 from channel.keys import pubkey_from_secret
 from channel.tx import TxOut
@@ -28,6 +28,7 @@ async def test_fund_open_confirm_persist_restart(
         saved.append(bundle)
 
     chain = await ChainServices.open(rpc, SEED, persist=persist, poll_interval_s=2.0)
+    assert chain.wallet.birth.height == await rpc.getblockcount() - BIRTH_SAFETY_BLOCKS
     async with trio.open_nursery() as nursery:
         tip = await nursery.start(chain.run)
         await rpc.sendtoaddress(chain.wallet.new_address(), 3_000_000)

@@ -286,3 +286,13 @@ def test_configuration_is_checked() -> None:
     for bad in ({"min_depth": 0}, {"gap_limit": 0}):
         with pytest.raises(ValueError):
             OnchainWallet(SEED, birth, **bad)  # type: ignore[arg-type]
+
+
+async def test_a_reorg_below_the_wallets_birth_asks_for_a_rescan(
+    rpc: BitcoinRpc, source: RpcChainSource
+) -> None:
+    h = await _harness(rpc, source)  # born at the tip itself
+    await rpc.invalidateblock(h.wallet.birth.hash)
+    await rpc.generatetoaddress(2, await rpc.getnewaddress())
+    with pytest.raises(WalletError, match="rescan"):
+        await h.follower.sync_once()
