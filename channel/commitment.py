@@ -245,8 +245,6 @@ def build_commitment(
     unless ``allow_fee_shortfall`` (BOLT #3 then zeroes the funder's output; only
     the spec's test vector needs that).
     """
-    if not 0 <= commitment_number < 1 << 48:
-        raise TransactionError("commitment_number out of range")
     if local_balance_msat < 0 or remote_balance_msat < 0:
         raise TransactionError("negative balance")
     other = owner.other()

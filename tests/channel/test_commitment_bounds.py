@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from channel import scripts
 from channel.commitment import (
     MAX_COMMITMENT_NUMBER,
     CommitmentHtlc,
@@ -16,6 +17,7 @@ from channel.commitment import (
     obscured_commitment_number,
 )
 from channel.errors import TransactionError
+from channel.keys import ChannelSecrets
 from tests.channel.test_channel_units import LOCAL, STATIC
 
 
@@ -31,6 +33,26 @@ def test_commitment_number_is_48_bits_and_round_trips() -> None:
     for wrong in (-1, MAX_COMMITMENT_NUMBER + 1):
         with pytest.raises(TransactionError, match="48 bits"):
             obscured_commitment_number(STATIC, wrong)
+        with pytest.raises(TransactionError, match="48 bits"):
+            build_commitment(STATIC, Side.LOCAL, wrong, LOCAL.per_commitment_point(0),
+                             600_000_000, 400_000_000, [], 253)
+
+
+def test_output_indexes_point_at_their_outputs() -> None:
+    htlcs = [CommitmentHtlc(Side.LOCAL, 0, 5_000_000, b"\x01" * 32, 500),
+             CommitmentHtlc(Side.REMOTE, 0, 7_000_000, b"\x02" * 32, 501)]
+    for owner in (Side.LOCAL, Side.REMOTE):
+        c = build_commitment(STATIC, owner, 7, LOCAL.per_commitment_point(7), 600_000_000,
+                             388_000_000, htlcs, 253)
+        assert c.to_local_index is not None and c.to_remote_index is not None
+        outputs = c.tx.outputs
+        assert outputs[c.to_local_index].script_pubkey == scripts.p2wsh(c.to_local_witness_script)
+        assert outputs[c.to_remote_index].script_pubkey == scripts.p2wpkh(
+            c.keys.remote_payment_pubkey)
+        assert len({c.to_local_index, c.to_remote_index, *(i for i, _ in c.htlc_outputs)}) == 4
+        for (index, h), wscript in zip(c.htlc_outputs, c.htlc_witness_scripts, strict=True):
+            assert outputs[index].script_pubkey == scripts.p2wsh(wscript)
+            assert outputs[index].amount_sat == h.amount_msat // 1000
 
 
 def test_value_types_are_immutable() -> None:
@@ -39,3 +61,16 @@ def test_value_types_are_immutable() -> None:
         htlc.amount_msat = 2  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         STATIC.local.dust_limit_sat = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        STATIC.funding_sat = 1  # type: ignore[misc]
+    c = build_commitment(STATIC, Side.LOCAL, 1, LOCAL.per_commitment_point(1), 600_000_000,
+                         400_000_000, [], 253)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.fee_sat = 0  # type: ignore[misc]
+
+
+def test_channel_seed_is_at_least_32_bytes() -> None:
+    assert ChannelSecrets.from_seed(b"\x01" * 32).basepoints() == LOCAL.basepoints()
+    assert ChannelSecrets.from_seed(b"\x01" * 33).basepoints() != LOCAL.basepoints()
+    with pytest.raises(ValueError, match="at least 32"):
+        ChannelSecrets.from_seed(b"\x01" * 31)
