@@ -143,3 +143,22 @@ def test_htlc_fast_sighash_matches_generic(
         index, wscript, amount_sat, offered, cltv_expiry
     )
     assert fast == bip143_sighash(tx, 0, wscript, amount_sat)
+
+
+def test_sighash_single_without_a_matching_output_matches_btclib() -> None:
+    """BIP143: SIGHASH_SINGLE for an input whose index has no output signs a zero
+    hashOutputs; the index right past the last output is the boundary."""
+    wscript = scripts.to_local_script(b"\x02" + b"\x05" * 32, 144, b"\x03" + b"\x06" * 32)
+    tx = Tx(
+        2,
+        [TxIn(OutPoint(bytes([i]) * 32, i), 0xFFFFFFFD, b"", [b"\x30" * 72, wscript])
+         for i in range(3)],
+        [TxOut(50_000, scripts.p2wsh(wscript))],
+        0,
+    )
+    btx = BtclibTx.parse(tx.serialize())
+    prevouts = [BtclibTxOut(70_000, scripts.p2wsh(wscript)) for _ in range(3)]
+    for hash_type in (0x03, 0x83):
+        for index in (0, 1, 2):
+            ours = bip143_sighash(tx, index, wscript, 70_000, hash_type)
+            assert ours == sig_hash.from_tx(prevouts, btx, index, hash_type), (hash_type, index)
