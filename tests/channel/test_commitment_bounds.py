@@ -18,6 +18,7 @@ from channel.commitment import (
 )
 from channel.errors import TransactionError
 from channel.keys import ChannelSecrets
+from channel.signing import is_compressed_pubkey_encoding
 from tests.channel.test_channel_units import LOCAL, STATIC
 
 
@@ -74,3 +75,11 @@ def test_channel_seed_is_at_least_32_bytes() -> None:
     assert ChannelSecrets.from_seed(b"\x01" * 33).basepoints() != LOCAL.basepoints()
     with pytest.raises(ValueError, match="at least 32"):
         ChannelSecrets.from_seed(b"\x01" * 31)
+
+
+def test_compressed_pubkey_encoding_is_33_bytes_with_02_or_03() -> None:
+    point = LOCAL.basepoints().funding_pubkey
+    assert is_compressed_pubkey_encoding(point)
+    assert is_compressed_pubkey_encoding(b"\x03" + point[1:])
+    for wrong in (b"\x04" + point[1:], point + b"\x00", point[:32], b"\x02" * 65, b"\x04" * 65):
+        assert not is_compressed_pubkey_encoding(wrong), wrong.hex()
