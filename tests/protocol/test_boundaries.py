@@ -392,3 +392,56 @@ def test_snapshot_round_trip_with_every_kind_of_pending_update() -> None:
         assert to_snapshot(from_snapshot(snap)) == snap
         assert Channel.restore(snap).d.book.fee_updates or p is pair.b
     assert pair.a.channel.d.book.fee_updates[0].feerate_per_kw == 1500
+
+
+# -- opening ----------------------------------------------------------------------------------
+
+
+def funding_pair() -> ChannelPair:
+    pair = ChannelPair(open_channel=False)
+    pair.do("a", lambda c: c.open(funding_sat=1_000_000, push_msat=0, feerate_per_kw=1000))
+    pair.deliver_one(pair.a)
+    pair.deliver_one(pair.b)
+    return pair
+
+
+@pytest.mark.parametrize("index,ok", [(0xFFFF, True), (0x10000, False)])
+def test_funding_output_index_is_16_bits(index: int, ok: bool) -> None:
+    """channel_id XORs the index into two bytes: 65,535 is the last usable one."""
+    pair = funding_pair()
+    if ok:
+        pair.do("a", lambda c: c.funding_outpoint(b"\x05" * 32, index))
+        pair.deliver_one(pair.a)  # b accepts funding_created
+        assert pair.b.channel.d.funding_output_index == index
+    else:
+        with pytest.raises(LocalProtocolError, match="bad funding outpoint"):
+            pair.a.channel.funding_outpoint(b"\x05" * 32, index)
+
+
+def test_funding_created_for_another_temporary_channel_id_refused() -> None:
+    import copy
+
+    from protocol.errors import Disposition, RemoteProtocolError
+
+    pair = funding_pair()
+    pair.do("a", lambda c: c.funding_outpoint(b"\x05" * 32, 0))
+    msg = pair.a.outbox.popleft()
+    msg.funding_created.temporary_channel_id = b"\x08" * 32
+    before = copy.deepcopy(pair.b.channel.snapshot())
+    with pytest.raises(RemoteProtocolError, match="temporary_channel_id") as exc:
+        pair.b.channel.handle(msg, height=HEIGHT)
+    assert exc.value.disposition is Disposition.WARN
+    assert pair.b.channel.snapshot() == before
+
+
+def test_default_policy() -> None:
+    """The defaults we announce and accept by (each documented in protocol.config)."""
+    cfg = LocalConfig()
+    assert (cfg.dust_limit_sat, cfg.channel_reserve_sat, cfg.htlc_minimum_msat,
+            cfg.to_self_delay, cfg.max_accepted_htlcs, cfg.minimum_depth) == (
+        546, 10_000, 1, 144, 30, 3)
+    assert (cfg.max_to_self_delay, cfg.min_funding_sat, cfg.max_dust_htlc_exposure_msat,
+            cfg.min_feerate_per_kw, cfg.max_feerate_per_kw) == (
+        2016, 20_000, 5_000_000, 253, 100_000)
+    assert cfg.max_htlc_value_in_flight_msat == 2**63 - 1
+    assert cfg.closing_feerate_per_kw is None and cfg.option_shutdown_anysegwit is False
