@@ -144,3 +144,17 @@ def test_coin_selection_pays_exactly_and_never_underpays_the_fee(
         assert pubkey == coin.pubkey
         digest = bip143_sighash(tx, i, p2wpkh_script_code(pubkey), coin.amount_sat)
         assert verify(pubkey, digest, compact_signature(signature[:-1]))
+
+
+def test_long_scripts_and_witnesses_use_multibyte_lengths() -> None:
+    # Lengths of 253 and more are CompactSize 0xfd + 2 bytes: what a real
+    # commitment's witness script or a large output script needs.
+    tx = Tx(
+        2,
+        [TxIn(OutPoint(b"\x01" * 32, 0), 0, b"\x51" * 300, [b"\x02" * 70_000, b"\x03" * 300])],
+        [TxOut(1, b"\x6a" * 253), TxOut(2, b"\x00\x14" + bytes(20))],
+        0,
+    )
+    raw = _block_bytes([tx] * 253)  # 253 transactions: a 0xfd count too
+    block = Block.parse(raw)
+    assert len(block.txs) == 253 and block.txs[0].serialize() == tx.serialize()
