@@ -35,6 +35,8 @@ def test_shortest_and_longest_strict_der() -> None:
         bytes.fromhex("3006020101030101"),  # s not an INTEGER
         bytes.fromhex("3006020181020101"),  # r negative
         bytes.fromhex("300702020001020101"),  # r not minimal
+        b"\x30\x27\x02\x22\x00\x80" + b"\x11" * 32 + b"\x02\x01\x01",  # r of 34 bytes
+        b"\x30\x26\x02\x21\x01" + b"\x11" * 32 + b"\x02\x01\x01",  # 33 bytes, no zero pad
     ],
 )
 def test_not_strict_der_is_refused(der: bytes) -> None:
