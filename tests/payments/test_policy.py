@@ -65,7 +65,10 @@ def test_fee_policy_bounds(base: int, ppm: int) -> None:
 def test_cltv_delta_bounds() -> None:
     assert check_cltv_expiry_delta(DELTA) == DELTA
     assert check_cltv_expiry_delta(MIN_CLTV_EXPIRY_DELTA_BLOCKS) == MIN_CLTV_EXPIRY_DELTA_BLOCKS
-    for bad in (MIN_CLTV_EXPIRY_DELTA_BLOCKS - 1, 0, -5, 10_000):
+    # BOLT #2's 3R+2G+2S with R=2, G=2, S=12 (docs/payment-format.md), and our default.
+    assert (MIN_CLTV_EXPIRY_DELTA_BLOCKS, DEFAULT_CLTV_EXPIRY_DELTA_BLOCKS) == (34, 40)
+    assert check_cltv_expiry_delta(1008) == 1008
+    for bad in (MIN_CLTV_EXPIRY_DELTA_BLOCKS - 1, 0, -5, 1009, 10_000):
         with pytest.raises(PolicyError):
             check_cltv_expiry_delta(bad)
 
