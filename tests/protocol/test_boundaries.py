@@ -445,3 +445,91 @@ def test_default_policy() -> None:
         2016, 20_000, 5_000_000, 253, 100_000)
     assert cfg.max_htlc_value_in_flight_msat == 2**63 - 1
     assert cfg.closing_feerate_per_kw is None and cfg.option_shutdown_anysegwit is False
+
+
+# -- channel_ready and channel_reestablish --------------------------------------------------------
+
+
+def test_funding_confirmed_twice_sends_channel_ready_once() -> None:
+    pair = ChannelPair()
+    assert pair.a.channel.funding_confirmed() == []
+
+
+def test_channel_ready_with_an_invalid_point_refused() -> None:
+    import copy
+
+    from protocol.errors import Disposition, RemoteProtocolError
+
+    pair = funding_pair()
+    pair.do("a", lambda c: c.funding_outpoint(b"\x05" * 32, 0))
+    pair.deliver_all()
+    pair.do("a", lambda c: c.funding_confirmed())
+    msg = pair.a.outbox.popleft()
+    msg.channel_ready.second_per_commitment_point = b"\x04" + b"\x11" * 32
+    before = copy.deepcopy(pair.b.channel.snapshot())
+    with pytest.raises(RemoteProtocolError, match="invalid second_per_commitment_point") as e:
+        pair.b.channel.handle(msg, height=HEIGHT)
+    assert e.value.disposition is Disposition.CLOSE
+    assert pair.b.channel.snapshot() == before
+
+
+@pytest.mark.parametrize("number,beyond", [(2**48 - 1, False), (2**48, True)])
+def test_reestablish_at_the_48_bit_limit(number: int, beyond: bool) -> None:
+    import copy
+
+    from protocol.errors import RemoteProtocolError
+
+    pair = ChannelPair()
+    pair.disconnect()
+    pair.reconnect()
+    msg = copy.deepcopy(pair.a.outbox[0])
+    msg.channel_reestablish.next_commitment_number = number
+    with pytest.raises(RemoteProtocolError) as exc:
+        pair.b.channel.handle(msg, height=HEIGHT)
+    assert ("beyond 2**48 - 1" in exc.value.message) is beyond
+
+
+def test_data_loss_proven_by_the_first_revocation() -> None:
+    """The earliest proof: b restored from before its first revocation (local_ctn 0),
+    a says next_revocation_number 1 and shows b's secret of commitment 0."""
+    import copy
+
+    from protocol.channel import Channel
+
+    pair = ChannelPair()
+    old_b = copy.deepcopy(pair.b.persisted)
+    pair.add("a", 2_000_000, 1)
+    pair.settle()
+    pair.disconnect()
+    assert old_b is not None
+    pair.b.channel = Channel.restore(old_b)
+    pair.b.last_update_id, pair.b.max_revoked = 0, -1
+    pair.reconnect()
+    assert pair.a.outbox[0].channel_reestablish.next_revocation_number == 1
+    pair.deliver_one(pair.a)
+    assert pair.b.channel.d.data_loss and not pair.b.broadcasts
+
+
+def test_policy_failure_left_by_a_restart_is_failed_back_after_reestablish() -> None:
+    """b's HTLC arrives too close to expiry for a (another height): a fails it back
+    once committed. a crashes before that fail is committed: after the restart and the
+    reestablish a fails it again, and b learns of it."""
+    from protocol.actions import HtlcFailed
+
+    pair = ChannelPair()
+    pair.do("b", lambda c: c.add_htlc(1_000_000, HASH, HEIGHT + 2, height=HEIGHT - 50))
+    pair.do("b", lambda c: c.commit())
+    for _ in range(20):  # until a has sent its fail (on b's revoke_and_ack)
+        if any(m.WhichOneof("body") == "update_fail_htlc" for m in pair.a.outbox):
+            break
+        sender = pair.b if pair.b.outbox else pair.a
+        pair.deliver_one(sender)
+        for p in (pair.a, pair.b):
+            if p.channel.can_commit():
+                pair.apply(p, p.channel.commit())
+    pair.restart("a")
+    pair.reconnect()
+    pair.settle()
+    (failed,) = pair.events_of("b", HtlcFailed)
+    assert b"cltv_expiry" in failed.reason
+    assert not pair.a.channel.d.book.htlcs and not pair.b.channel.d.book.htlcs
