@@ -533,3 +533,24 @@ def test_policy_failure_left_by_a_restart_is_failed_back_after_reestablish() -> 
     (failed,) = pair.events_of("b", HtlcFailed)
     assert b"cltv_expiry" in failed.reason
     assert not pair.a.channel.d.book.htlcs and not pair.b.channel.d.book.htlcs
+
+
+@pytest.mark.parametrize("funder_msat,ok", [(10_724_000, False), (10_724_001, True)])
+def test_initial_outputs_against_the_reserve(funder_msat: int, ok: bool) -> None:
+    """20,000 sat funded, 724 sat first fee at 1,000 sat/kw: the funder's output is
+    10,000 sat, the fundee's 9,276: both at or below a 10,000-sat reserve is refused;
+    one msat more for the funder and its output is above it."""
+    assert (rules.initial_reserve_problem(20_000, funder_msat, 1000, 10_000) is None) is ok
+
+
+def test_snapshot_version_and_malformed_fields() -> None:
+    """Stores keep snapshots of version 1; a non-hex field is a ValueError (the
+    documented error of from_snapshot), not a TypeError."""
+    from protocol.state import from_snapshot
+
+    pair = ChannelPair()
+    snap = pair.a.channel.snapshot()
+    assert snap["version"] == 1
+    for field, value in (("channel_seed", 5), ("funding_txid", None), ("version", 2)):
+        with pytest.raises(ValueError):
+            from_snapshot({**snap, field: value})
