@@ -157,9 +157,9 @@ _FORWARD_COLUMNS = tuple(c.name for c in forwards.columns)
 
 
 def forward_from_row(row: Any) -> ForwardRecord:
-    mapping = row._mapping
-    return ForwardRecord(**{name: (bytes(v) if isinstance(v, memoryview) else v)
-                            for name, v in mapping.items()})
+    values: dict[str, Any] = {name: (bytes(v) if isinstance(v, memoryview) else v)
+                              for name, v in row._mapping.items()}
+    return ForwardRecord(**values)
 
 
 # -- write functions ----------------------------------------------------------------------

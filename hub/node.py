@@ -30,6 +30,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 import trio
 
 from channel.commitment import Side
@@ -53,7 +54,7 @@ from protocol.driver.peer import PeerSession
 from protocol.driver.store import new_channel_key, open_secret_box
 from protocol.driver.writer import GroupWriter
 from protocol.errors import LocalProtocolError
-from protocol.table import ChannelState
+from protocol.table import ChannelState, LinkState
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +151,7 @@ class HubNode:
             if watch.kind == "funding":
                 driver = self.drivers.get(watch.channel_key)
                 if driver is not None and driver.channel.state is ChannelState.AWAIT_CHANNEL_READY:
-                    self.funding_watches[watch.channel_key] = Watch(**{
-                        k: (bytes.fromhex(v) if k in ("txid", "script_pubkey") else v)
-                        for k, v in watch.record.items()
-                        if k in ("kind", "txid", "output_index", "script_pubkey",
-                                 "amount_sat")})
+                    self.funding_watches[watch.channel_key] = Watch.from_record(watch.record)
         self.admin = AdminApi(self)
 
     @classmethod
@@ -186,7 +183,7 @@ class HubNode:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.writer.run)
             await nursery.start(self.router.run)
-            await self.db.read(self.router.reconcile)
+            self.router.reconcile(await self.db.read(ledger.load_in_flight))
             task_status.started()
             await trio.sleep_forever()
 
@@ -321,11 +318,24 @@ class HubNode:
     async def on_peer_link(self, client_node_id: bytes, link: FrameLink) -> None:
         await self.writer.write(ledger.touch_client(client_node_id, self.now_unix()))
         session = self._session(client_node_id)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(session.run, link)
-            # What the client offered before a restart and nobody settled yet.
-            for driver in list(session.drivers):
-                await self.db.read(lambda conn, d=driver: self.router.settle_received(conn, d))
+        # What the client offered before a restart (or a disconnect) and is not settled:
+        # settled once its channel is reestablished (commands wait for the link).
+        unsettled: dict[bytes, dict[int, ledger.ForwardRecord]] = {}
+        for driver in session.drivers:
+            if driver.channel.received_htlcs():
+                key = driver.channel_key
+
+                def read(conn: sa.Connection, key: bytes = key
+                         ) -> dict[int, ledger.ForwardRecord]:
+                    return ledger.load_forwards_for_incoming(conn, key)
+
+                unsettled[key] = await self.db.read(read)
+
+        def after_frame() -> None:
+            for key in [k for k in unsettled if self.drivers[k].channel.link is LinkState.UP]:
+                self.router.settle_received(self.drivers[key], unsettled.pop(key))
+
+        await session.run(_WatchedLink(link, after_frame))
 
     async def get_info(self, client_node_id: bytes) -> client_pb2.GetInfoResponse:
         session = self.sessions.get(client_node_id)
@@ -489,6 +499,26 @@ class AdminApi:
             if driver.channel_id == bytes(request.channel_id):
                 return self.node.close_channel(driver, request.force)
         raise NotFound(f"no channel {bytes(request.channel_id).hex()}")
+
+
+class _WatchedLink:
+    """The client's link as its session sees it, calling ``after_frame`` each time the
+    session asks for the next frame, i.e. once the previous one was applied (a
+    ``channel_reestablish`` that brought a channel's link up, for instance)."""
+
+    def __init__(self, inner: FrameLink, after_frame: Callable[[], None]) -> None:
+        self.inner = inner
+        self.after_frame = after_frame
+
+    async def send(self, frame: peer_pb2.PeerFrame) -> None:
+        await self.inner.send(frame)
+
+    async def receive(self) -> peer_pb2.PeerFrame:
+        self.after_frame()
+        return await self.inner.receive()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 def _forward_proto(record: ledger.ForwardRecord) -> admin_pb2.Forward:

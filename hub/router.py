@@ -56,8 +56,6 @@ from hub.ledger import (
     HubChannelStore,
     WriteFn,
     insert_forward,
-    load_forwards_for_incoming,
-    load_in_flight,
     new_payment_id,
     upsert_forward,
 )
@@ -395,12 +393,13 @@ class Router:
 
     # -- after a restart -------------------------------------------------------------------
 
-    def reconcile(self, conn: sa.Connection) -> list[ForwardRecord]:
-        """Rebuild the in-flight maps from the store and decide every forward the
-        restored channel books already settled (see the module docstring). Call before
-        any link runs and with ``run`` started. Returns the records still in flight."""
+    def reconcile(self, in_flight: list[ForwardRecord]) -> list[ForwardRecord]:
+        """Rebuild the in-flight maps from the stored in-flight records
+        (``ledger.load_in_flight``) and decide every forward the restored channel books
+        already settled (see the module docstring). Call before any link runs and with
+        ``run`` started. Returns the records still in flight."""
         pending: list[ForwardRecord] = []
-        for record in load_in_flight(conn):
+        for record in in_flight:
             outgoing = record.outgoing
             driver = self.drivers.get(outgoing[0]) if outgoing else None
             htlc = (driver.channel.d.book.htlcs.get((Side.LOCAL, outgoing[1]))
@@ -421,15 +420,13 @@ class Router:
                 self._fail_back(record, bytes(htlc.removal.reason))
         return pending
 
-    def settle_received(self, conn: sa.Connection, driver: ChannelDriver) -> None:
+    def settle_received(self, driver: ChannelDriver, records: dict[int, ForwardRecord]
+                        ) -> None:
         """For every HTLC the client offered on this channel that is irrevocably
-        committed and unsettled: settle it the way its record says, or route it if it
-        has none (the hub stopped before storing anything of it)."""
-        received = driver.channel.received_htlcs()
-        if not received:
-            return
-        records = load_forwards_for_incoming(conn, driver.channel_key)
-        for htlc_id, amount_msat, payment_hash, cltv_expiry in received:
+        committed and unsettled: settle it the way its record says
+        (``records``: ``ledger.load_forwards_for_incoming``), or route it if it has none
+        (the hub stopped before storing anything of it)."""
+        for htlc_id, amount_msat, payment_hash, cltv_expiry in driver.channel.received_htlcs():
             live = self.by_incoming.get((driver.channel_key, htlc_id))
             record = live or records.get(htlc_id)
             if record is None or record.payment_hash != payment_hash:

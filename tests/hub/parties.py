@@ -51,6 +51,7 @@ from protocol.routing import (
     open_payee_payload,
     route_terms,
 )
+from protocol.table import LinkState
 from tests.driver.conftest import TEST_PASSPHRASE
 
 CLIENT_CONFIG = LocalConfig(to_self_delay=6, minimum_depth=1, max_accepted_htlcs=200)
@@ -117,7 +118,8 @@ class Client:
 
     def _accept(self, session: PeerSession, msg: Any) -> ChannelDriver:
         key = new_channel_key()
-        channel = Channel.inbound(config=CLIENT_CONFIG, channel_seed=secret(f"{self.name} {key.hex()}"),
+        channel = Channel.inbound(config=CLIENT_CONFIG,
+                                  channel_seed=secret(f"{self.name} {key.hex()}"),
                                   chain_hash=REGTEST_GENESIS_HASH,
                                   close_script=p2wpkh(self.node_id))
         return ChannelDriver(channel, channel_key=key, peer_node_id=self.hub_node_id,
@@ -239,6 +241,7 @@ class Net:
     clients: dict[str, Client] = field(default_factory=dict)
     _hub_scope: trio.CancelScope | None = None
     _client_scopes: dict[str, trio.CancelScope] = field(default_factory=dict)
+    _client_links: dict[str, Any] = field(default_factory=dict)
     _hub_stopped: trio.Event | None = None
 
     def height(self) -> int:
@@ -263,6 +266,8 @@ class Net:
     async def stop_hub(self) -> None:
         """Like a crash of the hub process: cancel, drop everything, close the store."""
         assert self._hub_scope is not None and self._hub_stopped is not None
+        for scope in self._client_scopes.values():
+            scope.cancel()  # the links die with the hub process
         self._hub_scope.cancel()
         await self._hub_stopped.wait()
         self.hub.close()
@@ -280,21 +285,41 @@ class Net:
         await self.connect(nursery, client)
 
     async def connect(self, nursery: trio.Nursery, client: Client) -> None:
+        """A new link: the hub's side in a scope of its own (a hub crash cancels it,
+        which closes the link as a dying process's socket would); the client's side
+        ends by itself when the link closes."""
         hub_end, client_end = memory_link_pair()
         scope = trio.CancelScope()
         self._client_scopes[client.name] = scope
+        self._client_links[client.name] = client_end
 
-        async def both(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async def hub_side() -> None:
             with scope:
-                async with trio.open_nursery() as inner:
-                    inner.start_soon(self.hub.on_peer_link, client.node_id, hub_end)
-                    await inner.start(client.session.run, client_end)
-                    task_status.started()
+                await self.hub.on_peer_link(client.node_id, hub_end)
 
-        await nursery.start(both)
+        nursery.start_soon(hub_side)
+        await nursery.start(client.session.run, client_end)
+
+    async def restart_hub(self, nursery: trio.Nursery) -> None:
+        """Crash the hub, start a new one on the same store, reconnect every client."""
+        await self.stop_hub()
+        for client in self.clients.values():
+            while client.session.connected:
+                await trio.sleep(0.01)
+        await self.start_hub(nursery)
+        for client in self.clients.values():
+            await self.connect(nursery, client)
+
+    async def link_up(self, client: Client) -> None:
+        """Wait until the client's channels are reestablished on both sides."""
+        hub_session = self.hub.sessions[client.node_id]
+        while not all(d.channel.link is LinkState.UP
+                      for d in [*client.session.drivers, *hub_session.drivers]):
+            await trio.sleep(0.01)
 
     async def disconnect(self, client: Client) -> None:
-        self._client_scopes[client.name].cancel()
+        """The client goes away (closes its end); both sessions see the link close."""
+        await self._client_links[client.name].aclose()
         while client.session.connected or self.hub.sessions[client.node_id].connected:
             await trio.sleep(0.01)
 
@@ -316,7 +341,8 @@ class Net:
 
         client.ctx.on_event = on_event
         driver = client.open_outbound(funding_sat, push_msat)
-        await client.wait_for(lambda: client.count(FundingSigned) >= 1 and driver.channel.d.funding_txid != b"")
+        await client.wait_for(lambda: client.count(FundingSigned) >= 1
+                              and driver.channel.d.funding_txid != b"")
         await self.hub.sessions[client.node_id].idle()
         self.node.mine(self.hub.settings.minimum_depth)
         assert await self.hub.check_fundings(self.gettxout) == 1
