@@ -168,9 +168,6 @@ class Commitment:
     def actual_fee_sat(self) -> int:
         return self.funding_sat - sum(o.amount_sat for o in self.tx.outputs)
 
-    def is_offered_by_owner(self, htlc: CommitmentHtlc) -> bool:
-        return htlc.offered_by is self.owner
-
     @cached_property
     def second_stage_script_pubkey(self) -> bytes:
         """Output script of this commitment's HTLC-success/timeout transactions."""

@@ -83,3 +83,17 @@ def test_compressed_pubkey_encoding_is_33_bytes_with_02_or_03() -> None:
     assert is_compressed_pubkey_encoding(b"\x03" + point[1:])
     for wrong in (b"\x04" + point[1:], point + b"\x00", point[:32], b"\x02" * 65, b"\x04" * 65):
         assert not is_compressed_pubkey_encoding(wrong), wrong.hex()
+
+
+def test_a_funder_with_exactly_the_fee_pays_it() -> None:
+    """BOLT #3 Fee Payment: the fee comes out of the funder's balance; exactly enough
+    is enough (its output is then omitted as dust), one msat less is refused."""
+    fee_sat = build_commitment(STATIC, Side.LOCAL, 1, LOCAL.per_commitment_point(1),
+                               600_000_000, 400_000_000, [], 253).fee_sat
+    exact = build_commitment(STATIC, Side.LOCAL, 1, LOCAL.per_commitment_point(1),
+                             fee_sat * 1000, 400_000_000, [], 253)
+    assert exact.fee_sat == fee_sat
+    assert [o.amount_sat for o in exact.tx.outputs] == [400_000]
+    with pytest.raises(TransactionError, match="cannot pay"):
+        build_commitment(STATIC, Side.LOCAL, 1, LOCAL.per_commitment_point(1),
+                         fee_sat * 1000 - 1, 400_000_000, [], 253)
