@@ -1,0 +1,489 @@
+"""The client party: its keys, its store, its channels with the hub, its payments.
+
+Theory of operation. A ``ClientNode`` owns one store (``Database.open`` with lock
+name "client": a second process gets ``StoreLocked``), whose secret box (passphrase
+through scrypt, or a key file) seals the node seed and every channel snapshot. The
+node key is derived once from that seed; each channel's seed is derived from the node
+seed and the channel's key, so nothing else secret needs storing. Channels are
+``protocol.driver`` ``ChannelDriver``s in one ``PeerSession`` toward the hub; any
+``FrameLink`` serves it (``serve_link``): the gRPC link from ``client.transport`` in
+production, a memory link in tests. Every new link re-establishes every channel.
+
+Payments (tables in ``client.ledger``). ``pay`` checks the idempotency key (an
+in-memory index over the table, loaded at start), builds the packet, then in ONE trio
+step queues the HTLC on the channel and submits the payment record to the writer:
+the record is submitted before the driver's Persist holding the HTLC, so it is
+durable no later than that Persist, i.e. before the HTLC can leave. Success and
+failure are recorded from the driver's events (``HtlcFulfilled`` stores the preimage;
+``HtlcFailed`` the authenticated reason) with the event-log entry in the same
+transaction. After a restart, an in-flight payment whose HTLC is in no channel never
+left (its Persist never committed) and is failed; the others resolve through the
+events reestablish produces.
+
+Receiving: on ``HtlcReceived`` the packet is opened with the node key and checked
+(``client.invoices.check_incoming_payment``); an accepted HTLC marks the invoice paid
+in memory at once (a second HTLC in the same batch is refused), then the invoice,
+the received payment and the event are written in one transaction, and only then is
+the preimage released (``fulfill_htlc``). A refused HTLC is failed with a signed
+PAYEE failure. Refunds reserve the amount against the received payment in the same
+transaction that records the refund, with the bound checked in SQL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets as _secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from channel.commitment import Side
+from channel.keys import pubkey_from_secret
+from channel.scripts import p2wpkh
+from client import errors, ledger
+from client.invoices import (
+    Accepted,
+    InvoiceRecord,
+    check_incoming_payment,
+    create_invoice,
+    decode_invoice,
+)
+from protocol import Channel, ChannelState, LocalConfig
+from protocol.actions import (
+    ChannelClosed,
+    ChannelOpened,
+    Event,
+    FundingNeeded,
+    HtlcFailed,
+    HtlcFulfilled,
+    HtlcReceived,
+)
+from protocol.driver.crypto import KeyFile, Passphrase, secret_aad
+from protocol.driver.db import Database
+from protocol.driver.driver import Broadcaster, ChannelDriver, DriverContext
+from protocol.driver.link import FrameLink
+from protocol.driver.peer import PeerSession
+from protocol.driver.store import ChannelStore, new_channel_key, open_secret_box
+from protocol.driver.writer import GroupWriter
+from protocol.errors import LocalProtocolError
+from protocol.routing import (
+    Failure,
+    FailureCode,
+    FailureOrigin,
+    PayeePayload,
+    RoutingFormatError,
+    build_packet,
+    decode_failure,
+    encode_failure,
+    open_payee_payload,
+    route_terms,
+)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+NODE_SEED = "client_node_seed"
+REGTEST_GENESIS_HASH = bytes.fromhex(
+    "0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206")[::-1]
+SPONTANEOUS_FINAL_CLTV_BLOCKS = 18
+DEFAULT_CONFIG = LocalConfig(to_self_delay=6, minimum_depth=1, max_accepted_htlcs=200)
+
+Funder = Callable[[ChannelDriver, FundingNeeded], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class HubTerms:
+    """What the payer needs from the hub's GetInfo."""
+
+    hub_node_id: bytes
+    base_fee_msat: int
+    fee_ppm: int
+    cltv_expiry_delta_blocks: int
+
+
+@dataclass
+class _Pending:
+    row: dict[str, Any]
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+class ClientNode:
+    """One client party (see the module docstring). Open with ``open``, run with
+    ``await nursery.start(node.run)``, serve links with ``serve_link``."""
+
+    def __init__(self, db: Database, store: ChannelStore, node_seed: bytes, terms: HubTerms, *,
+                 height: Callable[[], int], broadcaster: Broadcaster,
+                 funder: Funder | None = None, config: LocalConfig = DEFAULT_CONFIG,
+                 clock: Callable[[], int] = _now) -> None:
+        self.db, self.store, self.terms, self.config = db, store, terms, config
+        self._seed = node_seed
+        self.node_secret = hmac.new(node_seed, b"chanhub client node key", "sha256").digest()
+        self.node_id = pubkey_from_secret(self.node_secret)
+        self.height, self.clock, self.funder = height, clock, funder
+        self.ctx = DriverContext(store, broadcaster, height, self._on_event, self._on_watch)
+        drivers = [ChannelDriver.restore(s, self.ctx) for s in store.load_channels()]
+        self.session = PeerSession(terms.hub_node_id, drivers, self.ctx,
+                                   accept_channel=self._accept)
+        rows = db.read_sync(ledger.all_payments)
+        self._payments: dict[str, dict[str, Any]] = {r["payment_id"]: r for r in rows}
+        self._by_key = {r["idempotency_key"]: r["payment_id"] for r in rows
+                        if r["idempotency_key"]}
+        self._sent_by_hash = {r["payment_hash"]: r["payment_id"] for r in rows
+                              if r["direction"] == ledger.SENT}
+        self._received_by_hash = {r["payment_hash"]: r["payment_id"] for r in rows
+                                  if r["direction"] == ledger.RECEIVED}
+        self._invoices: dict[bytes, InvoiceRecord] = {}
+        for inv in db.read_sync(ledger.all_invoices):
+            preimage = store.box.open(inv["preimage_blob"], secret_aad(inv["payment_hash"].hex()))
+            record = InvoiceRecord(decode_invoice_unchecked(inv["bolt11"]), preimage,
+                                   inv["state"] == "paid")
+            self._invoices[inv["payment_hash"]] = record
+        self._done: dict[str, trio.Event] = {}
+        self.changed = trio.Event()
+
+    @classmethod
+    def open(cls, store_url: str, key_source: Passphrase | KeyFile, terms: HubTerms,
+             **kwargs: Any) -> ClientNode:
+        with errors.translate():
+            db = Database.open(store_url, lock_name="client", version_locations=[MIGRATIONS])
+            try:
+                box = open_secret_box(db, key_source)
+                store = ChannelStore(db, box, GroupWriter(db.engine))
+                seed = store.load_secret(NODE_SEED)
+                if seed is None:
+                    seed = _secrets.token_bytes(32)
+                    with db.engine.begin() as conn:
+                        store.secret_write(NODE_SEED, seed)(conn)
+                return cls(db, store, seed, terms, **kwargs)
+            except BaseException:
+                db.close()
+                raise
+
+    def close(self) -> None:
+        self.db.close()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The writer; then reconcile what a crash left in flight."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.store.writer.run)
+            await self._reconcile()
+            task_status.started()
+
+    async def serve_link(self, link: FrameLink, *,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve one link to the hub until it closes (channel_reestablish on start)."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.session.run, link)
+            self._settle_held(nursery)
+            task_status.started()
+
+    # -- channels ---------------------------------------------------------------------------
+
+    def _channel_seed(self, channel_key: bytes) -> bytes:
+        return hmac.new(self._seed, b"channel " + channel_key, "sha256").digest()
+
+    def _accept(self, session: PeerSession, msg: Any) -> ChannelDriver:
+        key = new_channel_key()
+        channel = Channel.inbound(config=self.config, channel_seed=self._channel_seed(key),
+                                  chain_hash=REGTEST_GENESIS_HASH,
+                                  close_script=p2wpkh(self.node_id))
+        return ChannelDriver(channel, channel_key=key, peer_node_id=self.terms.hub_node_id,
+                             ctx=self.ctx)
+
+    def open_channel(self, funding_sat: int, push_msat: int = 0,
+                     feerate_per_kw: int = 2_500) -> ChannelDriver:
+        """Start a channel we fund; ``funder`` builds the funding transaction."""
+        if self.funder is None:
+            raise errors.InvalidRequest("this client has no wallet to fund a channel")
+        key = new_channel_key()
+        channel = Channel.outbound(config=self.config, channel_seed=self._channel_seed(key),
+                                   temporary_channel_id=_secrets.token_bytes(32),
+                                   chain_hash=REGTEST_GENESIS_HASH,
+                                   close_script=p2wpkh(self.node_id))
+        driver = ChannelDriver(channel, channel_key=key, peer_node_id=self.terms.hub_node_id,
+                               ctx=self.ctx)
+        self.session.add_channel(driver)
+        driver.open(funding_sat=funding_sat, push_msat=push_msat, feerate_per_kw=feerate_per_kw)
+        return driver
+
+    def open_drivers(self) -> list[ChannelDriver]:
+        return [d for d in self.session.drivers if d.channel.state is ChannelState.NORMAL]
+
+    def balance_msat(self) -> int:
+        return sum(int(d.channel.latest_view(Side.LOCAL).local_msat) for d in self.open_drivers())
+
+    # -- invoices ---------------------------------------------------------------------------
+
+    async def add_invoice(self, amount_msat: int | None, description: str = "",
+                          expiry_seconds: int = 3600) -> str:
+        preimage = _secrets.token_bytes(32)
+        payment_hash = hashlib.sha256(preimage).digest()
+        with errors.translate():
+            invoice = create_invoice(node_secret=self.node_secret, payment_hash=payment_hash,
+                                     payment_secret=_secrets.token_bytes(32),
+                                     amount_msat=amount_msat, description=description,
+                                     now=self.clock(), expiry_seconds=expiry_seconds)
+        blob = self.store.box.seal(preimage, secret_aad(payment_hash.hex()))
+        await self.store.writer.write(ledger.invoice_insert(dict(
+            payment_hash=payment_hash, bolt11=invoice.bolt11, preimage_blob=blob,
+            amount_msat=amount_msat, state="open", paid_msat=0, paid_payment_id=None,
+            created_unix=invoice.created_at, expires_unix=invoice.expires_at)))
+        self._invoices[payment_hash] = InvoiceRecord(invoice, preimage)
+        return invoice.bolt11
+
+    # -- paying -----------------------------------------------------------------------------
+
+    async def pay(self, *, idempotency_key: str, bolt11: str | None = None,
+                  payee_node_id: bytes | None = None, amount_msat: int | None = None,
+                  refund_of: str | None = None) -> dict[str, Any]:
+        """Start a payment; returns its record (in flight, or the earlier one for a key
+        already used). ``wait_payment`` waits for the outcome."""
+        if not idempotency_key or len(idempotency_key) > 200:
+            raise errors.InvalidRequest("idempotency_key must be 1-200 characters")
+        if idempotency_key in self._by_key:
+            earlier = self._payments[self._by_key[idempotency_key]]
+            if bolt11 is not None and earlier["bolt11"] != bolt11:
+                raise errors.IdempotencyConflict(
+                    f"idempotency key {idempotency_key!r} was used for another payment")
+            return dict(earlier)
+        preimage: bytes | None = None
+        if bolt11 is not None:
+            with errors.translate():
+                invoice = decode_invoice(bolt11, now=self.clock())
+            if amount_msat is None:
+                amount_msat = invoice.amount_msat
+            elif invoice.amount_msat is not None and amount_msat != invoice.amount_msat:
+                raise errors.InvalidRequest("amount differs from the invoice's")
+            payee, payment_hash = invoice.payee_node_id, invoice.payment_hash
+            earlier_id = self._sent_by_hash.get(payment_hash)
+            if earlier_id is not None and self._payments[earlier_id]["state"] != ledger.FAILED:
+                raise errors.AlreadyPaid(f"invoice already paid (payment {earlier_id})")
+            payload = PayeePayload(amount_msat or 0, payment_secret=invoice.payment_secret) \
+                if amount_msat else None
+            final_blocks = invoice.min_final_cltv_expiry_blocks
+        else:
+            if payee_node_id is None or amount_msat is None:
+                raise errors.InvalidRequest("pay needs an invoice, or a node id and an amount")
+            payee, preimage = payee_node_id, _secrets.token_bytes(32)
+            payment_hash = hashlib.sha256(preimage).digest()
+            refund_hash = (self._payments[refund_of]["payment_hash"]
+                           if refund_of is not None else None)
+            payload = PayeePayload(amount_msat, payment_preimage=preimage,
+                                   refund_of_payment_hash=refund_hash)
+            final_blocks = SPONTANEOUS_FINAL_CLTV_BLOCKS
+        if not amount_msat or amount_msat <= 0 or payload is None:
+            raise errors.InvalidRequest("amount_msat must be positive")
+        terms = route_terms(amount_msat=amount_msat, min_final_cltv_expiry_blocks=final_blocks,
+                            height=self.height(), base_msat=self.terms.base_fee_msat,
+                            fee_ppm=self.terms.fee_ppm,
+                            cltv_expiry_delta_blocks=self.terms.cltv_expiry_delta_blocks)
+        try:
+            packet = build_packet(payee_node_id=payee, amount_to_forward_msat=amount_msat,
+                                  outgoing_cltv_value=terms.outgoing_cltv_value,
+                                  payment_hash=payment_hash, payload=payload,
+                                  ephemeral_secret=_secrets.token_bytes(32))
+        except RoutingFormatError as exc:
+            raise errors.InvalidRequest(f"payment: {exc}") from exc
+        drivers = sorted(self.open_drivers(), key=lambda d: -int(
+            d.channel.latest_view(Side.LOCAL).local_msat))
+        if not drivers:
+            raise errors.NoChannel("no open channel to the hub")
+        payment_id = _secrets.token_hex(16)
+        row = dict(payment_id=payment_id, direction=ledger.SENT,
+                   idempotency_key=idempotency_key, payment_hash=payment_hash,
+                   counterparty_node_id=payee, amount_msat=amount_msat,
+                   fee_msat=terms.fee_msat, state=ledger.IN_FLIGHT,
+                   payment_preimage=None, bolt11=bolt11, packet=packet,
+                   channel_key=drivers[0].channel_key, refund_of_payment_id=refund_of,
+                   refunded_msat=0, failure_code=0, failure_message="",
+                   created_unix=self.clock(), resolved_unix=0)
+        # One trio step, no await: the HTLC is queued, and the record is submitted before
+        # the driver's Persist of it can be (module docstring).
+        try:
+            drivers[0].add_htlc(terms.htlc_amount_msat, payment_hash, terms.htlc_cltv_expiry,
+                                onion_routing_packet=packet)
+        except LocalProtocolError as exc:
+            raise errors.InsufficientBalance(
+                f"cannot send {terms.htlc_amount_msat} msat (amount + fee): {exc}") from exc
+        writes = [ledger.payment_insert(row)]
+        if refund_of is not None:
+            writes.insert(0, ledger.refund_reserve(refund_of, amount_msat))
+        pending = self.store.writer.submit(ledger.compose(*writes))
+        self._payments[payment_id] = row
+        self._by_key[idempotency_key] = payment_id
+        self._sent_by_hash[payment_hash] = payment_id
+        self._done[payment_id] = trio.Event()
+        await pending.wait()
+        return dict(row)
+
+    async def refund(self, payment_id: str, amount_msat: int, *, idempotency_key: str,
+                     payer_node_id: bytes) -> dict[str, Any]:
+        """Send ``amount_msat`` of a received payment back to its payer (the payee cannot
+        learn the payer from the packet: the caller names it)."""
+        original = self._payments.get(payment_id)
+        if original is None or original["direction"] != ledger.RECEIVED:
+            raise errors.NotFound(f"no received payment {payment_id}")
+        if idempotency_key in self._by_key:
+            return await self.pay(idempotency_key=idempotency_key)
+        in_flight = sum(p["amount_msat"] for p in self._payments.values()
+                        if p["refund_of_payment_id"] == payment_id
+                        and p["state"] != ledger.FAILED)
+        if amount_msat <= 0 or in_flight + amount_msat > original["amount_msat"]:
+            raise errors.RefundExceedsReceived(
+                f"refunds would total {in_flight + amount_msat} msat of "
+                f"{original['amount_msat']} received")
+        return await self.pay(idempotency_key=idempotency_key, payee_node_id=payer_node_id,
+                              amount_msat=amount_msat, refund_of=payment_id)
+
+    async def wait_payment(self, payment_id: str) -> dict[str, Any]:
+        row = self._payments[payment_id]
+        if row["state"] == ledger.IN_FLIGHT:
+            await self._done.setdefault(payment_id, trio.Event()).wait()
+        return dict(self._payments[payment_id])
+
+    def payments(self) -> list[dict[str, Any]]:
+        return [dict(p) for p in self._payments.values()]
+
+    async def events_after(self, after: int) -> list[ledger.EventRecord]:
+        return await self.db.read(lambda conn: ledger.events_after(conn, after))
+
+    # -- driver events ----------------------------------------------------------------------
+
+    async def _on_event(self, driver: ChannelDriver, event: Event) -> None:
+        if isinstance(event, FundingNeeded) and self.funder is not None:
+            await self.funder(driver, event)
+        elif isinstance(event, HtlcReceived):
+            await self._received(driver, event.htlc_id, event.amount_msat, event.payment_hash,
+                                 event.cltv_expiry, event.onion_routing_packet)
+        elif isinstance(event, HtlcFulfilled):
+            await self._resolve(event.payment_hash, preimage=bytes(event.payment_preimage))
+        elif isinstance(event, HtlcFailed):
+            await self._resolve(event.payment_hash, reason=event.reason,
+                                local_reason=event.local_reason)
+        elif isinstance(event, ChannelOpened):
+            await self.store.writer.write(ledger.event_write("channel_opened", None, 0,
+                                                             self.clock()))
+        elif isinstance(event, ChannelClosed):
+            await self.store.writer.write(ledger.event_write("channel_closed", None, 0,
+                                                             self.clock()))
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def _on_watch(self, driver: ChannelDriver, watch: Any) -> None:
+        return None
+
+    async def _resolve(self, payment_hash: bytes, *, preimage: bytes | None = None,
+                       reason: bytes = b"", local_reason: str = "") -> None:
+        payment_id = self._sent_by_hash.get(payment_hash)
+        if payment_id is None or self._payments[payment_id]["state"] != ledger.IN_FLIGHT:
+            return
+        row = self._payments[payment_id]
+        now = self.clock()
+        if preimage is not None:
+            values: dict[str, Any] = dict(state=ledger.SUCCEEDED, payment_preimage=preimage,
+                                          resolved_unix=now)
+            kind = "payment_succeeded"
+        else:
+            code, message = FailureCode.TEMPORARY_FAILURE, local_reason or "failed"
+            if reason:
+                try:
+                    report = decode_failure(reason, payment_hash=payment_hash,
+                                            onion_routing_packet=row["packet"],
+                                            hub_node_id=self.terms.hub_node_id,
+                                            payee_node_id=row["counterparty_node_id"])
+                    code, message = report.failure.code, report.describe()
+                except RoutingFormatError as exc:
+                    message = f"unreadable failure reason: {exc}"
+            values = dict(state=ledger.FAILED, failure_code=int(code), failure_message=message,
+                          resolved_unix=now)
+            kind = "payment_failed"
+        writes = [ledger.payment_update(payment_id, **values),
+                  ledger.event_write(kind, payment_id, row["amount_msat"], now)]
+        if preimage is None and row["refund_of_payment_id"]:
+            writes.append(ledger.refund_release(row["refund_of_payment_id"], row["amount_msat"]))
+        await self.store.writer.write(ledger.compose(*writes))
+        row.update(values)
+        self._done.setdefault(payment_id, trio.Event()).set()
+
+    async def _received(self, driver: ChannelDriver, htlc_id: int, amount_msat: int,
+                        payment_hash: bytes, cltv_expiry: int, packet: bytes) -> None:
+        earlier = self._received_by_hash.get(payment_hash)
+        if earlier is not None:  # replayed after a restart: same answer
+            preimage = self._payments[earlier]["payment_preimage"]
+            driver.fulfill_htlc(htlc_id, preimage)
+            return
+        try:
+            opened = open_payee_payload(packet, payment_hash=payment_hash,
+                                        node_secret=self.node_secret)
+        except RoutingFormatError:
+            self._refuse(driver, htlc_id, amount_msat, payment_hash, packet,
+                         Failure(FailureCode.INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS,
+                                 htlc_msat=amount_msat, height=self.height()))
+            return
+        invoice = self._invoices.get(payment_hash)
+        verdict = check_incoming_payment(amount_msat=amount_msat, cltv_expiry=cltv_expiry,
+                                         payment_hash=payment_hash, packet=opened,
+                                         invoice=invoice, now=self.clock(),
+                                         height=self.height())
+        if not isinstance(verdict, Accepted):
+            self._refuse(driver, htlc_id, amount_msat, payment_hash, packet, verdict.failure)
+            return
+        payment_id = _secrets.token_hex(16)
+        now = self.clock()
+        row = dict(payment_id=payment_id, direction=ledger.RECEIVED, idempotency_key=None,
+                   payment_hash=payment_hash, counterparty_node_id=None,
+                   amount_msat=amount_msat, fee_msat=0, state=ledger.SUCCEEDED,
+                   payment_preimage=verdict.payment_preimage,
+                   bolt11=invoice.invoice.bolt11 if invoice else None, packet=None,
+                   channel_key=driver.channel_key, refund_of_payment_id=None,
+                   refunded_msat=0, failure_code=0, failure_message="",
+                   created_unix=now, resolved_unix=now)
+        if invoice is not None:  # before any await: a second HTLC is refused as paid
+            self._invoices[payment_hash] = InvoiceRecord(invoice.invoice, invoice.payment_preimage,
+                                                         True)
+        self._received_by_hash[payment_hash] = payment_id
+        self._payments[payment_id] = row
+        writes = [ledger.payment_insert(row)]
+        if invoice is not None:
+            writes.append(ledger.invoice_paid(payment_hash, amount_msat, payment_id))
+        kind = "refund_received" if verdict.refund_of_payment_hash else "invoice_paid" \
+            if invoice is not None else "payment_received"
+        writes.append(ledger.event_write(kind, payment_id, amount_msat, now))
+        await self.store.writer.write(ledger.compose(*writes))
+        driver.fulfill_htlc(htlc_id, verdict.payment_preimage)
+
+    def _refuse(self, driver: ChannelDriver, htlc_id: int, amount_msat: int,
+                payment_hash: bytes, packet: bytes, failure: Failure) -> None:
+        reason = encode_failure(failure, origin=FailureOrigin.PAYEE, payment_hash=payment_hash,
+                                onion_routing_packet=packet, node_secret=self.node_secret)
+        driver.fail_htlc(htlc_id, reason)
+
+    def _settle_held(self, nursery: trio.Nursery) -> None:
+        """HTLCs committed before a restart and never answered: answer them now."""
+        for driver in self.session.drivers:
+            for htlc_id, amount_msat, payment_hash, cltv in driver.channel.received_htlcs():
+                htlc = driver.channel.d.book.htlcs[(Side.REMOTE, htlc_id)]
+                event = HtlcReceived(htlc_id=htlc_id, amount_msat=amount_msat,
+                                     payment_hash=payment_hash, cltv_expiry=cltv,
+                                     onion_routing_packet=bytes(htlc.onion))
+                nursery.start_soon(self._on_event, driver, event)
+
+    async def _reconcile(self) -> None:
+        """Fail in-flight payments whose HTLC is in no channel: it never left."""
+        offered = {h.payment_hash for d in self.session.drivers
+                   for h in d.channel.d.book.htlcs.values() if h.offered_by is Side.LOCAL}
+        for row in list(self._payments.values()):
+            if row["state"] == ledger.IN_FLIGHT and row["payment_hash"] not in offered:
+                await self._resolve(row["payment_hash"], local_reason="never sent (restart)")
+
+
+def decode_invoice_unchecked(bolt11: str) -> Any:
+    from client.invoices import parse_invoice
+    return parse_invoice(bolt11)
