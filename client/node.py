@@ -53,7 +53,7 @@ from client.invoices import (
     create_invoice,
     decode_invoice,
 )
-from protocol import Channel, ChannelState, LocalConfig
+from protocol import Channel, ChannelState, LinkState, LocalConfig
 from protocol.actions import (
     ChannelClosed,
     ChannelOpened,
@@ -216,6 +216,18 @@ class ClientNode:
     def open_drivers(self) -> list[ChannelDriver]:
         return [d for d in self.session.drivers if d.channel.state is ChannelState.NORMAL]
 
+    def channels_up(self) -> bool:
+        return all(d.channel.link is LinkState.UP for d in self.open_drivers())
+
+    async def ready(self, timeout_seconds: float = 30.0) -> None:
+        """Wait until every open channel is re-established with the hub. The peer
+        session raises no event for that, so this looks every 10 ms (trio time)."""
+        with trio.move_on_after(timeout_seconds) as scope:
+            while not (self.session.connected and self.channels_up()):
+                await trio.sleep(0.01)
+        if scope.cancelled_caught:
+            raise errors.HubUnavailable("channels not re-established with the hub")
+
     def balance_msat(self) -> int:
         return sum(int(d.channel.latest_view(Side.LOCAL).local_msat) for d in self.open_drivers())
 
@@ -295,6 +307,8 @@ class ClientNode:
             d.channel.latest_view(Side.LOCAL).local_msat))
         if not drivers:
             raise errors.NoChannel("no open channel to the hub")
+        if drivers[0].channel.link is not LinkState.UP:
+            raise errors.HubUnavailable("the channel is not connected to the hub; retry")
         payment_id = _secrets.token_hex(16)
         row = dict(payment_id=payment_id, direction=ledger.SENT,
                    idempotency_key=idempotency_key, payment_hash=payment_hash,
