@@ -180,6 +180,11 @@ def from_failure(report: FailureReport) -> PaymentFailed:
     return cls(f"payment failed: {report.describe()}", report)
 
 
+def from_failure_code(code: FailureCode, message: str) -> PaymentFailed:
+    """The ``PaymentFailed`` subclass for a stored failure code and its message."""
+    return _BY_FAILURE.get(code, PaymentFailed)(f"payment failed: {message}")
+
+
 @contextmanager
 def translate() -> Iterator[None]:
     """Run a block, re-raising the lower layers' errors as ``ChanhubError``s."""

@@ -1,0 +1,180 @@
+"""The SDK: ``AsyncHubClient``, a client that stays connected while it is open.
+
+Theory of operation. An ``AsyncHubClient`` wraps one ``ClientNode`` (the party: keys,
+store, channels, payments) and a link factory (``connect_link``: in production it
+connects a ``client.transport.HubTransport`` and opens its peer link; tests pass
+memory links). Entering the context starts the node and a keeper task that holds a
+link open: when the link closes it connects again with exponential backoff (trio's
+clock, so MockClock tests run it instantly), and every new link re-establishes every
+channel (``PeerSession.run``). Receiving needs the client online, which is why the
+keeper runs for as long as the context is open.
+
+Results are frozen dataclasses; every failure is a ``client.errors.ChanhubError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from client import errors, ledger
+from client.node import ClientNode
+from protocol.driver.link import FrameLink
+from protocol.routing import FailureCode
+
+log = logging.getLogger(__name__)
+
+LinkFactory = Callable[[], Awaitable[FrameLink]]
+INITIAL_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    """One payment, sent or received (the durable record)."""
+
+    payment_id: str
+    direction: str  # "sent" / "received"
+    state: str  # "in_flight" / "succeeded" / "failed"
+    payment_hash: bytes
+    amount_msat: int
+    fee_msat: int
+    payment_preimage: bytes | None
+    idempotency_key: str | None
+    refund_of_payment_id: str | None
+    refunded_msat: int
+    failure_code: int
+    failure_message: str
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Payment:
+        return cls(row["payment_id"], row["direction"], row["state"], row["payment_hash"],
+                   int(row["amount_msat"]), int(row["fee_msat"]), row["payment_preimage"],
+                   row["idempotency_key"], row["refund_of_payment_id"],
+                   int(row["refunded_msat"]), int(row["failure_code"]), row["failure_message"])
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    channel_msat: int  # ours in open channels (before fees of a close)
+    open_channels: int
+
+
+class AsyncHubClient:
+    """``async with AsyncHubClient(node, connect_link) as client: ...``"""
+
+    def __init__(self, node: ClientNode, connect_link: LinkFactory) -> None:
+        self.node = node
+        self._connect_link = connect_link
+        self._nursery: trio.Nursery | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self.reconnects = 0
+
+    async def __aenter__(self) -> AsyncHubClient:
+        stack = contextlib.AsyncExitStack()
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        await nursery.start(self.node.run)
+        nursery.start_soon(self._keep_connected)
+        self._stack, self._nursery = stack, nursery
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._stack is not None and self._nursery is not None
+        with trio.CancelScope(shield=True):
+            await self.node.session.idle()
+        self._nursery.cancel_scope.cancel()
+        await self._stack.__aexit__(None, None, None)
+        self.node.close()
+
+    async def _keep_connected(self) -> None:
+        backoff = INITIAL_BACKOFF_SECONDS
+        while True:
+            try:
+                with errors.translate():
+                    link = await self._connect_link()
+            except errors.ChanhubError as exc:
+                log.info("cannot reach the hub (%s); again in %.1f s", exc, backoff)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                continue
+            backoff = INITIAL_BACKOFF_SECONDS
+            await self.node.serve_link(link)  # returns when the link closes
+            self.reconnects += 1
+
+    async def ready(self) -> None:
+        """Wait until the link is up and every channel re-established."""
+        await self.node.ready()
+
+    # -- the Client service, one method per rpc ---------------------------------------------
+
+    async def get_balance(self) -> Balance:
+        return Balance(self.node.balance_msat(), len(self.node.open_drivers()))
+
+    async def add_invoice(self, amount_msat: int | None, description: str = "",
+                          expiry_seconds: int = 3600) -> str:
+        return await self.node.add_invoice(amount_msat, description, expiry_seconds)
+
+    async def pay(self, *, idempotency_key: str, invoice: str | None = None,
+                  payee_node_id: bytes | None = None, amount_msat: int | None = None,
+                  wait: bool = True) -> Payment:
+        """Pay an invoice, or ``amount_msat`` to ``payee_node_id`` (spontaneous). The same
+        key never pays twice. With ``wait``: the outcome; a failure raises the typed
+        ``PaymentFailed`` subclass."""
+        row = await self.node.pay(idempotency_key=idempotency_key, bolt11=invoice,
+                                  payee_node_id=payee_node_id, amount_msat=amount_msat)
+        return await self._outcome(row, wait)
+
+    async def refund(self, payment_id: str, amount_msat: int, *, idempotency_key: str,
+                     payer_node_id: bytes, wait: bool = True) -> Payment:
+        row = await self.node.refund(payment_id, amount_msat, idempotency_key=idempotency_key,
+                                     payer_node_id=payer_node_id)
+        return await self._outcome(row, wait)
+
+    async def _outcome(self, row: dict[str, Any], wait: bool) -> Payment:
+        if wait:
+            row = await self.node.wait_payment(row["payment_id"])
+        payment = Payment.from_row(row)
+        if payment.state == ledger.FAILED:
+            raise failure_error(payment)
+        return payment
+
+    async def list_payments(self) -> list[Payment]:
+        return [Payment.from_row(r) for r in self.node.payments()]
+
+    async def subscribe_events(self, after: int = 0) -> AsyncIterator[ledger.EventRecord]:
+        """Every event after ``after``, stored then live, each once, in sequence."""
+        cursor = after
+        while True:
+            changed = self.node.changed
+            batch = await self.node.events_after(cursor)
+            for event in batch:
+                cursor = event.sequence
+                yield event
+            if not batch:
+                await changed.wait()
+
+    async def close_channel(self, *, force: bool = False) -> None:
+        """Cooperative (shutdown) or forced (our latest commitment broadcast)."""
+        drivers = self.node.open_drivers()
+        if not drivers:
+            raise errors.NoChannel("no open channel to close")
+        for driver in drivers:
+            if force:
+                driver.fail("force close requested by the client")
+            else:
+                driver.shutdown()
+        await self.node.session.idle()
+
+
+def failure_error(payment: Payment) -> errors.PaymentFailed:
+    """The typed error of a failed payment record (the mapping lives in client.errors)."""
+    try:
+        code = FailureCode(payment.failure_code)
+    except ValueError:
+        code = FailureCode.TEMPORARY_FAILURE
+    return errors.from_failure_code(code, payment.failure_message)
