@@ -133,8 +133,6 @@ async def test_refund_partial_then_more_than_received_refused(
     world.hub.close()
 
 
-@pytest.mark.xfail(strict=True, reason="after a client restart the hub's driver refuses a "
-                   "second channel_reestablish (link up) and the link closes: under study")
 async def test_restart_restores_from_the_store_and_keeps_paying(
         regtest_node: Node, tmp_path: Path, autojump_clock: Any) -> None:
     world = World(regtest_node, tmp_path, sqlite_url(tmp_path / "hub.sqlite"))

@@ -14,7 +14,7 @@ from hub.node import HubNode
 from protocol.actions import FundingNeeded
 from protocol.driver.db import sqlite_url
 from protocol.driver.driver import ChannelDriver
-from protocol.driver.link import memory_link_pair
+from protocol.driver.link import FrameLink, memory_link_pair
 from protocol.table import ChannelState
 from tests.driver.conftest import TEST_PASSPHRASE
 from tests.hub.parties import NullBroadcaster, hub_settings
@@ -32,6 +32,7 @@ class World:
     hub: HubNode = field(init=False)
     scopes: dict[bytes, trio.CancelScope] = field(default_factory=dict)
     run_scopes: dict[bytes, trio.CancelScope] = field(default_factory=dict)
+    links: dict[bytes, FrameLink] = field(default_factory=dict)
 
     def height(self) -> int:
         return int(self.node.call("getblockcount"))
@@ -73,6 +74,7 @@ class World:
         hub_end, client_end = memory_link_pair()
         scope = trio.CancelScope()
         self.scopes[client.node_id] = scope
+        self.links[client.node_id] = client_end
 
         async def both(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             with scope:
@@ -84,7 +86,11 @@ class World:
         await nursery.start(both)
 
     async def disconnect(self, client: ClientNode) -> None:
-        self.scopes[client.node_id].cancel()
+        """The link closes (both sessions end normally and mark their channels down).
+        Cancelling PeerSession.run instead would leave the channels marked up on a
+        session object that is reused: protocol/driver/peer.py calls disconnected()
+        only after a normal end."""
+        await self.links[client.node_id].aclose()
         while client.session.connected or self.hub.sessions[client.node_id].connected:
             await trio.sleep(0.01)
 
