@@ -171,6 +171,11 @@ _BY_FAILURE: dict[FailureCode, type[PaymentFailed]] = {
 def from_status(error: RpcStatusError) -> ChanhubError:
     """The ``ChanhubError`` for a non-OK gRPC status."""
     cls = _BY_STATUS.get(error.code, InternalError)
+    # gRPC reports a certificate that is not the pinned one as UNAVAILABLE; only its
+    # details tell a wrong hub (or a man in the middle) from a hub that is down.
+    if error.code is grpc.StatusCode.UNAVAILABLE and "CERTIFICATE_VERIFY_FAILED" in error.details:
+        return HubIdentityError(f"hub identity: its TLS certificate is not the pinned one "
+                                f"({error.details})")
     return cls(f"hub: {error.code.name.lower()}: {error.details}")
 
 

@@ -23,7 +23,9 @@ from typing import Any
 import trio
 
 from client import errors, ledger
-from client.node import ClientNode
+from client.node import ClientNode, HubTerms
+from client.transport import HubPin, HubTransport
+from protocol.driver.grpc_bridge import GrpcBridge
 from protocol.driver.link import FrameLink
 from protocol.routing import FailureCode
 
@@ -178,3 +180,44 @@ def failure_error(payment: Payment) -> errors.PaymentFailed:
     except ValueError:
         code = FailureCode.TEMPORARY_FAILURE
     return errors.from_failure_code(code, payment.failure_message)
+
+
+class GrpcLinks:
+    """The production ``LinkFactory``: each call connects a new ``HubTransport``
+    (pinned TLS, node-key authentication; a session is bound to its connection, so a
+    reconnect authenticates again), closing the previous one, and opens its peer link."""
+
+    def __init__(self, bridge: GrpcBridge, target: str, *, node_secret: bytes, pin: HubPin,
+                 hub_node_id: bytes | None = None) -> None:
+        self.bridge, self.target, self.pin = bridge, target, pin
+        self.node_secret, self.hub_node_id = node_secret, hub_node_id
+        self.transport: HubTransport | None = None
+
+    async def connect(self) -> HubTransport:
+        with errors.translate():
+            return await HubTransport.connect(self.bridge, self.target,
+                                              node_secret=self.node_secret, pin=self.pin,
+                                              expected_hub_node_id=self.hub_node_id)
+
+    async def __call__(self) -> FrameLink:
+        await self.aclose()
+        self.transport = await self.connect()
+        with errors.translate():
+            return await self.transport.open_peer_link()
+
+    async def hub_terms(self) -> HubTerms:
+        """The fee policy and CLTV delta a payer needs, from the hub's GetInfo."""
+        transport = await self.connect()
+        try:
+            with errors.translate():
+                info = await transport.get_info()
+        finally:
+            await transport.aclose()
+        return HubTerms(bytes(info.hub_node_id), int(info.fee_policy.base_fee_msat),
+                        int(info.fee_policy.fee_rate_ppm), int(info.cltv_expiry_delta))
+
+    async def aclose(self) -> None:
+        if self.transport is not None:
+            transport, self.transport = self.transport, None
+            with trio.CancelScope(shield=True):
+                await transport.aclose()
