@@ -15,7 +15,9 @@ Results are frozen dataclasses; every failure is a ``client.errors.ChanhubError`
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +27,7 @@ import trio
 from client import errors, ledger
 from client.node import ClientNode, HubTerms
 from client.transport import HubPin, HubTransport
-from protocol.driver.grpc_bridge import GrpcBridge
+from protocol.driver.grpc_bridge import GrpcBridge, open_grpc_bridge
 from protocol.driver.link import FrameLink
 from protocol.routing import FailureCode
 
@@ -221,3 +223,112 @@ class GrpcLinks:
             transport, self.transport = self.transport, None
             with trio.CancelScope(shield=True):
                 await transport.aclose()
+
+
+class HubClient:
+    """The synchronous SDK: the same methods as ``AsyncHubClient``, each blocking until
+    done. It runs a trio loop of its own in a thread; ``make_client`` is called in that
+    loop and returns an async context manager yielding the ``AsyncHubClient`` to drive
+    (``open_grpc_client`` is that for gRPC). ``with HubClient(...) as client: client.pay(...)``."""
+
+    def __init__(self, make_client: Callable[[], contextlib.AbstractAsyncContextManager[
+                 AsyncHubClient]]) -> None:
+        self._make_client = make_client
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._client: AsyncHubClient | None = None
+        self._stop: trio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="chanhub-sdk", daemon=True)
+
+    def _main(self) -> None:
+        async def main() -> None:
+            self._token = trio.lowlevel.current_trio_token()
+            self._stop = trio.Event()
+            try:
+                async with self._make_client() as client:
+                    self._client = client
+                    self._ready.set()
+                    await self._stop.wait()
+            except BaseException as exc:
+                self._error = exc
+                raise
+            finally:
+                self._ready.set()
+
+        with contextlib.suppress(BaseException):
+            trio.run(main)
+
+    def __enter__(self) -> HubClient:
+        self._thread.start()
+        self._ready.wait()
+        if self._client is None:
+            raise self._error or errors.InternalError("the SDK loop did not start")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._token is not None and self._stop is not None
+        trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        self._thread.join()
+
+    def _run(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+        assert self._token is not None
+        return trio.from_thread.run(functools.partial(fn, *args, **kwargs),
+                                    trio_token=self._token)
+
+    def ready(self) -> None:
+        assert self._client is not None
+        self._run(self._client.ready)
+
+    def get_balance(self) -> Balance:
+        assert self._client is not None
+        result: Balance = self._run(self._client.get_balance)
+        return result
+
+    def add_invoice(self, amount_msat: int | None, description: str = "",
+                    expiry_seconds: int = 3600) -> str:
+        assert self._client is not None
+        result: str = self._run(self._client.add_invoice, amount_msat, description,
+                                expiry_seconds)
+        return result
+
+    def pay(self, *, idempotency_key: str, invoice: str | None = None,
+            payee_node_id: bytes | None = None, amount_msat: int | None = None,
+            wait: bool = True) -> Payment:
+        assert self._client is not None
+        result: Payment = self._run(self._client.pay, idempotency_key=idempotency_key,
+                                    invoice=invoice, payee_node_id=payee_node_id,
+                                    amount_msat=amount_msat, wait=wait)
+        return result
+
+    def refund(self, payment_id: str, amount_msat: int, *, idempotency_key: str,
+               payer_node_id: bytes, wait: bool = True) -> Payment:
+        assert self._client is not None
+        result: Payment = self._run(self._client.refund, payment_id, amount_msat,
+                                    idempotency_key=idempotency_key,
+                                    payer_node_id=payer_node_id, wait=wait)
+        return result
+
+    def list_payments(self) -> list[Payment]:
+        assert self._client is not None
+        result: list[Payment] = self._run(self._client.list_payments)
+        return result
+
+    def close_channel(self, *, force: bool = False) -> None:
+        assert self._client is not None
+        self._run(self._client.close_channel, force=force)
+
+
+@contextlib.asynccontextmanager
+async def open_grpc_client(open_node: Callable[[], ClientNode], target: str, pin: HubPin,
+                           hub_node_id: bytes | None = None) -> AsyncIterator[AsyncHubClient]:
+    """An ``AsyncHubClient`` over gRPC with its own bridge (one per process)."""
+    async with open_grpc_bridge() as bridge:
+        node = open_node()
+        links = GrpcLinks(bridge, target, node_secret=node.node_secret, pin=pin,
+                          hub_node_id=hub_node_id)
+        try:
+            async with AsyncHubClient(node, links) as client:
+                yield client
+        finally:
+            await links.aclose()

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from client import errors, ledger
-from client.sdk import AsyncHubClient, GrpcLinks
+from client.sdk import AsyncHubClient, GrpcLinks, HubClient, Payment, open_grpc_client
 from client.transport import HubPin
 from hub.auth import AdminCredential, Authenticator
 from hub.edge import GrpcEdge
@@ -47,20 +47,34 @@ async def test_pay_over_grpc_with_tls_and_a_wrong_pin_refused(
                               pin=HubPin(cert_pem=other.cert_pem))
             with pytest.raises(errors.HubIdentityError):
                 await wrong.connect()
-            async with AsyncHubClient(alice_node, alice_links) as alice, \
-                    AsyncHubClient(bob_node, bob_links) as bob:
-                await alice.ready()
-                await bob.ready()
-                await world.open_channel(alice_node, 1_000_000)
-                await world.open_channel(bob_node, 1_000_000, 400_000_000)
-                paid = []
-                for i in range(20):
-                    invoice = await bob.add_invoice(1_000_000 + i, f"grpc {i}")
-                    paid.append(await alice.pay(idempotency_key=f"g{i}", invoice=invoice))
-                assert all(p.state == ledger.SUCCEEDED for p in paid)
-                received = [p for p in await bob.list_payments() if p.direction == "received"]
-                assert len(received) == 20
-            await alice_links.aclose()
+            async with AsyncHubClient(bob_node, bob_links) as bob:
+                async with AsyncHubClient(alice_node, alice_links) as alice:
+                    await alice.ready()
+                    await bob.ready()
+                    await world.open_channel(alice_node, 1_000_000)
+                    await world.open_channel(bob_node, 1_000_000, 400_000_000)
+                    paid = []
+                    for i in range(20):
+                        invoice = await bob.add_invoice(1_000_000 + i, f"grpc {i}")
+                        paid.append(await alice.pay(idempotency_key=f"g{i}", invoice=invoice))
+                    assert all(p.state == ledger.SUCCEEDED for p in paid)
+                    received = [p for p in await bob.list_payments()
+                                if p.direction == "received"]
+                    assert len(received) == 20
+                await alice_links.aclose()
+                # Alice's process ends; the synchronous SDK reopens her store (restore)
+                # in a thread with its own trio loop and bridge, and pays again.
+                sync_alice = HubClient(lambda: open_grpc_client(
+                    lambda: world.open_client("alice"), target, pin, world.hub.hub_node_id))
+                invoice = await bob.add_invoice(7_000_000, "sync")
+
+                def pay_sync() -> Payment:
+                    with sync_alice as client:
+                        client.ready()
+                        assert client.get_balance().open_channels == 1
+                        return client.pay(idempotency_key="sync", invoice=invoice)
+
+                assert (await trio.to_thread.run_sync(pay_sync)).state == ledger.SUCCEEDED
             await bob_links.aclose()
             await edge.stop()
             nursery.cancel_scope.cancel()
