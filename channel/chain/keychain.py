@@ -6,13 +6,12 @@ a P2WPKH output. `coin` is 0 on mainnet and 1 on every test network (BIP44).
 The account key is derived once from the seed; each address key is then two
 non-hardened steps, cached.
 
-Derivation is BIP32's CKDpriv: I = HMAC-SHA512(chain code, data), child key =
-I_L + parent key (mod n). The addition runs in libsecp256k1's constant-time
-scalar code (`channel.signing.scalar_add`); public keys come from
-`channel.keys.pubkey_from_secret`. (btclib's BIP32 module, which this would
-otherwise use, is no longer part of the installed btclib: it moved to the
-separate btclib-wallet package, which the project does not depend on. The
-tests check this derivation against BIP84's published vectors.)
+The BIP32 arithmetic (master key from seed, CKDpriv, path parsing, the range
+checks BIP32 asks for) is btclib-wallet's `btclib_wallet.bip32`, which adds the
+parent key in libsecp256k1's constant-time scalar code; `ExtendedKey` is a thin
+value type over its `BIP32KeyData`, kept so callers see secret and chain code
+as plain bytes. Public keys come from `channel.keys.pubkey_from_secret`. The
+tests check the result against BIP84's published vectors.
 
 Addresses are encoded and decoded with btclib (bech32/bech32m and base58);
 `script_from_address` refuses an address of another network, so a regtest
@@ -21,20 +20,21 @@ wallet cannot be told to pay a mainnet address.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from dataclasses import dataclass
 from functools import lru_cache
 
 from btclib.b32 import address_from_witness
+from btclib.network import NETWORKS as BTCLIB_NETWORKS
 from btclib.script import ScriptPubKey
+from btclib_wallet.bip32 import BIP32KeyData, derive_, rootxprv_from_seed_
 
 from channel.keys import pubkey_from_secret
 from channel.scripts import p2wpkh
-from channel.signing import scalar_add
 
 HARDENED = 0x80000000
-_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+# the version bytes only label the key for serialization, which this module
+# never does; derivation is the same under any of them
+_XPRV_VERSION = BTCLIB_NETWORKS["mainnet"].bip32_prv
 
 #: bech32 human-readable part and BIP44 coin type of each network we can run on.
 NETWORKS: dict[str, tuple[str, int]] = {
@@ -54,46 +54,58 @@ class AddressError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ExtendedKey:
-    """A BIP32 private node: secret and chain code."""
+    """A BIP32 private node: secret and chain code, and where it sits.
+
+    `depth`, `parent_fingerprint` and `child_number` are what btclib's
+    `BIP32KeyData` checks a key's place in the tree by (a depth-0 key must
+    have no parent); they default to a master key's.
+    """
 
     secret: bytes
     chain_code: bytes
+    depth: int = 0
+    parent_fingerprint: bytes = b"\x00\x00\x00\x00"
+    child_number: int = 0
 
     @classmethod
     def from_seed(cls, seed: bytes) -> ExtendedKey:
+        # btclib-wallet refuses a seed outside 16..64 bytes and (BIP32) a
+        # master secret of 0 or >= n, both as BTClibValueError (a ValueError)
         if not 16 <= len(seed) <= 64:
             raise ValueError("a BIP32 seed is 16 to 64 bytes")
-        digest = hmac.new(b"Bitcoin seed", seed, hashlib.sha512).digest()
-        secret = digest[:32]
-        if not 0 < int.from_bytes(secret, "big") < _N:
-            raise ValueError("this seed gives no valid master key (BIP32: use another)")
-        return cls(secret, digest[32:])
+        return cls._from_key_data(rootxprv_from_seed_(seed, _XPRV_VERSION))
+
+    @classmethod
+    def _from_key_data(cls, data: BIP32KeyData) -> ExtendedKey:
+        return cls(data.key[1:], data.chain_code, data.depth, data.parent_fingerprint, data.index)
+
+    def _key_data(self) -> BIP32KeyData:
+        # validated by btclib when derive_ receives it: secret in 1..n-1,
+        # depth consistent with parent fingerprint and index
+        return BIP32KeyData(
+            _XPRV_VERSION,
+            self.depth,
+            self.parent_fingerprint,
+            self.child_number,
+            self.chain_code,
+            b"\x00" + self.secret,
+            check_validity=False,
+        )
 
     def child(self, index: int) -> ExtendedKey:
         if not 0 <= index < 2**32:
             raise ValueError("a BIP32 index is 32 bits")
-        if index >= HARDENED:
-            data = b"\x00" + self.secret + index.to_bytes(4, "big")
-        else:
-            data = pubkey_from_secret(self.secret) + index.to_bytes(4, "big")
-        digest = hmac.new(self.chain_code, data, hashlib.sha512).digest()
-        # scalar_add refuses I_L >= n and a zero sum: BIP32 says "proceed with
-        # the next index" then, which has probability below 2**-127.
-        return ExtendedKey(scalar_add(self.secret, digest[:32]), digest[32:])
+        # btclib raises (rather than skipping to the next index) for the
+        # invalid children BIP32 describes, which have probability below 2**-127
+        return self._from_key_data(derive_(self._key_data(), index))
 
     def derive(self, path: str) -> ExtendedKey:
         """`path` like "m/84'/1'/0'/0/5" (h or ' marks a hardened step)."""
-        parts = path.split("/")
-        if parts[0] != "m":
+        # btclib also takes a path without "m", relative to this key; this
+        # method is for absolute paths from the master, so it insists on it
+        if path.split("/")[0].strip() != "m":
             raise ValueError("a BIP32 path starts with m")
-        key = self
-        for part in parts[1:]:
-            hardened = part.endswith(("'", "h"))
-            number = int(part[:-1] if hardened else part)
-            if not 0 <= number < HARDENED:
-                raise ValueError(f"bad path step {part!r}")
-            key = key.child(number + HARDENED if hardened else number)
-        return key
+        return self._from_key_data(derive_(self._key_data(), path))
 
     @property
     def pubkey(self) -> bytes:

@@ -14,31 +14,36 @@ master key; this module derives the same shapes on regtest's coin type 1:
 Each key's descriptor carries its key origin, `[fingerprint/path]`, the
 fingerprint being the first 4 bytes of HASH160 of the master public key,
 as Core prints in `listunspent`'s `desc`; `parent_descs` is the ranged
-descriptor over the account's tpub.  `WalletKey.sign` signs one input of
-its type (SIGHASH_ALL, or SIGHASH_DEFAULT for taproot, deterministic
-nonces), which is all the faucet needs.
+descriptor over the account's tpub.  The BIP32 derivation, fingerprints and
+tpub serialization are btclib-wallet's (`btclib_wallet.bip32`), an external
+library like btclib, so this package still imports nothing else of the
+project's.  `WalletKey.sign` signs one input of its type (SIGHASH_ALL, or
+SIGHASH_DEFAULT for taproot, deterministic nonces), which is all the faucet
+needs.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 from dataclasses import dataclass
 
-from btclib import base58
 from btclib.hashes import hash160
+from btclib.network import NETWORKS
 from btclib.script.script_pub_key import ScriptPubKey
 from btclib.script.sig_hash import PrecomputedTxData, legacy, segwit_v0, taproot
 from btclib.script.witness import Witness
 from btclib.tx.tx import Tx
 from btclib.tx.tx_out import TxOut
+from btclib_wallet.bip32 import BIP32KeyData, derive_, rootxprv_from_seed_, xpub_from_xprv_
+from btclib_wallet.bip32 import fingerprint as bip32_fingerprint
 from coincurve import PrivateKey, PublicKey
 
 CURVE_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 HARDENED = 1 << 31
 SIGHASH_ALL = 1
 SIGHASH_DEFAULT = 0
-TPUB_VERSION = bytes.fromhex("043587cf")
+# testnet/regtest extended keys: tprv, whose public half serializes as tpub
+TPRV_VERSION = NETWORKS["regtest"].bip32_prv
 
 ADDRESS_TYPES = ("legacy", "p2sh-segwit", "bech32", "bech32m")
 PURPOSE = {"legacy": 44, "p2sh-segwit": 49, "bech32": 84, "bech32m": 86}
@@ -57,7 +62,12 @@ def _tagged_hash(tag: str, data: bytes) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class ExtendedKey:
-    """A BIP32 private node: key, chain code, and where it sits."""
+    """A BIP32 private node: key, chain code, and where it sits.
+
+    A thin value type over btclib-wallet's `BIP32KeyData`, which does the
+    arithmetic (HMAC-SHA512 and libsecp256k1's constant-time scalar sum),
+    the range checks and the tpub serialization.
+    """
 
     secret: int
     chain_code: bytes
@@ -67,8 +77,24 @@ class ExtendedKey:
 
     @staticmethod
     def from_seed(seed: bytes) -> ExtendedKey:
-        digest = hmac.new(b"Bitcoin seed", seed, hashlib.sha512).digest()
-        return ExtendedKey(int.from_bytes(digest[:32], "big"), digest[32:])
+        return ExtendedKey._from_key_data(rootxprv_from_seed_(seed, TPRV_VERSION))
+
+    @staticmethod
+    def _from_key_data(data: BIP32KeyData) -> ExtendedKey:
+        secret = int.from_bytes(data.key[1:], "big")
+        return ExtendedKey(secret, data.chain_code, data.depth, data.parent_fingerprint, data.index)
+
+    def _key_data(self) -> BIP32KeyData:
+        # btclib validates it where it is used (derive_, xpub_from_xprv_)
+        return BIP32KeyData(
+            TPRV_VERSION,
+            self.depth,
+            self.parent_fingerprint,
+            self.child_number,
+            self.chain_code,
+            b"\x00" + self.secret.to_bytes(32, "big"),
+            check_validity=False,
+        )
 
     @property
     def pubkey(self) -> bytes:
@@ -76,32 +102,15 @@ class ExtendedKey:
 
     @property
     def fingerprint(self) -> bytes:
-        return hash160(self.pubkey)[:4]
+        return bip32_fingerprint(self._key_data())
 
     def child(self, index: int) -> ExtendedKey:
         """CKDpriv; an out-of-range child (probability 2**-127) raises."""
-        if index >= HARDENED:
-            data = b"\x00" + self.secret.to_bytes(32, "big") + index.to_bytes(4, "big")
-        else:
-            data = self.pubkey + index.to_bytes(4, "big")
-        digest = hmac.new(self.chain_code, data, hashlib.sha512).digest()
-        tweak = int.from_bytes(digest[:32], "big")
-        secret = (tweak + self.secret) % CURVE_ORDER
-        if tweak >= CURVE_ORDER or secret == 0:
-            raise ValueError(f"BIP32 child {index} is invalid; use the next index")
-        return ExtendedKey(secret, digest[32:], self.depth + 1, self.fingerprint, index)
+        return ExtendedKey._from_key_data(derive_(self._key_data(), index))
 
     def tpub(self) -> str:
         """The node's public half, serialized for testnet/regtest (tpub...)."""
-        payload = (
-            TPUB_VERSION
-            + bytes([self.depth])
-            + self.parent_fingerprint
-            + self.child_number.to_bytes(4, "big")
-            + self.chain_code
-            + self.pubkey
-        )
-        return base58.encode(payload).decode()
+        return xpub_from_xprv_(self._key_data()).b58encode(check_validity=False)
 
 
 def _path_text(path: tuple[int, ...]) -> str:

@@ -62,4 +62,31 @@ def test_bad_seeds_and_paths_are_refused() -> None:
     with pytest.raises(ValueError):
         ExtendedKey.from_seed(SEED).derive("84'/0'")
     with pytest.raises(ValueError):
+        ExtendedKey.from_seed(bytes(65))
+    with pytest.raises(ValueError):
         Bip84Account(SEED, "liquid")
+    root = ExtendedKey.from_seed(SEED)
+    for index in (-1, 2**32):
+        with pytest.raises(ValueError):
+            root.child(index)
+    for path in ("m/84'/x", "m/4294967296"):
+        with pytest.raises(ValueError):
+            root.derive(path)
+    # a secret of 0 or >= n is no key: btclib-wallet refuses to derive from it
+    for secret in (bytes(32), b"\xff" * 32):
+        with pytest.raises(ValueError):
+            ExtendedKey(secret, root.chain_code).child(0)
+
+
+def test_bip32_vector_1_chain() -> None:
+    # BIP32 test vector 1, m/0H/1/2H: private key and chain code
+    root = ExtendedKey.from_seed(bytes.fromhex("000102030405060708090a0b0c0d0e0f"))
+    node = root.derive("m/0H/1/2H")
+    assert node.secret.hex() == (
+        "cbce0d719ecf7431d88e6a89fa1483e02e35092af60c042b1df2ff59fa424dca"
+    )
+    assert node.chain_code.hex() == (
+        "04466b9cc8e161e966409ca52986c584f07e9dc81f735db683c3ff6ec7b1503f"
+    )
+    assert node.depth == 3 and node.child_number == 2 + 2**31
+    assert node == root.child(2**31).child(1).child(2 + 2**31)
