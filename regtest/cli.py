@@ -3,6 +3,13 @@
     chanhub-regtest node start|stop|status
     chanhub-regtest mine N [--address ADDRESS]
     chanhub-regtest fund ADDRESS AMOUNT_BTC [--confirm]
+    chanhub-regtest up --clients N [--store sqlite|postgres]
+    chanhub-regtest down | status
+
+`up` starts a whole network (regtest/network.py): the node, a hub (chanhubd) and N
+funded clients (`chanhub serve`), each a separate process, and prints how to reach
+each; its node lives in `<datadir>/node`, so `mine` and `fund` take
+`--datadir <datadir>/node` to reach it.
 
 Every command works on one data directory (`--datadir`, or $CHANHUB_REGTEST_DIR,
 default ~/.chanhub/regtest). The node is a separate process that outlives the
@@ -23,6 +30,7 @@ import click
 import trio
 
 from channel.chain import BitcoinRpc, ChainError, btc_to_sat, sat_to_btc
+from regtest import network as regtest_network
 from regtest.harness import HarnessError, NodeEndpoint, running_node, start_node, stop_node
 
 T = TypeVar("T")
@@ -157,6 +165,50 @@ def fund(address: str, amount_btc: str, confirm: bool, datadir: Path) -> None:
     txid = _with_rpc(datadir, send)
     state = "confirmed" if confirm else "in the mempool"
     click.echo(f"sent {sat_to_btc(amount_sat)} BTC to {address}: {txid} ({state})")
+
+
+@main.command("up")
+@click.option("--clients", "client_count", type=click.IntRange(0, 100), default=2,
+              show_default=True, help="How many clients to start.")
+@click.option("--store", type=click.Choice(["sqlite", "postgres"]), default="sqlite",
+              show_default=True, help="The hub's store (postgres: a schema of its own on "
+              "127.0.0.1:5432, database test).")
+@click.option("--hub-application", default=None, metavar="MODULE:FUNCTION",
+              help="chanhubd's --application (default: chanhubd's own).")
+@datadir_option
+def up(client_count: int, store: str, hub_application: str | None, datadir: Path) -> None:
+    """Start the node, a hub and N funded clients, each a separate process."""
+    try:
+        started = regtest_network.up(datadir, clients=client_count, store=store,
+                                     hub_application=hub_application)
+    except HarnessError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in regtest_network.describe(started):
+        click.echo(line)
+    click.echo(f"stop everything with: chanhub-regtest down --datadir {datadir}")
+
+
+@main.command("down")
+@datadir_option
+def down(datadir: Path) -> None:
+    """Stop every process `up` started (clients, then the hub, then the node)."""
+    try:
+        stopped = regtest_network.down(datadir)
+    except HarnessError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@main.command("status")
+@datadir_option
+def status(datadir: Path) -> None:
+    """Print what of the network `up` started is running, and how to reach it."""
+    try:
+        loaded = regtest_network.Network.load(datadir)
+    except HarnessError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in regtest_network.describe(loaded):
+        click.echo(line)
 
 
 if __name__ == "__main__":

@@ -10,15 +10,25 @@ once its RPC server is listening, and closes it; the parent blocks on that read.
 A node that dies during start-up closes the pipe without the line, which the
 parent reports together with the tail of the node's log.
 
-The same class serves the `chanhub-regtest` CLI (detached: the node outlives the
-command, its pid is kept in the datadir) and tests (attached: stopped with the
-test). Later issues add the hub and clients here; this is the only code that
-assembles several of our processes together.
+The hub (`python -m hub`, i.e. chanhubd) and each client (`chanhub serve`) are
+started the same way, detached in their own session with their pid kept in their
+data directory, so `stop_*` works from another shell. Their readiness signal is
+the one JSON line they print on stdout once serving (port, TLS fingerprint, node
+id, file paths); the parent blocks on that line with a deadline, never polls. The
+line is kept beside the pid (`hub.json`), so a later command knows how to reach
+the process without asking it.
+
+The same functions serve the `chanhub-regtest` CLI (detached: the processes
+outlive the command) and tests (attached: stopped with the test, or killed with
+SIGKILL by the crash tests). This is the only code that assembles several of our
+processes together; `regtest/network.py` puts node + hub + clients together.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import select
 import signal
@@ -130,19 +140,7 @@ def running_node(datadir: Path) -> NodeEndpoint | None:
 
 def stop_node(datadir: Path, *, timeout_s: float = 30.0) -> bool:
     """Stop the node of `datadir` (SIGTERM: a clean shutdown). False if none ran."""
-    try:
-        pid = int((datadir / PID_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    if not _alive(pid):
-        (datadir / PID_FILE).unlink(missing_ok=True)
-        return False
-    os.kill(pid, signal.SIGTERM)
-    if not _wait_for_exit(pid, timeout_s):
-        os.kill(pid, signal.SIGKILL)
-        _wait_for_exit(pid, timeout_s)
-    (datadir / PID_FILE).unlink(missing_ok=True)
-    return True
+    return stop_pid_file(datadir / PID_FILE, signal.SIGTERM, timeout_s)
 
 
 def _alive(pid: int) -> bool:
@@ -177,7 +175,285 @@ def _wait_for_exit(pid: int, timeout_s: float) -> bool:
 
 
 def _log_tail(datadir: Path, lines: int = 15) -> str:
+    return _file_tail(datadir / LOG_FILE, lines)
+
+
+# ---------------------------------------------------------------------------
+# Processes that announce themselves with one JSON line (chanhubd, chanhub serve)
+
+HUB_STATE_FILE = "hub.json"
+HUB_PID_FILE = "hub.pid"
+HUB_LOG_FILE = "hub.log"
+HUB_KEY_FILE = "hub.key"  # the 32-byte key that encrypts the hub's secrets at rest
+POSTGRES_SERVER = os.environ.get("CHANHUB_TEST_POSTGRES",
+                                 "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@dataclass(frozen=True)
+class HubEndpoint:
+    """Where a running chanhubd listens, how to pin it and where its files are."""
+
+    datadir: Path
+    pid: int
+    port: int
+    tls_cert_sha256: str
+    hub_node_id: bytes
+    tls_cert_file: Path
+    admin_credential_file: Path
+    store_url: str
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def to_json(self) -> dict[str, object]:
+        return {"pid": self.pid, "port": self.port, "tls_cert_sha256": self.tls_cert_sha256,
+                "hub_node_id": self.hub_node_id.hex(), "tls_cert_file": str(self.tls_cert_file),
+                "admin_credential_file": str(self.admin_credential_file),
+                "store_url": self.store_url}
+
+    @classmethod
+    def from_json(cls, datadir: Path, data: dict[str, object]) -> HubEndpoint:
+        return cls(datadir=datadir, pid=int(str(data["pid"])), port=int(str(data["port"])),
+                   tls_cert_sha256=str(data["tls_cert_sha256"]),
+                   hub_node_id=bytes.fromhex(str(data["hub_node_id"])),
+                   tls_cert_file=Path(str(data["tls_cert_file"])),
+                   admin_credential_file=Path(str(data["admin_credential_file"])),
+                   store_url=str(data.get("store_url", "")))
+
+
+def spawn_announcing(command: list[str], *, log_file: Path, timeout_s: float,
+                     what: str, env: dict[str, str] | None = None
+                     ) -> tuple[subprocess.Popen[bytes], dict[str, object]]:
+    """Start `command` detached (its own session; stderr to `log_file`) and return it
+    with the JSON object of the first line it prints on stdout. A process that exits
+    or closes stdout first, or prints something else, is a `HarnessError` with the
+    tail of its log."""
+    log = log_file.open("ab")
     try:
-        return "\n".join((datadir / LOG_FILE).read_text(errors="replace").splitlines()[-lines:])
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+            start_new_session=True, env=env)
+    finally:
+        log.close()
+    assert process.stdout is not None
+    with process.stdout as pipe:
+        # The line arrives once the process serves; EOF means it died first. The
+        # deadline only covers a process that hangs during start-up.
+        readable, _, _ = select.select([pipe], [], [], timeout_s)
+        if not readable:
+            process.kill()
+            process.wait()
+            raise HarnessError(f"{what} did not become ready within {timeout_s:.0f} s; "
+                               f"last log lines:\n{_file_tail(log_file)}")
+        line = pipe.readline()
+    try:
+        announced = json.loads(line)
+        if not isinstance(announced, dict):
+            raise ValueError("not an object")
+    except ValueError:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=timeout_s)
+        raise HarnessError(
+            f"{what} exited or printed no start-up line (code {process.poll()}); "
+            f"last log lines:\n{_file_tail(log_file)}") from None
+    return process, announced
+
+
+def hub_store_url(datadir: Path, store: str) -> str:
+    """The store URL for `store` ("sqlite": a file in the hub's datadir; "postgres": a
+    schema of its own on the local server, named after the datadir, created here)."""
+    if store == "sqlite":
+        return ""  # chanhubd's default: <data dir>/hub.sqlite
+    if store != "postgres":
+        raise HarnessError(f"unknown store {store!r} (sqlite or postgres)")
+    schema = postgres_schema(datadir)
+    _postgres_ddl(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    return f"{POSTGRES_SERVER}?options=-csearch_path%3D{schema}"
+
+
+def postgres_schema(datadir: Path) -> str:
+    return "chanhub_" + hashlib.sha256(str(datadir.resolve()).encode()).hexdigest()[:16]
+
+
+def drop_postgres_schema(datadir: Path) -> None:
+    _postgres_ddl(f'DROP SCHEMA IF EXISTS "{postgres_schema(datadir)}" CASCADE')
+
+
+def _postgres_ddl(statement: str) -> None:
+    import sqlalchemy as sa  # only the PostgreSQL path needs it
+
+    engine = sa.create_engine(POSTGRES_SERVER, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(statement)
+    except sa.exc.SQLAlchemyError as exc:
+        raise HarnessError(f"{statement} on {POSTGRES_SERVER}: {exc}") from exc
+    finally:
+        engine.dispose()
+
+
+def start_hub(datadir: Path, node: NodeEndpoint, *, store_url: str = "",
+              application: str | None = None, options: dict[str, str] | None = None,
+              timeout_s: float = 60.0) -> HubEndpoint:
+    """Start chanhubd (`python -m hub`) detached on an ephemeral loopback port, on the
+    chain of `node`; return once it printed its start-up line. `options` are more
+    chanhubd flags (option name -> value, e.g. {"minimum_depth": "1"})."""
+    from protocol.driver.crypto import create_key_file
+
+    datadir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    existing = running_hub(datadir)
+    if existing is not None:
+        raise HarnessError(f"a hub is already running on port {existing.port} "
+                           f"(datadir {datadir})")
+    key_file = datadir / HUB_KEY_FILE
+    if not key_file.exists():
+        create_key_file(key_file)
+    flags = {"data_dir": str(datadir), "listen": "127.0.0.1:0",
+             "chain_rpc_url": node.url, "chain_rpc_cookie_file": str(node.cookie_file),
+             "key_file": str(key_file), "store_url": store_url, **(options or {})}
+    command = [sys.executable, "-m", "hub"]
+    if application is not None:
+        command += ["--application", application]
+    for name, value in flags.items():
+        if value != "":
+            command += ["--" + name.replace("_", "-"), value]
+    process, line = spawn_announcing(command, log_file=datadir / HUB_LOG_FILE,
+                                     timeout_s=timeout_s, what="chanhubd")
+    hub = HubEndpoint.from_json(datadir, {**line, "pid": process.pid, "store_url": store_url})
+    (datadir / HUB_STATE_FILE).write_text(json.dumps(hub.to_json()))
+    (datadir / HUB_PID_FILE).write_text(str(process.pid))
+    return hub
+
+
+def running_hub(datadir: Path) -> HubEndpoint | None:
+    """The hub started in `datadir` if its process is still alive."""
+    try:
+        hub = HubEndpoint.from_json(datadir, json.loads((datadir / HUB_STATE_FILE).read_text()))
+    except (OSError, ValueError, KeyError):
+        return None
+    return hub if _alive(hub.pid) else None
+
+
+def stop_hub(datadir: Path, *, timeout_s: float = 30.0) -> bool:
+    """SIGTERM the hub of `datadir` and wait for it (it drains its writes first)."""
+    return stop_pid_file(datadir / HUB_PID_FILE, signal.SIGTERM, timeout_s)
+
+
+def kill_hub(datadir: Path, *, timeout_s: float = 30.0) -> bool:
+    """kill -9 the hub of `datadir` (the crash tests): nothing is flushed or drained."""
+    return stop_pid_file(datadir / HUB_PID_FILE, signal.SIGKILL, timeout_s)
+
+
+def stop_pid_file(pid_file: Path, signum: int, timeout_s: float) -> bool:
+    """Send `signum` to the process named in `pid_file` and wait for it to exit
+    (SIGKILL after `timeout_s`). False if none was running."""
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return False
+    if not _alive(pid):
+        pid_file.unlink(missing_ok=True)
+        return False
+    os.kill(pid, signum)
+    if not _wait_for_exit(pid, timeout_s):
+        os.kill(pid, signal.SIGKILL)
+        _wait_for_exit(pid, timeout_s)
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def _file_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+# ---------------------------------------------------------------------------
+# Clients: `chanhub serve`, one process per client, each with its own data directory
+
+CLIENT_STATE_FILE = "client.json"
+CLIENT_PID_FILE = "client.pid"
+CLIENT_LOG_FILE = "client.log"
+# Harness clients are throwaway test wallets: one known passphrase, given through the
+# environment (never a flag, which `ps` would show).
+CLIENT_PASSPHRASE = "chanhub regtest client"
+CLIENT_PASSPHRASE_ENV = "CHANHUB_PASSPHRASE"
+
+
+@dataclass(frozen=True)
+class ClientEndpoint:
+    """A running `chanhub serve`: its data directory, node id and wallet address."""
+
+    datadir: Path
+    pid: int
+    node_id: bytes
+    wallet_address: str
+
+    @property
+    def command_hint(self) -> str:
+        return (f"{CLIENT_PASSPHRASE_ENV}='{CLIENT_PASSPHRASE}' "
+                f"chanhub --datadir {self.datadir} <command>")
+
+
+def client_env() -> dict[str, str]:
+    return {**os.environ, CLIENT_PASSPHRASE_ENV: CLIENT_PASSPHRASE}
+
+
+def chanhub_command(datadir: Path, *args: str) -> list[str]:
+    """The `chanhub` CLI run with this interpreter, on the client of `datadir`."""
+    return [sys.executable, "-m", "client.cli", "--datadir", str(datadir), *args]
+
+
+def run_chanhub(datadir: Path, *args: str, timeout_s: float = 120.0) -> str:
+    """Run one `chanhub` command to completion; its stdout, or a `HarnessError`
+    carrying its one-line error."""
+    done = subprocess.run(chanhub_command(datadir, *args), env=client_env(),
+                          capture_output=True, text=True, timeout=timeout_s,
+                          stdin=subprocess.DEVNULL, check=False)
+    if done.returncode != 0:
+        raise HarnessError(f"chanhub {' '.join(args)}: {done.stderr.strip() or done.stdout}")
+    return done.stdout
+
+
+def start_client(datadir: Path, hub: HubEndpoint, node: NodeEndpoint, *,
+                 timeout_s: float = 60.0) -> ClientEndpoint:
+    """Initialise the client of `datadir` for `hub` (once), then start `chanhub serve`
+    detached and return once it is online (its start-up JSON line)."""
+    datadir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    existing = running_client(datadir)
+    if existing is not None:
+        raise HarnessError(f"a client is already running in {datadir}")
+    if not (datadir / CLIENT_STATE_FILE).exists():
+        run_chanhub(datadir, "init", "--hub", hub.target,
+                    "--tls-cert", str(hub.tls_cert_file),
+                    "--hub-node-id", hub.hub_node_id.hex(),
+                    "--chain-rpc-url", node.url,
+                    "--chain-rpc-cookie-file", str(node.cookie_file))
+    address = json.loads(run_chanhub(datadir, "--json", "wallet", "address"))["address"]
+    process, line = spawn_announcing(chanhub_command(datadir, "serve"),
+                                     log_file=datadir / CLIENT_LOG_FILE,
+                                     timeout_s=timeout_s, what="chanhub serve",
+                                     env=client_env())
+    client = ClientEndpoint(datadir, process.pid, bytes.fromhex(str(line["node_id"])),
+                            str(address))
+    (datadir / CLIENT_STATE_FILE).write_text(json.dumps(
+        {"pid": client.pid, "node_id": client.node_id.hex(),
+         "wallet_address": client.wallet_address}))
+    (datadir / CLIENT_PID_FILE).write_text(str(process.pid))
+    return client
+
+
+def running_client(datadir: Path) -> ClientEndpoint | None:
+    try:
+        data = json.loads((datadir / CLIENT_STATE_FILE).read_text())
+        client = ClientEndpoint(datadir, int(data["pid"]), bytes.fromhex(data["node_id"]),
+                                str(data["wallet_address"]))
+    except (OSError, ValueError, KeyError):
+        return None
+    return client if _alive(client.pid) else None
+
+
+def stop_client(datadir: Path, *, timeout_s: float = 30.0) -> bool:
+    return stop_pid_file(datadir / CLIENT_PID_FILE, signal.SIGTERM, timeout_s)
