@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets as _secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 import trio
 
 from channel.commitment import Side
@@ -124,7 +126,7 @@ class ClientNode:
                  clock: Callable[[], int] = _now) -> None:
         self.db, self.store, self.terms, self.config = db, store, terms, config
         self._seed = node_seed
-        self.node_secret = hmac.new(node_seed, b"chanhub client node key", "sha256").digest()
+        self.node_secret = node_key(node_seed)
         self.node_id = pubkey_from_secret(self.node_secret)
         self.height, self.clock, self.funder = height, clock, funder
         self.ctx = DriverContext(store, broadcaster, height, self._on_event, self._on_watch)
@@ -149,18 +151,18 @@ class ClientNode:
         self.changed = trio.Event()
 
     @classmethod
-    def open(cls, store_url: str, key_source: Passphrase | KeyFile, terms: HubTerms,
+    def open(cls, store_url: str, key_source: Passphrase | KeyFile, terms: HubTerms | None,
              **kwargs: Any) -> ClientNode:
+        """Open (or create) the client's store. ``terms`` None: the hub's terms saved by
+        ``save_hub_terms`` (InvalidRequest if never saved)."""
         with errors.translate():
             db = Database.open(store_url, lock_name="client", version_locations=[MIGRATIONS])
             try:
                 box = open_secret_box(db, key_source)
                 store = ChannelStore(db, box, GroupWriter(db.engine))
-                seed = store.load_secret(NODE_SEED)
-                if seed is None:
-                    seed = _secrets.token_bytes(32)
-                    with db.engine.begin() as conn:
-                        store.secret_write(NODE_SEED, seed)(conn)
+                seed = _node_seed(db, store)
+                if terms is None:
+                    terms = stored_hub_terms(db)
                 return cls(db, store, seed, terms, **kwargs)
             except BaseException:
                 db.close()
@@ -496,6 +498,58 @@ class ClientNode:
         for row in list(self._payments.values()):
             if row["state"] == ledger.IN_FLIGHT and row["payment_hash"] not in offered:
                 await self._resolve(row["payment_hash"], local_reason="never sent (restart)")
+
+
+def node_key(node_seed: bytes) -> bytes:
+    """The node's secret key (its node id is the public key) from the node seed."""
+    return hmac.new(node_seed, b"chanhub client node key", "sha256").digest()
+
+
+def _node_seed(db: Database, store: ChannelStore) -> bytes:
+    """The stored (sealed) node seed, made on first open."""
+    seed = store.load_secret(NODE_SEED)
+    if seed is None:
+        seed = _secrets.token_bytes(32)
+        with db.engine.begin() as conn:
+            store.secret_write(NODE_SEED, seed)(conn)
+    return seed
+
+
+def node_secret_of(store_url: str, key_source: Passphrase | KeyFile) -> bytes:
+    """The node key of a client store, created with the store on first use (``init``
+    needs it to authenticate before it knows the hub's terms)."""
+    with errors.translate():
+        db = Database.open(store_url, lock_name="client", version_locations=[MIGRATIONS])
+        try:
+            store = ChannelStore(db, open_secret_box(db, key_source), GroupWriter(db.engine))
+            seed = _node_seed(db, store)
+        finally:
+            db.close()
+    return node_key(seed)
+
+
+def save_hub_terms(store_url: str, terms: HubTerms) -> None:
+    with errors.translate():
+        db = Database.open(store_url, lock_name="client", version_locations=[MIGRATIONS])
+        try:
+            value = json.dumps(dict(hub_node_id=terms.hub_node_id.hex(),
+                                    base_fee_msat=terms.base_fee_msat, fee_ppm=terms.fee_ppm,
+                                    cltv_expiry_delta_blocks=terms.cltv_expiry_delta_blocks))
+            with db.engine.begin() as conn:
+                ledger.meta_write("hub_terms", value)(conn)
+        finally:
+            db.close()
+
+
+def stored_hub_terms(db: Database) -> HubTerms:
+    value = db.read_sync(lambda conn: conn.execute(
+        sa.select(ledger.meta.c.value).where(ledger.meta.c.name == "hub_terms")
+    ).scalar_one_or_none())
+    if value is None:
+        raise errors.InvalidRequest("this client store has no hub yet: run `chanhub init`")
+    d = json.loads(value)
+    return HubTerms(bytes.fromhex(d["hub_node_id"]), int(d["base_fee_msat"]), int(d["fee_ppm"]),
+                    int(d["cltv_expiry_delta_blocks"]))
 
 
 def decode_invoice_unchecked(bolt11: str) -> Any:

@@ -27,6 +27,7 @@ import trio
 from client import errors, ledger
 from client.node import ClientNode, HubTerms
 from client.transport import HubPin, HubTransport
+from proto import client_pb2
 from protocol.driver.grpc_bridge import GrpcBridge, open_grpc_bridge
 from protocol.driver.link import FrameLink
 from protocol.routing import FailureCode
@@ -207,22 +208,29 @@ class GrpcLinks:
         with errors.translate():
             return await self.transport.open_peer_link()
 
-    async def hub_terms(self) -> HubTerms:
-        """The fee policy and CLTV delta a payer needs, from the hub's GetInfo."""
+    async def hub_info(self) -> client_pb2.GetInfoResponse:
         transport = await self.connect()
         try:
             with errors.translate():
-                info = await transport.get_info()
+                return await transport.get_info()
         finally:
             await transport.aclose()
-        return HubTerms(bytes(info.hub_node_id), int(info.fee_policy.base_fee_msat),
-                        int(info.fee_policy.fee_rate_ppm), int(info.cltv_expiry_delta))
+
+    async def hub_terms(self) -> HubTerms:
+        """The fee policy and CLTV delta a payer needs, from the hub's GetInfo."""
+        return terms_of(await self.hub_info())
 
     async def aclose(self) -> None:
         if self.transport is not None:
             transport, self.transport = self.transport, None
             with trio.CancelScope(shield=True):
                 await transport.aclose()
+
+
+def terms_of(info: client_pb2.GetInfoResponse) -> HubTerms:
+    """A payer's terms from the hub's GetInfo."""
+    return HubTerms(bytes(info.hub_node_id), int(info.fee_policy.base_fee_msat),
+                    int(info.fee_policy.fee_rate_ppm), int(info.cltv_expiry_delta))
 
 
 class HubClient:

@@ -50,12 +50,12 @@ class World:
     def client_url(self, name: str) -> str:
         return sqlite_url(self.tmp / f"{name}.sqlite")
 
-    def open_client(self, name: str) -> ClientNode:
+    def open_client(self, name: str, url: str | None = None) -> ClientNode:
         async def fund(driver: ChannelDriver, needed: FundingNeeded) -> None:
             txid_hex, vout = self.node.send_to_script(needed.script_pubkey, needed.amount_sat)
             driver.funding_outpoint(bytes.fromhex(txid_hex)[::-1], vout)
 
-        return ClientNode.open(self.client_url(name), TEST_PASSPHRASE, self.terms(),
+        return ClientNode.open(url or self.client_url(name), TEST_PASSPHRASE, self.terms(),
                                height=self.height, broadcaster=NullBroadcaster(), funder=fund)
 
     async def start_client(self, nursery: trio.Nursery, client: ClientNode) -> None:

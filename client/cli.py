@@ -1,0 +1,231 @@
+"""``chanhub``: the client's command line, built only on the public SDK.
+
+Every command opens the client's store in ``--data-dir`` (a second process on the same
+store gets one clear line: the store is in use), connects to the hub over pinned TLS,
+does one thing and exits; ``serve`` stays online to receive. Errors: one line on
+stderr and exit status 1. ``--json`` prints machine-readable output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+import trio
+from rich.console import Console
+from rich.table import Table
+
+from client import errors
+from client.node import ClientNode, node_secret_of, save_hub_terms
+from client.sdk import AsyncHubClient, GrpcLinks, open_grpc_client, terms_of
+from client.transport import HubPin
+from proto import client_pb2
+from protocol.driver.crypto import Passphrase
+from protocol.driver.db import sqlite_url
+from protocol.driver.driver import Broadcaster
+from protocol.driver.grpc_bridge import open_grpc_bridge
+
+
+class _NoBroadcaster:
+    """Until the on-chain wallet is wired in, a force close cannot be broadcast here."""
+
+    async def broadcast(self, raw_tx: bytes, txid: bytes, reason: str) -> None:
+        return None
+
+
+class Settings:
+    def __init__(self, data_dir: Path, hub: str, tls_cert: str | None,
+                 tls_fingerprint: str | None, passphrase: str, as_json: bool,
+                 scrypt_n: int) -> None:
+        self.data_dir, self.hub, self.as_json = data_dir, hub, as_json
+        self.tls_cert, self.tls_fingerprint = tls_cert, tls_fingerprint
+        self.key_source = Passphrase(passphrase, scrypt_n=scrypt_n)
+
+    @property
+    def store_url(self) -> str:
+        return sqlite_url(self.data_dir / "client.sqlite")
+
+    def pin(self) -> HubPin:
+        if self.tls_fingerprint:
+            return HubPin.from_fingerprint(self.tls_fingerprint)
+        if self.tls_cert:
+            return HubPin.from_cert_file(self.tls_cert)
+        raise errors.InvalidRequest("pin the hub: --tls-cert FILE or --tls-fingerprint HEX")
+
+    def open_node(self, height: int = 0) -> ClientNode:
+        broadcaster: Broadcaster = _NoBroadcaster()
+        return ClientNode.open(self.store_url, self.key_source, None,
+                               height=lambda: height, broadcaster=broadcaster)
+
+    async def hub_info(self) -> client_pb2.GetInfoResponse:
+        secret = node_secret_of(self.store_url, self.key_source)
+        async with open_grpc_bridge() as bridge:
+            return await GrpcLinks(bridge, self.hub, node_secret=secret, pin=self.pin()
+                                   ).hub_info()
+
+    @contextlib.asynccontextmanager
+    async def client(self) -> AsyncIterator[AsyncHubClient]:
+        # The chain height, until the client follows the chain itself (its ChainServices
+        # are not wired in yet): the hub's, read once; a command lives seconds.
+        height = int((await self.hub_info()).block_height)
+        async with open_grpc_client(lambda: self.open_node(height), self.hub,
+                                    self.pin()) as client:
+            yield client
+
+
+def _run(ctx: click.Context, action: Callable[[Settings], Any]) -> None:
+    """Run one command: its result printed (``--json`` or a table), or one error line."""
+    settings: Settings = ctx.obj
+    try:
+        result = trio.run(action, settings)
+    except (errors.ChanhubError, BaseExceptionGroup) as exc:
+        error = _chanhub_error(exc)
+        if error is None:
+            raise
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    if result is None:
+        return
+    if settings.as_json:
+        click.echo(json.dumps(result, default=lambda v: v.hex() if isinstance(v, bytes)
+                              else str(v)))
+        return
+    rows = result if isinstance(result, list) else [result]
+    if rows and isinstance(rows[0], dict):
+        table = Table(*rows[0].keys())
+        for row in rows:
+            table.add_row(*[v.hex() if isinstance(v, bytes) else str(v) for v in row.values()])
+        Console().print(table)
+
+
+def _chanhub_error(exc: BaseException) -> errors.ChanhubError | None:
+    """The ChanhubError behind ``exc`` (trio nurseries wrap errors in groups)."""
+    if isinstance(exc, errors.ChanhubError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _chanhub_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+@click.group()
+@click.option("--data-dir", type=click.Path(path_type=Path), envvar="CHANHUB_DATA_DIR",
+              default=Path.home() / ".chanhub", show_default=True,
+              help="Where the client's store lives.")
+@click.option("--hub", envvar="CHANHUB_HUB", default="127.0.0.1:10009", show_default=True,
+              help="The hub's gRPC address.")
+@click.option("--tls-cert", envvar="CHANHUB_TLS_CERT", help="The hub's certificate to pin.")
+@click.option("--tls-fingerprint", envvar="CHANHUB_TLS_FINGERPRINT",
+              help="The SHA-256 fingerprint of the hub's certificate to pin.")
+@click.option("--passphrase", envvar="CHANHUB_PASSPHRASE", prompt=True, hide_input=True,
+              help="Encrypts the client's keys at rest (or CHANHUB_PASSPHRASE).")
+@click.option("--scrypt-n", type=int, default=2**15, hidden=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def main(ctx: click.Context, data_dir: Path, hub: str, tls_cert: str | None,
+         tls_fingerprint: str | None, passphrase: str, scrypt_n: int, as_json: bool) -> None:
+    """chanhub: pay and get paid through a Chanhub hub."""
+    ctx.obj = Settings(data_dir, hub, tls_cert, tls_fingerprint, passphrase, as_json, scrypt_n)
+
+
+@main.command()
+@click.pass_context
+def init(ctx: click.Context) -> None:
+    """Create the client's store and keys, and record the hub's terms."""
+    async def action(s: Settings) -> dict[str, Any]:
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(s.data_dir, 0o700)
+        info = await s.hub_info()
+        terms = terms_of(info)
+        save_hub_terms(s.store_url, terms)
+        return {"hub_node_id": terms.hub_node_id, "base_fee_msat": terms.base_fee_msat,
+                "fee_ppm": terms.fee_ppm}
+    _run(ctx, action)
+
+
+@main.command()
+@click.argument("amount_msat", type=int)
+@click.option("--description", default="")
+@click.option("--expiry", "expiry_seconds", type=int, default=3600)
+@click.pass_context
+def invoice(ctx: click.Context, amount_msat: int, description: str, expiry_seconds: int
+            ) -> None:
+    """Make a BOLT #11 invoice (stay online with `serve` to be paid)."""
+    async def action(s: Settings) -> dict[str, Any]:
+        async with s.client() as client:
+            return {"invoice": await client.add_invoice(amount_msat, description,
+                                                        expiry_seconds)}
+    _run(ctx, action)
+
+
+@main.command()
+@click.argument("bolt11")
+@click.option("--idempotency-key", required=True,
+              help="The same key never pays twice (retry with the same key).")
+@click.pass_context
+def pay(ctx: click.Context, bolt11: str, idempotency_key: str) -> None:
+    """Pay an invoice and wait for the outcome."""
+    async def action(s: Settings) -> dict[str, Any]:
+        async with s.client() as client:
+            await client.ready()
+            return asdict(await client.pay(idempotency_key=idempotency_key, invoice=bolt11))
+    _run(ctx, action)
+
+
+@main.command()
+@click.pass_context
+def balance(ctx: click.Context) -> None:
+    """Our balance in open channels."""
+    async def action(s: Settings) -> dict[str, Any]:
+        async with s.client() as client:
+            await client.ready()
+            return asdict(await client.get_balance())
+    _run(ctx, action)
+
+
+@main.command()
+@click.pass_context
+def history(ctx: click.Context) -> None:
+    """Every payment, sent and received."""
+    async def action(s: Settings) -> list[dict[str, Any]]:
+        node = s.open_node()
+        try:
+            return [{k: v for k, v in p.items() if k not in ("packet", "payment_preimage")}
+                    for p in node.payments()]
+        finally:
+            node.close()
+    _run(ctx, action)
+
+
+@main.command()
+@click.option("--until-paid", "count", type=int, default=0,
+              help="Exit after this many invoices were paid (0: run until stopped).")
+@click.pass_context
+def serve(ctx: click.Context, count: int) -> None:
+    """Stay online to receive payments (Ctrl-C to stop)."""
+    async def action(s: Settings) -> None:
+        async with s.client() as client:
+            await client.ready()
+            click.echo("online", err=True)
+            paid = 0
+            async for event in client.subscribe_events(0):
+                if event.kind == "invoice_paid":
+                    paid += 1
+                    click.echo(json.dumps({"event": event.kind, "sequence": event.sequence,
+                                           "amount_msat": event.amount_msat}))
+                    if count and paid >= count:
+                        return
+    _run(ctx, action)
+
+
+if __name__ == "__main__":
+    main()

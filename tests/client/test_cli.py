@@ -1,0 +1,87 @@
+"""``chanhub`` through click's CliRunner against a real hub behind the gRPC edge: init,
+invoice, pay, balance, history; a second process on the same store refused; errors as
+one line and exit status 1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import trio
+from click.testing import CliRunner, Result
+
+from client.cli import main
+from client.sdk import AsyncHubClient, GrpcLinks
+from client.transport import HubPin
+from hub.auth import AdminCredential, Authenticator
+from hub.edge import GrpcEdge
+from hub.tls import load_or_create_tls
+from protocol.driver.db import sqlite_url
+from protocol.driver.grpc_bridge import open_grpc_bridge
+from regtest.node import Node
+from tests.client.world import World
+from tests.driver.conftest import TEST_PASSPHRASE
+
+
+async def test_cli_init_pay_balance_history_and_a_locked_store(
+        regtest_node: Node, tmp_path: Path) -> None:
+    world = World(regtest_node, tmp_path, sqlite_url(tmp_path / "hub.sqlite"))
+    runner = CliRunner()
+
+    async def cli(data_dir: Path, *args: str) -> Result:
+        base = ["--data-dir", str(data_dir), "--hub", target, "--tls-cert",
+                str(tmp_path / "tls.cert"), "--passphrase", TEST_PASSPHRASE.passphrase,
+                "--scrypt-n", "1024", "--json"]
+        return await trio.to_thread.run_sync(lambda: runner.invoke(main, [*base, *args]))
+
+    with trio.fail_after(90):
+        async with open_grpc_bridge() as bridge, trio.open_nursery() as nursery:
+            await world.start_hub(nursery)
+            tls = load_or_create_tls(tmp_path / "tls.cert", tmp_path / "tls.key")
+            edge = GrpcEdge(bridge=bridge, tls=tls,
+                            authenticator=Authenticator(world.hub.hub_node_id),
+                            admin_credential=AdminCredential.load_or_create(
+                                tmp_path / "admin.credential"),
+                            hub_service=world.hub, admin_service=world.hub.admin)
+            await nursery.start(edge.run)
+            target = f"127.0.0.1:{edge.port}"
+            pin = HubPin.from_cert_file(tmp_path / "tls.cert")
+            dirs = {name: tmp_path / name for name in ("alice", "bob")}
+            for data_dir in dirs.values():
+                result = await cli(data_dir, "init")
+                assert result.exit_code == 0, result.output
+                assert json.loads(result.output)["hub_node_id"] == world.hub.hub_node_id.hex()
+
+            def node(name: str) -> Any:
+                return world.open_client(name, sqlite_url(dirs[name] / "client.sqlite"))
+
+            # Channels are opened in-process (the CLI's `open` needs the wallet).
+            alice_node = node("alice")
+            async with AsyncHubClient(alice_node, GrpcLinks(
+                    bridge, target, node_secret=alice_node.node_secret, pin=pin)) as alice:
+                await alice.ready()
+                await world.open_channel(alice_node, 1_000_000)
+            bob_node = node("bob")
+            async with AsyncHubClient(bob_node, GrpcLinks(
+                    bridge, target, node_secret=bob_node.node_secret, pin=pin)) as bob:
+                await bob.ready()
+                await world.open_channel(bob_node, 1_000_000, 400_000_000)
+                invoice = await bob.add_invoice(3_000_000, "cli")
+                paid = await cli(dirs["alice"], "pay", invoice, "--idempotency-key", "c1")
+                assert paid.exit_code == 0, paid.output
+                assert json.loads(paid.output)["state"] == "succeeded"
+                again = await cli(dirs["alice"], "pay", invoice, "--idempotency-key", "c2")
+                assert again.exit_code == 1 and "already paid" in again.output
+                balance = await cli(dirs["alice"], "balance")
+                assert json.loads(balance.output)["channel_msat"] == \
+                    1_000_000_000 - 3_000_000 - (1_000 + 3_000)
+                # Bob's store is held by this process: the CLI refuses, one clear line
+                locked = await cli(dirs["bob"], "history")
+                assert locked.exit_code == 1 and "in use" in locked.output
+            history = await cli(dirs["alice"], "history")
+            assert history.exit_code == 0
+            assert [p["state"] for p in json.loads(history.output)] == ["succeeded"]
+            await edge.stop()
+            nursery.cancel_scope.cancel()
+    world.hub.close()
