@@ -207,23 +207,26 @@ def history(ctx: click.Context) -> None:
 
 
 @main.command()
+@click.option("--after", type=int, default=None,
+              help="Print events after this sequence (default: only new ones).")
 @click.option("--until-paid", "count", type=int, default=0,
               help="Exit after this many invoices were paid (0: run until stopped).")
 @click.pass_context
-def serve(ctx: click.Context, count: int) -> None:
-    """Stay online to receive payments (Ctrl-C to stop)."""
+def serve(ctx: click.Context, after: int | None, count: int) -> None:
+    """Stay online to receive payments, printing each event as a JSON line."""
     async def action(s: Settings) -> None:
         async with s.client() as client:
             await client.ready()
-            click.echo("online", err=True)
+            cursor = await client.last_event_sequence() if after is None else after
+            click.echo(f"online; events after {cursor}", err=True)
             paid = 0
-            async for event in client.subscribe_events(0):
-                if event.kind == "invoice_paid":
-                    paid += 1
-                    click.echo(json.dumps({"event": event.kind, "sequence": event.sequence,
-                                           "amount_msat": event.amount_msat}))
-                    if count and paid >= count:
-                        return
+            async for event in client.subscribe_events(cursor):
+                click.echo(json.dumps({"event": event.kind, "sequence": event.sequence,
+                                       "payment_id": event.payment_id,
+                                       "amount_msat": event.amount_msat}))
+                paid += event.kind == "invoice_paid"
+                if count and paid >= count:
+                    return
     _run(ctx, action)
 
 

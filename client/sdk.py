@@ -163,6 +163,13 @@ class AsyncHubClient:
             if not batch:
                 await changed.wait()
 
+    async def last_event_sequence(self) -> int:
+        """The cursor to pass to ``subscribe_events`` to see only what happens next."""
+        cursor = 0
+        while batch := await self.node.events_after(cursor):
+            cursor = batch[-1].sequence
+        return cursor
+
     async def close_channel(self, *, force: bool = False) -> None:
         """Cooperative (shutdown) or forced (our latest commitment broadcast)."""
         drivers = self.node.open_drivers()

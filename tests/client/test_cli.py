@@ -82,6 +82,28 @@ async def test_cli_init_pay_balance_history_and_a_locked_store(
             history = await cli(dirs["alice"], "history")
             assert history.exit_code == 0
             assert [p["state"] for p in json.loads(history.output)] == ["succeeded"]
+            # Bob stays online with `serve` and sees the payment of his CLI invoice
+            made = await cli(dirs["bob"], "invoice", "2000000", "--description", "served")
+            bolt11 = json.loads(made.output)["invoice"]
+            served: list[Result] = []
+
+            async def serve() -> None:
+                served.append(await cli(dirs["bob"], "serve", "--until-paid", "1"))
+
+            nursery.start_soon(serve)
+            alice_node = node("alice")
+            async with AsyncHubClient(alice_node, GrpcLinks(
+                    bridge, target, node_secret=alice_node.node_secret, pin=pin)) as alice:
+                await alice.ready()
+                while bob_node.node_id not in edge.connected_clients():
+                    await trio.sleep(0.01)
+                paid_served = await alice.pay(idempotency_key="c3", invoice=bolt11)
+                assert paid_served.state == "succeeded"
+            while not served:
+                await trio.sleep(0.01)
+            assert served[0].exit_code == 0, served[0].output
+            line = json.loads(served[0].output.strip().splitlines()[-1])
+            assert line["event"] == "invoice_paid" and line["amount_msat"] == 2_000_000
             await edge.stop()
             nursery.cancel_scope.cancel()
     world.hub.close()
