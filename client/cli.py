@@ -22,6 +22,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
+from channel.commitment import Side
 from client import errors
 from client.node import ClientNode, node_secret_of, save_hub_terms
 from client.sdk import AsyncHubClient, GrpcLinks, open_grpc_client, terms_of
@@ -201,6 +202,59 @@ def history(ctx: click.Context) -> None:
         try:
             return [{k: v for k, v in p.items() if k not in ("packet", "payment_preimage")}
                     for p in node.payments()]
+        finally:
+            node.close()
+    _run(ctx, action)
+
+
+@main.command()
+@click.argument("payment_id")
+@click.argument("amount_msat", type=int)
+@click.option("--to", "payer_node_id", required=True,
+              help="The payer's node id (hex): the packet does not reveal it.")
+@click.option("--idempotency-key", required=True)
+@click.pass_context
+def refund(ctx: click.Context, payment_id: str, amount_msat: int, payer_node_id: str,
+           idempotency_key: str) -> None:
+    """Send all or part of a received payment back to its payer."""
+    async def action(s: Settings) -> dict[str, Any]:
+        try:
+            payer = bytes.fromhex(payer_node_id)
+        except ValueError as exc:
+            raise errors.InvalidRequest("--to must be a hex node id") from exc
+        async with s.client() as client:
+            await client.ready()
+            return asdict(await client.refund(payment_id, amount_msat,
+                                              idempotency_key=idempotency_key,
+                                              payer_node_id=payer))
+    _run(ctx, action)
+
+
+@main.command()
+@click.option("--after", type=int, default=0, help="Events after this sequence.")
+@click.pass_context
+def events(ctx: click.Context, after: int) -> None:
+    """The client's event log (stored; `serve` follows it live)."""
+    async def action(s: Settings) -> list[dict[str, Any]]:
+        node = s.open_node()
+        try:
+            return [asdict(e) for e in await node.events_after(after)]
+        finally:
+            node.close()
+    _run(ctx, action)
+
+
+@main.command()
+@click.pass_context
+def channels(ctx: click.Context) -> None:
+    """Our channels with the hub, from our own store."""
+    async def action(s: Settings) -> list[dict[str, Any]]:
+        node = s.open_node()
+        try:
+            return [{"channel_id": d.channel_id, "state": d.channel.state.value,
+                     "local_msat": int(d.channel.latest_view(Side.LOCAL).local_msat),
+                     "remote_msat": int(d.channel.latest_view(Side.LOCAL).remote_msat)}
+                    for d in node.session.drivers]
         finally:
             node.close()
     _run(ctx, action)

@@ -82,6 +82,16 @@ async def test_cli_init_pay_balance_history_and_a_locked_store(
             history = await cli(dirs["alice"], "history")
             assert history.exit_code == 0
             assert [p["state"] for p in json.loads(history.output)] == ["succeeded"]
+            listed = json.loads((await cli(dirs["alice"], "channels")).output)
+            assert [c["state"] for c in listed] == ["normal"]
+            logged = json.loads((await cli(dirs["alice"], "events")).output)
+            assert [e["sequence"] for e in logged] == list(range(1, len(logged) + 1))
+            assert "payment_succeeded" in [e["kind"] for e in logged]
+            bob_received = [p for p in json.loads((await cli(dirs["bob"], "history")).output)
+                            if p["direction"] == "received"]
+            over = await cli(dirs["bob"], "refund", bob_received[0]["payment_id"], "3000001",
+                             "--to", alice_node.node_id.hex(), "--idempotency-key", "x")
+            assert over.exit_code == 1 and "refunds would total" in over.output
             # Bob stays online with `serve` and sees the payment of his CLI invoice
             made = await cli(dirs["bob"], "invoice", "2000000", "--description", "served")
             bolt11 = json.loads(made.output)["invoice"]
