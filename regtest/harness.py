@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import select
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from channel.chain import BitcoinRpc
+from channel.keys import pubkey_from_secret
 
 DEFAULT_RPC_PORT = 18443
 PID_FILE = "node.pid"
@@ -376,40 +378,51 @@ def _file_tail(path: Path, lines: int = 15) -> str:
 CLIENT_STATE_FILE = "client.json"
 CLIENT_PID_FILE = "client.pid"
 CLIENT_LOG_FILE = "client.log"
+CLIENT_INIT_MARKER = "harness-initialised"
+# `chanhub serve` says it is online with this line on stderr (it prints no JSON
+# start-up line yet); the harness reads stderr up to that line, then lets go.
+CLIENT_ONLINE_PREFIX = b"online"
 # Harness clients are throwaway test wallets: one known passphrase, given through the
 # environment (never a flag, which `ps` would show).
 CLIENT_PASSPHRASE = "chanhub regtest client"
 CLIENT_PASSPHRASE_ENV = "CHANHUB_PASSPHRASE"
+CLIENT_SCRYPT_N = 2**15  # the CLI's default cost
 
 
 @dataclass(frozen=True)
 class ClientEndpoint:
-    """A running `chanhub serve`: its data directory, node id and wallet address."""
+    """A running `chanhub serve`: its data directory, pid and node id. The wallet
+    address is None until the `chanhub` CLI has an on-chain wallet."""
 
     datadir: Path
     pid: int
     node_id: bytes
-    wallet_address: str
+    hub_target: str
+    tls_cert_file: Path
+    wallet_address: str | None = None
 
     @property
     def command_hint(self) -> str:
-        return (f"{CLIENT_PASSPHRASE_ENV}='{CLIENT_PASSPHRASE}' "
-                f"chanhub --datadir {self.datadir} <command>")
+        return (f"{CLIENT_PASSPHRASE_ENV}='{CLIENT_PASSPHRASE}' chanhub --data-dir "
+                f"{self.datadir} --hub {self.hub_target} --tls-cert {self.tls_cert_file} "
+                "<command>")
 
 
 def client_env() -> dict[str, str]:
     return {**os.environ, CLIENT_PASSPHRASE_ENV: CLIENT_PASSPHRASE}
 
 
-def chanhub_command(datadir: Path, *args: str) -> list[str]:
+def chanhub_command(datadir: Path, hub: HubEndpoint, *args: str) -> list[str]:
     """The `chanhub` CLI run with this interpreter, on the client of `datadir`."""
-    return [sys.executable, "-m", "client.cli", "--datadir", str(datadir), *args]
+    return [sys.executable, "-m", "client.cli", "--data-dir", str(datadir),
+            "--hub", hub.target, "--tls-cert", str(hub.tls_cert_file), *args]
 
 
-def run_chanhub(datadir: Path, *args: str, timeout_s: float = 120.0) -> str:
+def run_chanhub(datadir: Path, hub: HubEndpoint, *args: str, timeout_s: float = 120.0
+                ) -> str:
     """Run one `chanhub` command to completion; its stdout, or a `HarnessError`
     carrying its one-line error."""
-    done = subprocess.run(chanhub_command(datadir, *args), env=client_env(),
+    done = subprocess.run(chanhub_command(datadir, hub, *args), env=client_env(),
                           capture_output=True, text=True, timeout=timeout_s,
                           stdin=subprocess.DEVNULL, check=False)
     if done.returncode != 0:
@@ -420,36 +433,71 @@ def run_chanhub(datadir: Path, *args: str, timeout_s: float = 120.0) -> str:
 def start_client(datadir: Path, hub: HubEndpoint, node: NodeEndpoint, *,
                  timeout_s: float = 60.0) -> ClientEndpoint:
     """Initialise the client of `datadir` for `hub` (once), then start `chanhub serve`
-    detached and return once it is online (its start-up JSON line)."""
+    detached and return once it says it is online. `node` is where its chain is, for
+    when the CLI follows the chain itself."""
+    from client.node import node_secret_of
+    from protocol.driver.crypto import Passphrase
+    from protocol.driver.db import sqlite_url
+
+    if importlib.util.find_spec("client.cli") is None:
+        raise HarnessError("the `chanhub` CLI (client/cli.py) is not in this tree")
     datadir.mkdir(mode=0o700, parents=True, exist_ok=True)
     existing = running_client(datadir)
     if existing is not None:
         raise HarnessError(f"a client is already running in {datadir}")
-    if not (datadir / CLIENT_STATE_FILE).exists():
-        run_chanhub(datadir, "init", "--hub", hub.target,
-                    "--tls-cert", str(hub.tls_cert_file),
-                    "--hub-node-id", hub.hub_node_id.hex(),
-                    "--chain-rpc-url", node.url,
-                    "--chain-rpc-cookie-file", str(node.cookie_file))
-    address = json.loads(run_chanhub(datadir, "--json", "wallet", "address"))["address"]
-    process, line = spawn_announcing(chanhub_command(datadir, "serve"),
-                                     log_file=datadir / CLIENT_LOG_FILE,
-                                     timeout_s=timeout_s, what="chanhub serve",
-                                     env=client_env())
-    client = ClientEndpoint(datadir, process.pid, bytes.fromhex(str(line["node_id"])),
-                            str(address))
+    marker = datadir / CLIENT_INIT_MARKER
+    if not marker.exists():
+        run_chanhub(datadir, hub, "init")
+        marker.write_text(hub.target)  # `init` ran once; a restart only serves
+    node_id = pubkey_from_secret(node_secret_of(
+        sqlite_url(datadir / "client.sqlite"),
+        Passphrase(CLIENT_PASSPHRASE, scrypt_n=CLIENT_SCRYPT_N)))
+    process = _spawn_until_stderr_line(chanhub_command(datadir, hub, "serve"),
+                                       log_file=datadir / CLIENT_LOG_FILE,
+                                       prefix=CLIENT_ONLINE_PREFIX, timeout_s=timeout_s)
+    client = ClientEndpoint(datadir, process.pid, node_id, hub.target, hub.tls_cert_file)
     (datadir / CLIENT_STATE_FILE).write_text(json.dumps(
-        {"pid": client.pid, "node_id": client.node_id.hex(),
-         "wallet_address": client.wallet_address}))
+        {"pid": client.pid, "node_id": node_id.hex(), "hub_target": hub.target,
+         "tls_cert_file": str(hub.tls_cert_file)}))
     (datadir / CLIENT_PID_FILE).write_text(str(process.pid))
     return client
+
+
+def _spawn_until_stderr_line(command: list[str], *, log_file: Path, prefix: bytes,
+                             timeout_s: float) -> subprocess.Popen[bytes]:
+    """Start `command` detached (stdout to `log_file`), copy its stderr into the log
+    until a line starting with `prefix`, then return. EOF first: `HarnessError`."""
+    log = log_file.open("ab")
+    try:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.PIPE, start_new_session=True,
+                                   env=client_env())
+        assert process.stderr is not None
+        with process.stderr as pipe:
+            while True:
+                readable, _, _ = select.select([pipe], [], [], timeout_s)
+                if not readable:
+                    process.kill()
+                    process.wait()
+                    raise HarnessError(f"chanhub serve was not online within {timeout_s:.0f} s")
+                line = pipe.readline()
+                log.write(line)
+                log.flush()
+                if not line:
+                    process.wait(timeout=timeout_s)
+                    raise HarnessError(f"chanhub serve exited (code {process.returncode}); "
+                                       f"last log lines:\n{_file_tail(log_file)}")
+                if line.startswith(prefix):
+                    return process
+    finally:
+        log.close()
 
 
 def running_client(datadir: Path) -> ClientEndpoint | None:
     try:
         data = json.loads((datadir / CLIENT_STATE_FILE).read_text())
         client = ClientEndpoint(datadir, int(data["pid"]), bytes.fromhex(data["node_id"]),
-                                str(data["wallet_address"]))
+                                str(data["hub_target"]), Path(data["tls_cert_file"]))
     except (OSError, ValueError, KeyError):
         return None
     return client if _alive(client.pid) else None

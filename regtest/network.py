@@ -8,10 +8,11 @@ directory: store, TLS files, admin credential, key file) and `clients/<name>/`
 (each client's own store and keys). `up` starts the node and mines the faucet's
 first coins, starts the hub on the node, then each client (`chanhub serve`,
 `regtest.harness.start_client`), funds each client's wallet from the faucet and
-mines so the coins confirm. What was started is written to `network.json`
-as it goes, so `down` (from any shell) stops exactly what `up` started, clients
-first, then the hub (SIGTERM: it drains), then the node; and a failed `up`
-leaves nothing running (it stops what it started before raising).
+mines so the coins confirm (once the `chanhub` CLI has a wallet: today it has
+none, so clients start unfunded and `describe` says so). What was started is
+written to `network.json` as it goes, so `down` (from any shell) stops exactly
+what `up` started, clients first, then the hub (SIGTERM: it drains), then the
+node; and a failed `up` leaves nothing running (it stops what it started before raising).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ NETWORK_FILE = "network.json"
 CLIENT_NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi")
 DEFAULT_CLIENT_FUNDS_SAT = 100_000_000  # 1 BTC each from the faucet
 MATURITY_BLOCKS = 101  # coinbase outputs mature after 100 blocks
+NO_WALLET = "none yet (the chanhub CLI has no on-chain wallet)"
 
 
 def client_name(index: int) -> str:
@@ -128,7 +130,8 @@ def up(datadir: Path, *, clients: int, store: str = "sqlite",
             client = start_client(network.client_dir(name), hub, node)
             network.client_names.append(name)
             network.save()
-            addresses.append(client.wallet_address)
+            if client.wallet_address is not None:
+                addresses.append(client.wallet_address)
         if addresses:
             trio.run(_fund, node, addresses, client_funds_sat)
     except BaseException:
@@ -174,6 +177,7 @@ def describe(network: Network) -> list[str]:
         lines += [
             f"{name + ':':<8}online (pid {client.pid}), node id {client.node_id.hex()}",
             f"        data dir {client.datadir}",
+            f"        wallet   {client.wallet_address or NO_WALLET}",
             f"        use      {client.command_hint}",
         ]
     return lines

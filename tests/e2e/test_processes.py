@@ -5,7 +5,8 @@ operator would.
 The hub's business logic here is `tests.wire.hubfixture:open_test_application`
 (the real edge, TLS and authentication in a real chanhubd process, recording
 services behind them) until the hub's own application factory (`hub.app`) is in
-the tree; the payment-flow tests need the SDK and come with it.
+the tree; the payment-flow, refusal and kill -9 tests of issue 9 item 14 need it
+(and a client with an on-chain wallet) and come with it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from regtest.harness import (
     HubEndpoint,
     NodeEndpoint,
     kill_hub,
+    running_client,
     running_hub,
     running_node,
     start_hub,
@@ -151,7 +153,7 @@ def network_dir(tmp_path: Path) -> Iterator[Path]:
 
 def test_up_status_down_from_separate_invocations(network_dir: Path) -> None:
     runner = CliRunner()
-    started = runner.invoke(regtest_cli, ["up", "--clients", "0", "--hub-application",
+    started = runner.invoke(regtest_cli, ["up", "--clients", "1", "--hub-application",
                                           TEST_APPLICATION, "--datadir", str(network_dir)])
     assert started.exit_code == 0, started.output
     hub = running_hub(network_dir / "hub")
@@ -159,6 +161,10 @@ def test_up_status_down_from_separate_invocations(network_dir: Path) -> None:
     assert f"hub:    running at {hub.target}" in started.output
     assert hub.tls_cert_sha256 in started.output
     assert str(hub.admin_credential_file) in started.output
+    alice = running_client(network_dir / "clients" / "alice")
+    assert alice is not None  # `chanhub serve` said it is online, with its own store
+    assert f"alice:  online (pid {alice.pid}), node id {alice.node_id.hex()}" in started.output
+    assert f"chanhub --data-dir {alice.datadir} --hub {hub.target}" in started.output
 
     again = runner.invoke(regtest_cli, ["up", "--clients", "0", "--datadir", str(network_dir)])
     assert again.exit_code == 1 and "already running" in again.output
@@ -167,11 +173,13 @@ def test_up_status_down_from_separate_invocations(network_dir: Path) -> None:
     assert status.exit_code == 0 and f"running at {hub.target}" in status.output
 
     stopped = runner.invoke(regtest_cli, ["down", "--datadir", str(network_dir)])
-    assert stopped.exit_code == 0 and "stopped: hub, node" in stopped.output
+    assert stopped.exit_code == 0 and "stopped: alice, hub, node" in stopped.output
+    assert running_client(network_dir / "clients" / "alice") is None
     assert running_hub(network_dir / "hub") is None
     assert running_node(network_dir / "node") is None
     status = runner.invoke(regtest_cli, ["status", "--datadir", str(network_dir)])
     assert "hub:    stopped" in status.output and "node:   stopped" in status.output
+    assert "alice:  stopped" in status.output
 
 
 def test_a_failed_up_leaves_nothing_running(network_dir: Path) -> None:
