@@ -53,10 +53,18 @@ async def test_pay_over_grpc_with_tls_and_a_wrong_pin_refused(
                     await bob.ready()
                     await world.open_channel(alice_node, 1_000_000)
                     await world.open_channel(bob_node, 1_000_000, 400_000_000)
-                    paid = []
-                    for i in range(20):
-                        invoice = await bob.add_invoice(1_000_000 + i, f"grpc {i}")
-                        paid.append(await alice.pay(idempotency_key=f"g{i}", invoice=invoice))
+                    # 20 payments in flight at once (above dust: HTLCs stay on chain)
+                    invoices = [await bob.add_invoice(10_000_000 + i, f"grpc {i}")
+                                for i in range(20)]
+                    paid: list[Payment] = []
+
+                    async def one(i: int) -> None:
+                        paid.append(await alice.pay(idempotency_key=f"g{i}",
+                                                    invoice=invoices[i]))
+
+                    async with trio.open_nursery() as many:
+                        for i in range(20):
+                            many.start_soon(one, i)
                     assert all(p.state == ledger.SUCCEEDED for p in paid)
                     received = [p for p in await bob.list_payments()
                                 if p.direction == "received"]
