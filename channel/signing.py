@@ -147,6 +147,10 @@ def mul_add_pubkeys(a: Any, x: bytes, b: Any, y: bytes) -> bytes:
 
 def sign(secret: bytes, sighash: bytes) -> bytes:
     """Compact 64-byte ECDSA signature (RFC6979 nonce, low-S) of a 32-byte digest."""
+    if len(secret) != 32 or len(sighash) != 32:
+        # libsecp256k1 reads exactly 32 bytes of each: a short one would be read past
+        # its end, a long one silently cut.
+        raise ValueError("a secret and a digest are 32 bytes")
     sig = ffi.new("secp256k1_ecdsa_signature *")
     if not lib.secp256k1_ecdsa_sign(_CTX, sig, sighash, secret, ffi.NULL, ffi.NULL):
         raise ValueError("invalid private key")

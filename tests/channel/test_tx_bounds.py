@@ -48,3 +48,22 @@ def test_trailing_bytes_are_refused() -> None:
         Tx.parse(raw + b"\x00")
     with pytest.raises(ValueError, match="truncated"):
         Tx.parse(raw[:-1])
+
+
+def test_value_types_are_frozen_and_secrets_are_32_bytes() -> None:
+    import dataclasses
+
+    from channel.signing import scalar_add, sign
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TxOut(1, b"").amount_sat = 2  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        OutPoint(b"\x00" * 32, 0).index = 1  # type: ignore[misc]
+    assert len(sign(b"\x01" * 32, b"\x02" * 32)) == 64
+    for wrong in (b"\x01" * 31, b"\x01" * 33):
+        with pytest.raises(ValueError, match="32 bytes"):
+            sign(wrong, b"\x02" * 32)
+        with pytest.raises(ValueError, match="32 bytes"):
+            sign(b"\x01" * 32, wrong)
+        with pytest.raises(ValueError, match="32 bytes"):
+            scalar_add(wrong, b"\x02" * 32)
