@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets as _secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -85,6 +86,8 @@ from protocol.routing import (
     open_payee_payload,
     route_terms,
 )
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 NODE_SEED = "client_node_seed"
@@ -489,7 +492,15 @@ class ClientNode:
                 event = HtlcReceived(htlc_id=htlc_id, amount_msat=amount_msat,
                                      payment_hash=payment_hash, cltv_expiry=cltv,
                                      onion_routing_packet=bytes(htlc.onion))
-                nursery.start_soon(self._on_event, driver, event)
+                nursery.start_soon(self._answer_held, driver, event)
+
+    async def _answer_held(self, driver: ChannelDriver, event: HtlcReceived) -> None:
+        # An HTLC answered on the previous link whose answer is not committed yet is
+        # still listed: the channel refuses a second answer, which changes nothing.
+        try:
+            await self._on_event(driver, event)
+        except LocalProtocolError as exc:
+            log.info("held HTLC %d already answered: %s", event.htlc_id, exc)
 
     async def _reconcile(self) -> None:
         """Fail in-flight payments whose HTLC is in no channel: it never left."""
