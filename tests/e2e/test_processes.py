@@ -12,7 +12,7 @@ the tree; the payment-flow, refusal and kill -9 tests of issue 9 item 14 need it
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -27,10 +27,12 @@ from protocol.driver.grpc_bridge import RpcStatusError, open_grpc_bridge
 from protocol.driver.wire_auth import PinMismatch
 from regtest.cli import main as regtest_cli
 from regtest.harness import (
+    ClientEndpoint,
     HarnessError,
     HubEndpoint,
     NodeEndpoint,
     kill_hub,
+    run_chanhub,
     running_client,
     running_hub,
     running_node,
@@ -190,3 +192,14 @@ def test_a_failed_up_leaves_nothing_running(network_dir: Path) -> None:
     assert "chanhubd exited or printed no start-up line" in failed.output
     assert "no_such_factory" in failed.output  # the tail of chanhubd's log says why
     assert running_node(network_dir / "node") is None
+
+
+def test_a_second_process_on_a_served_client_store_gets_one_clear_line(
+        client_processes: Callable[[str], ClientEndpoint], hub_process: HubEndpoint) -> None:
+    alice = client_processes("alice")
+    with pytest.raises(HarnessError) as refused:
+        run_chanhub(alice.datadir, hub_process, "history")
+    message = str(refused.value)
+    assert message.startswith("chanhub history: error:"), message
+    assert "in use" in message and "Traceback" not in message
+    assert running_client(alice.datadir) == alice  # the serving process is untouched
