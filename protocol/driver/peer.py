@@ -101,6 +101,8 @@ class PeerSession:
         self.drivers.append(driver)
         driver.on_enqueue = self._enqueued
         self._index(driver)
+        if driver.queued:  # commands given before it joined the session
+            self._wakeup.set()
 
     def driver_for(self, channel_id: bytes) -> ChannelDriver | None:
         return self._by_id.get(channel_id)
@@ -297,15 +299,18 @@ class PeerSession:
         command given while the peer is offline (``fail`` for a force close,
         ``funding_confirmed``) runs when you ``await session.idle()``, its Sends
         dropped (reestablish resends what the peer must see)."""
-        if self._link is None:
-            try:
-                await self._drain()
-            except PersistFailed as exc:
-                log.warning("peer %s: %s", self.peer_node_id.hex(), exc)
-                self._forget_lost()
-            finally:
-                if self._link is None:
-                    self._outbox.clear()
-            return
-        while self._queued or self._wakeup.is_set():
+        while True:
+            if self._link is None:
+                try:
+                    await self._drain()
+                except PersistFailed as exc:
+                    log.warning("peer %s: %s", self.peer_node_id.hex(), exc)
+                    self._forget_lost()
+                finally:
+                    if self._link is None:
+                        self._outbox.clear()
+                return
+            if not (self._queued or self._wakeup.is_set()):
+                return
+            # The executor's next round, or the end of the link (then: offline above).
             await self._drained.wait()

@@ -29,6 +29,7 @@ refused (``StaleUpdate``) and changes nothing: a restart never goes back in time
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -184,6 +185,65 @@ def open_secret_box(db: Database, source: KeySource) -> SecretBox:
         return box
 
 
+def _refusal(params: dict[str, Any], stored: Any) -> StoreError:
+    channel_key = params["channel_key"]
+    if bytes(stored.peer_node_id) != params["peer_node_id"]:
+        return ChannelKeyConflict(f"channel {channel_key.hex()} belongs to another peer")
+    return StaleUpdate(f"channel {channel_key.hex()}: update_id {params['update_id']} is not "
+                       f"above the stored {stored.update_id}")
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert_many(rows: int) -> sa.TextClause:
+    values = ", ".join(f"(:channel_key_{i}, :peer_node_id_{i}, :channel_id_{i}, "
+                       f":update_id_{i}, :state_{i}, :snapshot_{i})" for i in range(rows))
+    return sa.text(_UPSERT_SNAPSHOT.text.replace(
+        "VALUES (:channel_key, :peer_node_id, :channel_id, :update_id, :state, :snapshot)",
+        f"VALUES {values}").replace("RETURNING update_id", "RETURNING channel_key"))
+
+
+class SnapshotWrite:
+    """The write function of one sealed snapshot (call it with a Connection).
+
+    The group writer merges consecutive ``SnapshotWrite``s of a batch into one
+    multi-row upsert (``run_many``): one statement and one round trip for a whole
+    batch of channels, each row still refused alone when stale."""
+
+    __slots__ = ("params",)
+    MERGE_LIMIT = 500  # rows per statement: 3,000 parameters, far below SQLite's 32,766
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    @property
+    def merge_key(self) -> bytes:
+        key: bytes = self.params["channel_key"]
+        return key
+
+    def __call__(self, conn: Connection) -> None:
+        if conn.execute(_UPSERT_SNAPSHOT, self.params).first() is not None:
+            return
+        raise _refusal(self.params, conn.execute(_SELECT_SNAPSHOT_OWNER, self.params).one())
+
+    @staticmethod
+    def run_many(conn: Connection, writes: list[SnapshotWrite]) -> list[BaseException | None]:
+        """One statement for ``writes`` (distinct channel keys); a stale or foreign row
+        is left untouched by the statement itself and reported in its place."""
+        params: dict[str, Any] = {}
+        for i, write in enumerate(writes):
+            for name, value in write.params.items():
+                params[f"{name}_{i}"] = value
+        done = {bytes(row[0]) for row in conn.execute(_upsert_many(len(writes)), params)}
+        out: list[BaseException | None] = []
+        for write in writes:
+            if write.merge_key in done:
+                out.append(None)
+            else:
+                out.append(_refusal(write.params, conn.execute(_SELECT_SNAPSHOT_OWNER,
+                                                               write.params).one()))
+        return out
+
+
 class ChannelStore:
     """Channel snapshots, watches and secrets over one ``Database`` and its writer."""
 
@@ -204,21 +264,9 @@ class ChannelStore:
         channel_id = bytes.fromhex(snapshot.get("channel_id") or "") or bytes.fromhex(
             snapshot.get("temporary_channel_id") or "")
         state = str(snapshot.get("state", ""))
-        params = {"channel_key": channel_key, "peer_node_id": peer_node_id,
-                  "channel_id": channel_id, "update_id": update_id, "state": state,
-                  "snapshot": blob}
-
-        def write(conn: Connection) -> None:
-            if conn.execute(_UPSERT_SNAPSHOT, params).first() is not None:
-                return
-            row = conn.execute(_SELECT_SNAPSHOT_OWNER, params).one()
-            if bytes(row.peer_node_id) != peer_node_id:
-                raise ChannelKeyConflict(f"channel {channel_key.hex()} belongs to another peer")
-            else:
-                raise StaleUpdate(f"channel {channel_key.hex()}: update_id {update_id} is not "
-                                  f"above the stored {row.update_id}")
-
-        return write
+        return SnapshotWrite({"channel_key": channel_key, "peer_node_id": peer_node_id,
+                              "channel_id": channel_id, "update_id": update_id,
+                              "state": state, "snapshot": blob})
 
     def watch_write(self, channel_key: bytes, watch: Any) -> Callable[[Connection], None]:
         record = watch_record(watch)

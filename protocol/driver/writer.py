@@ -171,9 +171,14 @@ class GroupWriter:
         Optimistic, without a SAVEPOINT per write (they doubled the statements): if a
         function raises, the transaction is rolled back and the batch re-run without
         it, so it fails alone. A function may therefore run more than once; only the
-        run that committed counts (write functions touch nothing but ``conn``)."""
+        run that committed counts (write functions touch nothing but ``conn``).
+
+        Consecutive writes of a mergeable type (``store.SnapshotWrite``: a static
+        ``run_many(conn, writes) -> [error or None]`` and a ``merge_key``) run as one
+        call, one statement for many channels; a refusal in it changed nothing."""
         started = time.perf_counter()
         refused: dict[int, BaseException] = {}
+        merge = True
         while True:
             results: dict[int, Any] = {}
             try:
@@ -181,14 +186,32 @@ class GroupWriter:
                     self._conn = self._connect()
                 conn = self._conn
                 with conn.begin():
-                    for index, pending in enumerate(batch):
+                    index = 0
+                    while index < len(batch):
                         if index in refused:
+                            index += 1
+                            continue
+                        run = _mergeable_run(batch, index, refused) if merge else []
+                        if len(run) > 1:
+                            try:
+                                kind: Any = type(batch[index].fn)
+                                outcomes = kind.run_many(conn, [batch[i].fn for i in run])
+                            except Exception as exc:
+                                merge = False  # run them one by one to find the culprit
+                                raise _Refused from exc
+                            for i, error in zip(run, outcomes, strict=True):
+                                if error is None:
+                                    results[i] = None
+                                else:  # the statement left that row untouched
+                                    refused[i] = error
+                            index = run[-1] + 1
                             continue
                         try:
-                            results[index] = pending.fn(conn)
+                            results[index] = batch[index].fn(conn)
                         except Exception as exc:
                             refused[index] = exc
                             raise _Refused from exc
+                        index += 1
                     if self.before_commit is not None:
                         self.before_commit(len(batch))
                 # leaving the block committed the transaction
@@ -210,6 +233,31 @@ class GroupWriter:
         self.stats.writes += len(results)
         self.stats.commit_seconds += time.perf_counter() - started
         return [(results.get(i), refused.get(i)) for i in range(len(batch))]
+
+
+def _mergeable_run(batch: list[PendingWrite[Any]], start: int,
+                   refused: dict[int, BaseException]) -> list[int]:
+    """Indexes from ``start`` of consecutive writes of one mergeable type (a
+    ``run_many`` static method and a ``merge_key``), keys distinct, at most the type's
+    ``MERGE_LIMIT``; refused ones skipped. Empty if ``batch[start]`` is not mergeable."""
+    kind = type(batch[start].fn)
+    if getattr(kind, "run_many", None) is None:
+        return []
+    limit: int = getattr(kind, "MERGE_LIMIT", 100)
+    run: list[int] = []
+    keys: set[Any] = set()
+    index = start
+    while index < len(batch) and len(run) < limit:
+        if index in refused:
+            index += 1
+            continue
+        fn = batch[index].fn
+        if type(fn) is not kind or fn.merge_key in keys:  # type: ignore[attr-defined]
+            break
+        keys.add(fn.merge_key)  # type: ignore[attr-defined]
+        run.append(index)
+        index += 1
+    return run
 
 
 class _Refused(Exception):

@@ -282,3 +282,49 @@ async def test_key_file(tmp_path: Path, store_url: str) -> None:
     db, store = open_store(store_url, KeyFile(path))
     assert store.load_secret("seed") == b"\x07" * 32
     db.close()
+
+
+async def test_snapshots_of_a_batch_share_one_statement_and_fail_alone(store_url: str) -> None:
+    db, store = open_store(store_url)
+    stale_key, foreign_key = new_channel_key(), new_channel_key()
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("INSERT INTO driver_channels"):
+            statements.append(statement)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.writer.run)
+        await store.save_snapshot(stale_key, PEER, 7, snapshot(7, channel_id=b"\x07" * 32))
+        await store.save_snapshot(foreign_key, PEER, 1, snapshot(1, channel_id=b"\x08" * 32))
+        sa.event.listen(db.engine, "before_cursor_execute", count)
+        keys = [new_channel_key() for _ in range(60)]
+        outcomes: dict[str, BaseException | None] = {}
+
+        async def save(name: str, key: bytes, peer: bytes, update_id: int, n: int) -> None:
+            try:
+                await store.save_snapshot(key, peer, update_id,
+                                          snapshot(n, channel_id=n.to_bytes(32, "big")))
+                outcomes[name] = None
+            except StoreError as exc:
+                outcomes[name] = exc
+
+        async with trio.open_nursery() as inner:
+            for i, key in enumerate(keys[:30]):
+                inner.start_soon(save, f"new {i}", key, PEER, 1, 100 + i)
+            inner.start_soon(save, "stale", stale_key, PEER, 6, 7)
+            inner.start_soon(save, "foreign", foreign_key, b"\x03" * 33, 2, 8)
+            for i, key in enumerate(keys[30:]):
+                inner.start_soon(save, f"new {30 + i}", key, PEER, 1, 200 + i)
+        nursery.cancel_scope.cancel()
+    assert isinstance(outcomes.pop("stale"), StaleUpdate)
+    assert isinstance(outcomes.pop("foreign"), ChannelKeyConflict)
+    assert set(outcomes.values()) == {None} and len(outcomes) == 60
+    # 62 snapshots in a handful of statements (one per batch), not 62.
+    assert len(statements) <= 4, len(statements)
+    stored = {c.channel_key: c for c in store.load_channels()}
+    assert len(stored) == 62
+    assert stored[stale_key].update_id == 7 and stored[stale_key].snapshot == snapshot(
+        7, channel_id=b"\x07" * 32)
+    assert stored[foreign_key].peer_node_id == PEER
+    db.close()
