@@ -27,6 +27,16 @@ the received payment and the event are written in one transaction, and only then
 the preimage released (``fulfill_htlc``). A refused HTLC is failed with a signed
 PAYEE failure. Refunds reserve the amount against the received payment in the same
 transaction that records the refund, with the bound checked in SQL.
+
+The chain (``attach_chain``): a ``channel.chain.ChainServices`` on the client's own
+bitcoind (its wallet seed derived from the node seed) gives the height, the
+broadcaster and the funding wallet. Its state bundle is written by the store's writer
+(meta row ``chain_state``) after every block and after every ``fund()``/watch, before
+acting on them. Funding a channel: ``fund()`` builds and signs the transaction and
+locks its coins (nothing broadcast); only on ``FundingSigned`` (the hub holds a
+signature we can close with) is it broadcast and its confirmation watched; the
+tracker's ``TxConfirmed`` at ``minimum_depth`` tells the driver. A channel failed
+before ``FundingSigned`` releases the coins.
 """
 
 from __future__ import annotations
@@ -45,9 +55,15 @@ from typing import Any
 import sqlalchemy as sa
 import trio
 
+from channel.chain.confirmations import TxConfirmed
+from channel.chain.rpc import BitcoinRpc
+from channel.chain.services import ChainServices
+from channel.chain.wallet import WalletError
 from channel.commitment import Side
+from channel.funding import funding_output_index
 from channel.keys import pubkey_from_secret
 from channel.scripts import p2wpkh
+from channel.tx import Tx, TxOut
 from client import errors, ledger
 from client.invoices import (
     Accepted,
@@ -59,9 +75,11 @@ from client.invoices import (
 from protocol import Channel, ChannelState, LinkState, LocalConfig
 from protocol.actions import (
     ChannelClosed,
+    ChannelFailed,
     ChannelOpened,
     Event,
     FundingNeeded,
+    FundingSigned,
     HtlcFailed,
     HtlcFulfilled,
     HtlcReceived,
@@ -91,6 +109,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 NODE_SEED = "client_node_seed"
+CHAIN_STATE = "chain_state"
 REGTEST_GENESIS_HASH = bytes.fromhex(
     "0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206")[::-1]
 SPONTANEOUS_FINAL_CLTV_BLOCKS = 18
@@ -119,20 +138,35 @@ def _now() -> int:
     return int(time.time())
 
 
+class _SwitchBroadcaster:
+    """The driver's broadcaster: the chain's once attached, else the one given."""
+
+    def __init__(self, fallback: Broadcaster) -> None:
+        self.target = fallback
+
+    async def broadcast(self, raw_tx: bytes, txid: bytes, reason: str) -> None:
+        await self.target.broadcast(raw_tx, txid, reason)
+
+
 class ClientNode:
     """One client party (see the module docstring). Open with ``open``, run with
     ``await nursery.start(node.run)``, serve links with ``serve_link``."""
 
     def __init__(self, db: Database, store: ChannelStore, node_seed: bytes, terms: HubTerms, *,
-                 height: Callable[[], int], broadcaster: Broadcaster,
+                 height: Callable[[], int] | None = None,
+                 broadcaster: Broadcaster | None = None,
                  funder: Funder | None = None, config: LocalConfig = DEFAULT_CONFIG,
                  clock: Callable[[], int] = _now) -> None:
         self.db, self.store, self.terms, self.config = db, store, terms, config
         self._seed = node_seed
         self.node_secret = node_key(node_seed)
         self.node_id = pubkey_from_secret(self.node_secret)
-        self.height, self.clock, self.funder = height, clock, funder
-        self.ctx = DriverContext(store, broadcaster, height, self._on_event, self._on_watch)
+        self._given_height, self.clock, self.funder = height, clock, funder
+        self.chain: ChainServices | None = None
+        self._funding_txs: dict[bytes, Tx] = {}  # internal txid -> signed, not broadcast
+        self._broadcaster = _SwitchBroadcaster(broadcaster or _NoBroadcaster())
+        self.ctx = DriverContext(store, self._broadcaster, self.height, self._on_event,
+                                 self._on_watch)
         drivers = [ChannelDriver.restore(s, self.ctx) for s in store.load_channels()]
         self.session = PeerSession(terms.hub_node_id, drivers, self.ctx,
                                    accept_channel=self._accept)
@@ -174,12 +208,98 @@ class ClientNode:
     def close(self) -> None:
         self.db.close()
 
+    def height(self) -> int:
+        """The chain height: the follower's tip once a chain is attached."""
+        if self.chain is not None:
+            return self.chain.tip.height
+        if self._given_height is None:
+            raise errors.InvalidRequest("this client has no chain source")
+        return self._given_height()
+
+    async def attach_chain(self, rpc: BitcoinRpc, *, poll_interval_s: float = 1.0,
+                           birth_height: int | None = None) -> ChainServices:
+        """Open the chain services from the stored bundle (fresh on first use); call
+        before ``run``. The wallet then funds channels and the broadcaster sends."""
+        value = self.db.read_sync(lambda conn: conn.execute(
+            sa.select(ledger.meta.c.value).where(ledger.meta.c.name == CHAIN_STATE)
+        ).scalar_one_or_none())
+        state = json.loads(value) if value is not None else None
+        self.chain = await ChainServices.open(
+            rpc, self._wallet_seed(), state=state, birth_height=birth_height,
+            min_depth=1, persist=self._persist_chain, poll_interval_s=poll_interval_s)
+        self._broadcaster.target = self.chain.broadcaster.for_driver()
+        if self.funder is None:
+            self.funder = self._fund_from_wallet
+        if state is None:
+            with self.db.engine.begin() as conn:
+                ledger.meta_write(CHAIN_STATE, json.dumps(self.chain.to_json()))(conn)
+        return self.chain
+
+    def _wallet_seed(self) -> bytes:
+        return hmac.new(self._seed, b"chanhub client onchain wallet", "sha256").digest()
+
+    async def _persist_chain(self, bundle: dict[str, Any]) -> None:
+        await self.store.writer.write(ledger.meta_write(CHAIN_STATE, json.dumps(bundle)))
+
+    async def save_chain(self) -> None:
+        """Persist the chain bundle now (after fund/send/watch, before acting)."""
+        if self.chain is not None:
+            await self._persist_chain(self.chain.to_json())
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The writer; then reconcile what a crash left in flight."""
+        """The writer and the chain follower; then reconcile what a crash left in flight."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.store.writer.run)
+            if self.chain is not None:
+                await nursery.start(self.chain.run)
+                nursery.start_soon(self._chain_events)
             await self._reconcile()
             task_status.started()
+
+    async def _chain_events(self) -> None:
+        assert self.chain is not None
+        async for event in self.chain.events:
+            if isinstance(event, TxConfirmed):
+                txid = bytes.fromhex(event.txid)[::-1]
+                for driver in self.session.drivers:
+                    if driver.channel.d.funding_txid == txid and \
+                            driver.channel.state is ChannelState.AWAIT_CHANNEL_READY:
+                        driver.funding_confirmed()
+                self.changed.set()
+                self.changed = trio.Event()
+
+    async def _fund_from_wallet(self, driver: ChannelDriver, needed: FundingNeeded) -> None:
+        """Build and sign the funding tx (coins locked, nothing broadcast), persist the
+        lock, then name the outpoint. Broadcast waits for FundingSigned."""
+        assert self.chain is not None
+        feerate = await self.chain.fee_estimator.feerate_sat_per_kw(6)
+        try:
+            tx = self.chain.wallet.fund(needed.script_pubkey, needed.amount_sat, feerate)
+        except WalletError as exc:  # e.g. spent since open_channel checked: nothing locked
+            log.warning("cannot fund channel %r: %s", driver, exc)
+            driver.fail(f"funding failed: {exc}")
+            return
+        await self.save_chain()
+        vout = funding_output_index(tx, TxOut(needed.amount_sat, needed.script_pubkey))
+        self._funding_txs[tx.txid()] = tx
+        driver.funding_outpoint(tx.txid(), vout)
+
+    async def _funding_signed(self, driver: ChannelDriver, event: FundingSigned) -> None:
+        tx = self._funding_txs.pop(bytes(event.funding_txid), None)
+        if tx is None or self.chain is None:
+            return
+        self.chain.tracker.watch_tx(tx.txid_hex(), self.config.minimum_depth)
+        self.chain.wallet.note_broadcast(tx)
+        await self.save_chain()
+        await self.chain.broadcaster.broadcast(tx, label=f"funding {tx.txid_hex()}",
+                                               keep_if_refused=True)
+        await self.save_chain()
+
+    async def _funding_failed(self, driver: ChannelDriver) -> None:
+        tx = self._funding_txs.pop(driver.channel.d.funding_txid, None)
+        if tx is not None and self.chain is not None:
+            self.chain.wallet.release(tx)
+            await self.save_chain()
 
     async def serve_link(self, link: FrameLink, *,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -194,11 +314,19 @@ class ClientNode:
     def _channel_seed(self, channel_key: bytes) -> bytes:
         return hmac.new(self._seed, b"channel " + channel_key, "sha256").digest()
 
+    def _close_script(self) -> bytes:
+        """Where a cooperative close pays us: a fresh wallet address once a chain is
+        attached (the wallet finds it within its gap limit even if the key index
+        advance is not persisted yet), else the node key's P2WPKH."""
+        if self.chain is not None:
+            return self.chain.wallet.new_script_pubkey()
+        return p2wpkh(self.node_id)
+
     def _accept(self, session: PeerSession, msg: Any) -> ChannelDriver:
         key = new_channel_key()
         channel = Channel.inbound(config=self.config, channel_seed=self._channel_seed(key),
                                   chain_hash=REGTEST_GENESIS_HASH,
-                                  close_script=p2wpkh(self.node_id))
+                                  close_script=self._close_script())
         return ChannelDriver(channel, channel_key=key, peer_node_id=self.terms.hub_node_id,
                              ctx=self.ctx)
 
@@ -207,11 +335,16 @@ class ClientNode:
         """Start a channel we fund; ``funder`` builds the funding transaction."""
         if self.funder is None:
             raise errors.InvalidRequest("this client has no wallet to fund a channel")
+        if self.chain is not None and self.funder == self._fund_from_wallet:
+            confirmed_sat = self.chain.wallet.balance().confirmed_sat
+            if confirmed_sat < funding_sat:
+                raise errors.InsufficientBalance(
+                    f"the wallet has {confirmed_sat} sat confirmed, {funding_sat} needed")
         key = new_channel_key()
         channel = Channel.outbound(config=self.config, channel_seed=self._channel_seed(key),
                                    temporary_channel_id=_secrets.token_bytes(32),
                                    chain_hash=REGTEST_GENESIS_HASH,
-                                   close_script=p2wpkh(self.node_id))
+                                   close_script=self._close_script())
         driver = ChannelDriver(channel, channel_key=key, peer_node_id=self.terms.hub_node_id,
                                ctx=self.ctx)
         self.session.add_channel(driver)
@@ -378,6 +511,10 @@ class ClientNode:
     async def _on_event(self, driver: ChannelDriver, event: Event) -> None:
         if isinstance(event, FundingNeeded) and self.funder is not None:
             await self.funder(driver, event)
+        elif isinstance(event, FundingSigned):
+            await self._funding_signed(driver, event)
+        elif isinstance(event, ChannelFailed):
+            await self._funding_failed(driver)
         elif isinstance(event, HtlcReceived):
             await self._received(driver, event.htlc_id, event.amount_msat, event.payment_hash,
                                  event.cltv_expiry, event.onion_routing_packet)
@@ -509,6 +646,11 @@ class ClientNode:
         for row in list(self._payments.values()):
             if row["state"] == ledger.IN_FLIGHT and row["payment_hash"] not in offered:
                 await self._resolve(row["payment_hash"], local_reason="never sent (restart)")
+
+
+class _NoBroadcaster:
+    async def broadcast(self, raw_tx: bytes, txid: bytes, reason: str) -> None:
+        raise errors.InvalidRequest("this client has no chain to broadcast on")
 
 
 def node_key(node_seed: bytes) -> bytes:
