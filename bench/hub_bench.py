@@ -80,6 +80,7 @@ POSTGRES_SERVER = os.environ.get("CHANHUB_TEST_POSTGRES",
 PASSPHRASE = Passphrase("hub bench passphrase", scrypt_n=2**10)
 FUNDING_SAT = 1_000_000
 PUSH_MSAT = 400_000_000
+WAVE = 20  # channels funded per block
 # Modules that did `from channel.signing import sign/verify` (the names the hub calls).
 SIGNING_USERS = ("channel.commitment", "channel.closing", "channel.spend",
                  "channel.chain.coinselect", "protocol.routing", "hub.auth")
@@ -187,9 +188,9 @@ async def setup(node: Any, store_url: str, client_urls: list[str]) -> HubTerms:
             nursery.start_soon(hub.on_peer_link, client.node_id, hub_end)
             await nursery.start(client.serve_link, client_end)
         drivers = []
-        for start in range(0, len(clients), 50):  # in waves: the wallet spends confirmed coins
-            wave = [c.open_channel(FUNDING_SAT, PUSH_MSAT) for c in clients[start:start + 50]]
-            for client, driver in zip(clients[start:start + 50], wave, strict=True):
+        for start in range(0, len(clients), WAVE):  # the mempool takes 25 chained spends
+            wave = [c.open_channel(FUNDING_SAT, PUSH_MSAT) for c in clients[start:start + WAVE]]
+            for client, driver in zip(clients[start:start + WAVE], wave, strict=True):
                 while driver.channel.d.funding_txid == b"" or \
                         driver.channel.state is not ChannelState.AWAIT_CHANNEL_READY:
                     await client.changed.wait()
@@ -323,7 +324,7 @@ def run_one(store: str, clients: int, payments: int, concurrency: int, seed: int
         schema = None
         admin = None
         try:
-            node.mine(100 + (clients + 49) // 50 + 1)
+            node.mine(101)
             if store == "sqlite":
                 store_url = sqlite_url(tmp / "hub.sqlite")
             else:

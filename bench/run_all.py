@@ -10,7 +10,8 @@ import importlib
 import platform
 import sys
 
-BENCHMARKS = ("bench.node_bench", "bench.channel_bench", "bench.protocol_bench", "bench.edge_bench")
+BENCHMARKS = ("bench.node_bench", "bench.channel_bench", "bench.protocol_bench", "bench.edge_bench",
+              "bench.hub_bench")
 
 
 def main() -> None:
