@@ -334,6 +334,10 @@ class HubNode:
         def after_frame() -> None:
             for key in [k for k in unsettled if self.drivers[k].channel.link is LinkState.UP]:
                 self.router.settle_received(self.drivers[key], unsettled.pop(key))
+            if self.router.deferred:
+                for driver in session.drivers:
+                    if driver.channel_key in self.router.deferred:
+                        self.router.retry_deferred(driver)
 
         await session.run(_WatchedLink(link, after_frame))
 

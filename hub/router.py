@@ -154,6 +154,8 @@ class Router:
         # In-flight forwards, by incoming and by outgoing HTLC.
         self.by_incoming: dict[tuple[bytes, int], ForwardRecord] = {}
         self.by_outgoing: dict[tuple[bytes, int], ForwardRecord] = {}
+        # Resolved forwards whose incoming HTLC waits for its link: key -> htlc id -> record.
+        self.deferred: dict[bytes, dict[int, ForwardRecord]] = {}
         self._nursery: trio.Nursery | None = None
         self._tasks = 0
         self._idle = trio.Event()
@@ -368,11 +370,23 @@ class Router:
             else:
                 return
         except LocalProtocolError as exc:
+            # Typically the payer's link is down or reestablishing: retried by
+            # ``retry_deferred`` once it is up (HubNode calls it after each frame).
             log.debug("forward %s: incoming not settled now: %s", record.payment_id,
                       exc.message)
+            if driver.channel.link is not LinkState.UP:
+                self.deferred.setdefault(record.incoming_channel_key, {})[
+                    record.incoming_htlc_id] = record
             return
         if self.by_incoming.get(record.incoming) is record:
             del self.by_incoming[record.incoming]
+
+    def retry_deferred(self, driver: ChannelDriver) -> None:
+        """Settle what was refused while this channel's link was not up."""
+        if driver.channel.link is not LinkState.UP:
+            return
+        for record in self.deferred.pop(driver.channel_key, {}).values():
+            self.settle_incoming(record)
 
     # -- the payee's channel -------------------------------------------------------------
 

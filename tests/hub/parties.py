@@ -31,6 +31,7 @@ from protocol.actions import (
     HtlcFailed,
     HtlcFulfilled,
     HtlcReceived,
+    PeerWarning,
 )
 from protocol.driver.db import Database
 from protocol.driver.driver import ChannelDriver, DriverContext
@@ -38,6 +39,7 @@ from protocol.driver.link import memory_link_pair
 from protocol.driver.peer import PeerSession
 from protocol.driver.store import ChannelStore, new_channel_key, open_secret_box
 from protocol.driver.writer import GroupWriter
+from protocol.errors import LocalProtocolError
 from protocol.routing import (
     Failure,
     FailureCode,
@@ -202,16 +204,22 @@ class Client:
                   and amount_msat == issued[2])
         except RoutingFormatError:
             ok = False
-        if ok and issued is not None:
-            driver.fulfill_htlc(htlc_id, issued[0])
-            self.received_msat += amount_msat
-            return
+        try:
+            if ok and issued is not None:
+                driver.fulfill_htlc(htlc_id, issued[0])
+                self.received_msat += amount_msat
+                return
+        except LocalProtocolError:
+            return  # settled already (an event replayed after settle_held)
         reason = encode_failure(
             Failure(FailureCode.INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS, htlc_msat=amount_msat,
                     height=self.height()),
             origin=FailureOrigin.PAYEE, payment_hash=payment_hash, onion_routing_packet=packet,
             node_secret=self.node_secret)
-        driver.fail_htlc(htlc_id, reason)
+        try:
+            driver.fail_htlc(htlc_id, reason)
+        except LocalProtocolError:
+            return
 
     def settle_held(self) -> None:
         for driver in self.session.drivers:
@@ -315,6 +323,10 @@ class Net:
         hub_session = self.hub.sessions[client.node_id]
         while not all(d.channel.link is LinkState.UP
                       for d in [*client.session.drivers, *hub_session.drivers]):
+            if not client.session.connected and not hub_session.connected and any(
+                    isinstance(e, PeerWarning) for e in client.events[-3:]):
+                raise AssertionError(f"{client.name}'s link was closed by a warning: "
+                                     f"{[e for e in client.events if isinstance(e, PeerWarning)]}")
             await trio.sleep(0.01)
 
     async def disconnect(self, client: Client) -> None:
