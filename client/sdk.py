@@ -10,6 +10,11 @@ channel (``PeerSession.run``). Receiving needs the client online, which is why t
 keeper runs for as long as the context is open.
 
 Results are frozen dataclasses; every failure is a ``client.errors.ChanhubError``.
+
+On chain (``chain_rpc``: the client's own bitcoind): the node's ``ChainServices``
+are attached before it runs, so the wallet methods work and ``open_channel`` funds
+from the wallet; ``open_channel(wait=True)`` reports each step to ``progress``
+(funding signed, broadcast, each confirmation, open) until the channel carries HTLCs.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from typing import Any
 
 import trio
 
+from channel.chain.rpc import BitcoinRpc
+from channel.chain.services import ChainServices
+from channel.chain.wallet import InsufficientFunds, WalletError
 from client import errors, ledger
 from client.node import ClientNode, HubTerms
 from client.transport import HubPin, HubTransport
@@ -31,6 +39,7 @@ from proto import client_pb2
 from protocol.driver.grpc_bridge import GrpcBridge, open_grpc_bridge
 from protocol.driver.link import FrameLink
 from protocol.routing import FailureCode
+from protocol.table import ChannelState
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +79,36 @@ class Balance:
     open_channels: int
 
 
+@dataclass(frozen=True, slots=True)
+class WalletBalance:
+    confirmed_sat: int  # spendable now
+    unconfirmed_sat: int  # ours, not yet deep enough (mempool payments included)
+    reserved_sat: int  # locked by a channel funding not yet broadcast
+
+
+@dataclass(frozen=True, slots=True)
+class OpenProgress:
+    """One step of ``open_channel``: ``stage`` is "negotiating", "broadcast",
+    "confirming" or "open"."""
+
+    stage: str
+    channel_id: bytes
+    funding_txid: str
+    depth: int
+    minimum_depth: int
+
+
+Progress = Callable[[OpenProgress], None]
+
+
 class AsyncHubClient:
     """``async with AsyncHubClient(node, connect_link) as client: ...``"""
 
-    def __init__(self, node: ClientNode, connect_link: LinkFactory) -> None:
+    def __init__(self, node: ClientNode, connect_link: LinkFactory, *,
+                 chain_rpc: BitcoinRpc | None = None) -> None:
         self.node = node
         self._connect_link = connect_link
+        self._chain_rpc = chain_rpc
         self._nursery: trio.Nursery | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self.reconnects = 0
@@ -83,6 +116,9 @@ class AsyncHubClient:
     async def __aenter__(self) -> AsyncHubClient:
         stack = contextlib.AsyncExitStack()
         nursery = await stack.enter_async_context(trio.open_nursery())
+        if self._chain_rpc is not None and self.node.chain is None:
+            with errors.translate():
+                await self.node.attach_chain(self._chain_rpc)
         await nursery.start(self.node.run)
         nursery.start_soon(self._keep_connected)
         self._stack, self._nursery = stack, nursery
@@ -170,9 +206,88 @@ class AsyncHubClient:
             cursor = batch[-1].sequence
         return cursor
 
-    async def close_channel(self, *, force: bool = False) -> None:
-        """Cooperative (shutdown) or forced (our latest commitment broadcast)."""
-        drivers = self.node.open_drivers()
+    # -- on chain ---------------------------------------------------------------------------
+
+    def _chain(self) -> ChainServices:
+        if self.node.chain is None:
+            raise errors.InvalidRequest("this client has no chain: give it a bitcoind RPC")
+        return self.node.chain
+
+    async def wallet_address(self) -> str:
+        chain = self._chain()
+        address = chain.wallet.new_address()
+        await self.node.save_chain()  # the key index, before anyone pays to it
+        return address
+
+    async def wallet_balance(self) -> WalletBalance:
+        chain = self._chain()
+        with errors.translate():
+            await chain.wallet.scan_mempool(chain.rpc)
+        b = chain.wallet.balance()
+        return WalletBalance(b.confirmed_sat, b.unconfirmed_sat, b.reserved_sat)
+
+    async def wallet_send(self, address: str, amount_sat: int) -> str:
+        """Pay ``amount_sat`` on chain from the wallet; returns the txid."""
+        chain = self._chain()
+        try:
+            txid = await chain.wallet.send(address, amount_sat)
+        except InsufficientFunds as exc:
+            raise errors.InsufficientBalance(str(exc)) from exc
+        except WalletError as exc:
+            raise errors.InvalidRequest(str(exc)) from exc
+        await self.node.save_chain()
+        return txid
+
+    async def open_channel(self, amount_sat: int, *, push_msat: int = 0, wait: bool = True,
+                           progress: Progress | None = None) -> bytes:
+        """Open a channel funded from the wallet; returns its channel id. With ``wait``:
+        until it is open (``minimum_depth`` confirmations), each step to ``progress``."""
+        chain = self._chain()
+        if amount_sat <= 0:
+            raise errors.InvalidRequest("amount_sat must be positive")
+        with errors.translate():
+            driver = self.node.open_channel(amount_sat, push_msat)
+        minimum_depth = self.node.config.minimum_depth
+        told: tuple[str, int] | None = None
+
+        def report(stage: str, depth: int) -> None:
+            nonlocal told
+            if progress is not None and told != (stage, depth):
+                told = (stage, depth)
+                progress(OpenProgress(stage, driver.channel_id, funding_txid(), depth,
+                                      minimum_depth))
+
+        def funding_txid() -> str:
+            return driver.channel.d.funding_txid[::-1].hex()
+
+        def broadcast() -> bool:
+            txid = funding_txid()
+            return bool(driver.channel.d.funding_txid) and (
+                chain.tracker.depth(txid) > 0
+                or any(p.txid == txid for p in chain.broadcaster.pending()))
+
+        while True:
+            state = driver.channel.state
+            if state is ChannelState.NORMAL:
+                report("open", chain.tracker.depth(funding_txid()))
+                return driver.channel_id
+            if state in (ChannelState.FAILED, ChannelState.CLOSED):
+                raise errors.InvalidRequest(f"the channel open failed ({state.value})")
+            if broadcast():
+                report("confirming" if chain.tracker.depth(funding_txid()) else "broadcast",
+                       chain.tracker.depth(funding_txid()))
+                if not wait:
+                    return driver.channel_id
+            else:
+                report("negotiating", 0)
+            await self.node.changed.wait()
+
+    async def close_channel(self, *, force: bool = False,
+                            channel_id: bytes | None = None) -> None:
+        """Cooperative (shutdown) or forced (our latest commitment broadcast, through
+        the chain's broadcaster when one is attached); all open channels, or one."""
+        drivers = [d for d in self.node.open_drivers()
+                   if channel_id is None or d.channel_id == channel_id]
         if not drivers:
             raise errors.NoChannel("no open channel to close")
         for driver in drivers:
@@ -329,21 +444,44 @@ class HubClient:
         result: list[Payment] = self._run(self._client.list_payments)
         return result
 
-    def close_channel(self, *, force: bool = False) -> None:
+    def close_channel(self, *, force: bool = False, channel_id: bytes | None = None) -> None:
         assert self._client is not None
-        self._run(self._client.close_channel, force=force)
+        self._run(self._client.close_channel, force=force, channel_id=channel_id)
+
+    def wallet_address(self) -> str:
+        assert self._client is not None
+        result: str = self._run(self._client.wallet_address)
+        return result
+
+    def wallet_balance(self) -> WalletBalance:
+        assert self._client is not None
+        result: WalletBalance = self._run(self._client.wallet_balance)
+        return result
+
+    def wallet_send(self, address: str, amount_sat: int) -> str:
+        assert self._client is not None
+        result: str = self._run(self._client.wallet_send, address, amount_sat)
+        return result
+
+    def open_channel(self, amount_sat: int, *, push_msat: int = 0, wait: bool = True) -> bytes:
+        assert self._client is not None
+        result: bytes = self._run(self._client.open_channel, amount_sat, push_msat=push_msat,
+                                  wait=wait)
+        return result
 
 
 @contextlib.asynccontextmanager
 async def open_grpc_client(open_node: Callable[[], ClientNode], target: str, pin: HubPin,
-                           hub_node_id: bytes | None = None) -> AsyncIterator[AsyncHubClient]:
+                           hub_node_id: bytes | None = None, *,
+                           chain_rpc: BitcoinRpc | None = None
+                           ) -> AsyncIterator[AsyncHubClient]:
     """An ``AsyncHubClient`` over gRPC with its own bridge (one per process)."""
     async with open_grpc_bridge() as bridge:
         node = open_node()
         links = GrpcLinks(bridge, target, node_secret=node.node_secret, pin=pin,
                           hub_node_id=hub_node_id)
         try:
-            async with AsyncHubClient(node, links) as client:
+            async with AsyncHubClient(node, links, chain_rpc=chain_rpc) as client:
                 yield client
         finally:
             await links.aclose()
