@@ -22,10 +22,11 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
+from channel.chain.rpc import BitcoinRpc
 from channel.commitment import Side
 from client import errors
 from client.node import ClientNode, node_secret_of, save_hub_terms
-from client.sdk import AsyncHubClient, GrpcLinks, open_grpc_client, terms_of
+from client.sdk import AsyncHubClient, GrpcLinks, OpenProgress, open_grpc_client, terms_of
 from client.transport import HubPin
 from proto import client_pb2
 from protocol.driver.crypto import Passphrase
@@ -44,8 +45,12 @@ class _NoBroadcaster:
 class Settings:
     def __init__(self, data_dir: Path, hub: str, tls_cert: str | None,
                  tls_fingerprint: str | None, passphrase: str, as_json: bool,
-                 scrypt_n: int) -> None:
+                 scrypt_n: int, bitcoind_rpc: str | None = None,
+                 bitcoind_cookie: str | None = None, bitcoind_user: str | None = None,
+                 bitcoind_password: str | None = None) -> None:
         self.data_dir, self.hub, self.as_json = data_dir, hub, as_json
+        self.bitcoind_rpc, self.bitcoind_cookie = bitcoind_rpc, bitcoind_cookie
+        self.bitcoind_user, self.bitcoind_password = bitcoind_user, bitcoind_password
         self.tls_cert, self.tls_fingerprint = tls_cert, tls_fingerprint
         self.key_source = Passphrase(passphrase, scrypt_n=scrypt_n)
 
@@ -73,11 +78,25 @@ class Settings:
 
     @contextlib.asynccontextmanager
     async def client(self) -> AsyncIterator[AsyncHubClient]:
-        # The chain height, until the client follows the chain itself (its ChainServices
-        # are not wired in yet): the hub's, read once; a command lives seconds.
-        height = int((await self.hub_info()).block_height)
-        async with open_grpc_client(lambda: self.open_node(height), self.hub,
-                                    self.pin()) as client:
+        """With ``--bitcoind-rpc`` the client follows the chain itself (height, wallet,
+        broadcaster); without, the height is the hub's, read once (a command lives
+        seconds) and nothing can be funded or broadcast."""
+        if self.bitcoind_rpc is None:
+            height = int((await self.hub_info()).block_height)
+            async with open_grpc_client(lambda: self.open_node(height), self.hub,
+                                        self.pin()) as client:
+                yield client
+            return
+        if self.bitcoind_cookie is None and self.bitcoind_user is None:
+            raise errors.InvalidRequest("give --bitcoind-cookie FILE or --bitcoind-user/"
+                                        "--bitcoind-password")
+        rpc = BitcoinRpc(self.bitcoind_rpc, username=self.bitcoind_user,
+                         password=self.bitcoind_password,
+                         cookie_file=Path(self.bitcoind_cookie) if self.bitcoind_cookie
+                         else None)
+        async with rpc, open_grpc_client(
+                lambda: ClientNode.open(self.store_url, self.key_source, None),
+                self.hub, self.pin(), chain_rpc=rpc) as client:
             yield client
 
 
@@ -131,11 +150,57 @@ def _chanhub_error(exc: BaseException) -> errors.ChanhubError | None:
               help="Encrypts the client's keys at rest (or CHANHUB_PASSPHRASE).")
 @click.option("--scrypt-n", type=int, default=2**15, hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--bitcoind-rpc", envvar="CHANHUB_BITCOIND_RPC",
+              help="Our own bitcoind's JSON-RPC URL (wallet, open, close need it).")
+@click.option("--bitcoind-cookie", envvar="CHANHUB_BITCOIND_COOKIE",
+              help="Its cookie file (<datadir>/regtest/.cookie).")
+@click.option("--bitcoind-user", envvar="CHANHUB_BITCOIND_USER")
+@click.option("--bitcoind-password", envvar="CHANHUB_BITCOIND_PASSWORD")
 @click.pass_context
 def main(ctx: click.Context, data_dir: Path, hub: str, tls_cert: str | None,
-         tls_fingerprint: str | None, passphrase: str, scrypt_n: int, as_json: bool) -> None:
+         tls_fingerprint: str | None, passphrase: str, scrypt_n: int, as_json: bool,
+         bitcoind_rpc: str | None, bitcoind_cookie: str | None, bitcoind_user: str | None,
+         bitcoind_password: str | None) -> None:
     """chanhub: pay and get paid through a Chanhub hub."""
-    ctx.obj = Settings(data_dir, hub, tls_cert, tls_fingerprint, passphrase, as_json, scrypt_n)
+    ctx.obj = Settings(data_dir, hub, tls_cert, tls_fingerprint, passphrase, as_json, scrypt_n,
+                       bitcoind_rpc, bitcoind_cookie, bitcoind_user, bitcoind_password)
+
+
+@main.group()
+def wallet() -> None:
+    """The client's on-chain wallet (needs --bitcoind-rpc)."""
+
+
+@wallet.command("address")
+@click.pass_context
+def wallet_address(ctx: click.Context) -> None:
+    """A fresh receive address."""
+    async def action(s: Settings) -> dict[str, Any]:
+        async with s.client() as client:
+            return {"address": await client.wallet_address()}
+    _run(ctx, action)
+
+
+@wallet.command("balance")
+@click.pass_context
+def wallet_balance(ctx: click.Context) -> None:
+    """Confirmed, unconfirmed and reserved satoshis."""
+    async def action(s: Settings) -> dict[str, Any]:
+        async with s.client() as client:
+            return asdict(await client.wallet_balance())
+    _run(ctx, action)
+
+
+@wallet.command("send")
+@click.argument("address")
+@click.argument("amount_sat", type=int)
+@click.pass_context
+def wallet_send(ctx: click.Context, address: str, amount_sat: int) -> None:
+    """Pay AMOUNT_SAT on chain to ADDRESS."""
+    async def action(s: Settings) -> dict[str, Any]:
+        async with s.client() as client:
+            return {"txid": await client.wallet_send(address, amount_sat)}
+    _run(ctx, action)
 
 
 @main.command()
@@ -241,6 +306,48 @@ def events(ctx: click.Context, after: int) -> None:
             return [asdict(e) for e in await node.events_after(after)]
         finally:
             node.close()
+    _run(ctx, action)
+
+
+@main.command("open")
+@click.argument("amount_sat", type=int)
+@click.option("--no-wait", is_flag=True, help="Return once the funding tx is broadcast.")
+@click.pass_context
+def open_(ctx: click.Context, amount_sat: int, no_wait: bool) -> None:
+    """Open a channel of AMOUNT_SAT funded from the wallet; by default wait until it is
+    open (minimum depth), showing each step."""
+    async def action(s: Settings) -> dict[str, Any]:
+        console = Console(stderr=True)
+
+        def progress(step: OpenProgress) -> None:
+            console.print(f"[bold]{step.stage}[/bold] channel {step.channel_id.hex()[:16]}"
+                          f"  funding {step.funding_txid or '-'}"
+                          f"  {step.depth}/{step.minimum_depth} confirmations")
+
+        async with s.client() as client:
+            await client.ready()
+            channel_id = await client.open_channel(amount_sat, wait=not no_wait,
+                                                   progress=progress)
+            return {"channel_id": channel_id}
+    _run(ctx, action)
+
+
+@main.command()
+@click.argument("channel_id")
+@click.option("--force", is_flag=True,
+              help="Broadcast our latest commitment instead of negotiating.")
+@click.pass_context
+def close(ctx: click.Context, channel_id: str, force: bool) -> None:
+    """Close CHANNEL_ID (hex): cooperatively, or --force."""
+    async def action(s: Settings) -> dict[str, Any]:
+        try:
+            cid = bytes.fromhex(channel_id)
+        except ValueError as exc:
+            raise errors.InvalidRequest("CHANNEL_ID must be hex") from exc
+        async with s.client() as client:
+            await client.ready()
+            await client.close_channel(channel_id=cid, force=force)
+            return {"channel_id": cid, "force": force}
     _run(ctx, action)
 
 

@@ -117,3 +117,50 @@ async def test_cli_init_pay_balance_history_and_a_locked_store(
             await edge.stop()
             nursery.cancel_scope.cancel()
     world.hub.close()
+
+
+async def test_cli_wallet_and_open_on_our_own_chain(
+        regtest_node: Node, regtest_rpc: Any, tmp_path: Path) -> None:
+    world = World(regtest_node, tmp_path, sqlite_url(tmp_path / "hub.sqlite"))
+    runner = CliRunner()
+
+    async def cli(*args: str) -> Result:
+        base = ["--data-dir", str(tmp_path / "carol"), "--hub", target, "--tls-cert",
+                str(tmp_path / "tls.cert"), "--passphrase", TEST_PASSPHRASE.passphrase,
+                "--scrypt-n", "1024", "--json", "--bitcoind-rpc", regtest_rpc.url,
+                "--bitcoind-cookie", str(regtest_rpc.cookie_path)]
+        return await trio.to_thread.run_sync(lambda: runner.invoke(main, [*base, *args]))
+
+    with trio.fail_after(90):
+        async with open_grpc_bridge() as bridge, trio.open_nursery() as nursery:
+            await world.start_hub(nursery)
+            tls = load_or_create_tls(tmp_path / "tls.cert", tmp_path / "tls.key")
+            edge = GrpcEdge(bridge=bridge, tls=tls,
+                            authenticator=Authenticator(world.hub.hub_node_id),
+                            admin_credential=AdminCredential.load_or_create(
+                                tmp_path / "admin.credential"),
+                            hub_service=world.hub, admin_service=world.hub.admin)
+            await nursery.start(edge.run)
+            target = f"127.0.0.1:{edge.port}"
+            assert (await cli("init")).exit_code == 0
+            poor = await cli("open", "100000", "--no-wait")
+            assert poor.exit_code == 1 and "sat confirmed" in poor.output
+            address = json.loads((await cli("wallet", "address")).output)["address"]
+            regtest_node.call("sendtoaddress", address, 0.02)
+            seen = json.loads((await cli("wallet", "balance")).output)
+            assert (seen["confirmed_sat"], seen["unconfirmed_sat"]) == (0, 2_000_000)
+            regtest_node.mine(1)
+            assert json.loads((await cli("wallet", "balance")).output)["confirmed_sat"] == \
+                2_000_000
+            sent = await cli("wallet", "send", regtest_node.call("getnewaddress"), "50000")
+            assert sent.exit_code == 0, sent.output
+            assert json.loads(sent.output)["txid"] in regtest_node.call("getrawmempool")
+            regtest_node.mine(1)
+            opened = await cli("open", "1000000", "--no-wait")
+            assert opened.exit_code == 0, opened.output
+            assert "broadcast" in opened.output  # the progress lines, on stderr
+            mempool = regtest_node.call("getrawmempool")
+            assert len(mempool) == 1  # the funding tx, broadcast by the CLI's own chain
+            await edge.stop()
+            nursery.cancel_scope.cancel()
+    world.hub.close()
