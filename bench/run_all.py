@@ -11,7 +11,7 @@ import platform
 import sys
 
 BENCHMARKS = ("bench.node_bench", "bench.channel_bench", "bench.protocol_bench", "bench.edge_bench",
-              "bench.hub_bench")
+              "bench.store_bench", "bench.hub_bench")
 
 
 def main() -> None:
