@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import trio
 from click.testing import CliRunner
 
@@ -33,8 +36,8 @@ def test_real_hub_answers_get_info(hub_process: HubEndpoint, node_process: NodeE
     trio.run(check)
     result = CliRunner().invoke(ctl_main, [
         "--rpcserver", hub_process.target, "--tls-cert", str(hub_process.tls_cert_file),
-        "--admin-credential", str(hub_process.admin_credential_file), "info"],
-        terminal_width=200)
+        "--admin-credential", str(hub_process.admin_credential_file), "--json", "info"])
     assert result.exit_code == 0, result.output
-    assert hub_process.hub_node_id.hex() in result.output
-    assert "regtest" in result.output
+    shown = json.loads(result.output)
+    assert shown["hub"]["chain"] == "regtest"
+    assert base64.b64decode(shown["hub"]["hub_node_id"]) == hub_process.hub_node_id
