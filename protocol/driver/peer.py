@@ -31,8 +31,9 @@ Dispositions (protocol/errors.py): ``IGNORE`` drops the message; ``CLOSE`` was a
 by the driver (``fail``: error sent, commitment broadcast); ``WARN``: the session sends
 a ``warning`` after the current round and closes the link. When the link ends, every
 connected channel gets ``disconnected()`` (uncommitted updates are forgotten, BOLT #2),
-its actions are executed (events delivered; Sends dropped), and ``run`` returns. The
-next link: ``run`` again on the same session; every channel gets ``reconnected()`` and
+its actions are executed (events delivered; Sends dropped), and ``run`` returns;
+``connected`` is true until then, so a next link never starts half-way. The next
+link: ``run`` again on the same session; every channel gets ``reconnected()`` and
 ``channel_reestablish`` does the rest.
 """
 
@@ -146,15 +147,20 @@ class PeerSession:
                 await self._execute_loop(link)
                 nursery.cancel_scope.cancel()
         finally:
-            self._link = None
             self._outbox.clear()
             with trio.CancelScope(shield=True):  # even when cancelled: the peer must know
                 await link.aclose()
-        for driver in self.drivers:
-            if driver.channel.link is LinkState.UP:
-                driver.disconnected()
-        await self._drain()  # events of the disconnect; Sends dropped below
-        self._outbox.clear()
+            # Synchronous, so it happens even when cancelled. ``connected`` stays true
+            # until the disconnect is processed: a next ``run`` that started earlier
+            # would find the channels still UP and never send channel_reestablish.
+            for driver in self.drivers:
+                if driver.channel.link is LinkState.UP:
+                    driver.disconnected()
+            try:
+                await self._drain()  # events of the disconnect (skipped when cancelled)
+            finally:
+                self._outbox.clear()  # Sends of a link that is gone
+                self._link = None
 
     def close(self, reason: str) -> None:
         """Close the link after the current round (the channels survive)."""

@@ -10,6 +10,7 @@ It plays a simple application: as payee it fulfills every HTLC whose preimage it
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,9 +89,19 @@ class RecordingBroadcaster:
             self._send(raw_tx)
 
 
+UNTIL_REAL_SECONDS = 120.0  # a hang fails the test instead of spinning CI forever
+
+
 async def until(predicate: Callable[[], bool]) -> None:
-    """Wait (virtual time, under the autojump clock) until ``predicate()`` holds."""
+    """Wait (virtual time, under the autojump clock) until ``predicate()`` holds.
+
+    Under autojump a wait that never ends spins instead of blocking, so a bound in
+    real time turns such a bug into a failure naming the predicate."""
+    deadline = time.monotonic() + UNTIL_REAL_SECONDS
     while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting for {predicate.__code__.co_qualname} "
+                                 f"(line {predicate.__code__.co_firstlineno})")
         await trio.sleep(0.01)
 
 

@@ -101,6 +101,7 @@ async def test_admin_and_client_views(regtest_node: Node, tmp_path: Path,
         hub_alice = net.hub.sessions[alice.node_id].drivers[0]
         while hub_alice.channel.state is not ChannelState.CLOSED:
             await trio.sleep(0.01)
+        await net.hub.sessions[alice.node_id].idle()  # the close's events are stored
         bob_channel = net.hub.sessions[bob.node_id].drivers[0]
         forced = await net.hub.admin.close_channel(client_pb2.CloseChannelRequest(
             channel_id=bob_channel.channel_id, force=True))
