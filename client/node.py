@@ -32,11 +32,10 @@ The chain (``attach_chain``): a ``channel.chain.ChainServices`` on the client's 
 bitcoind (its wallet seed derived from the node seed) gives the height, the
 broadcaster and the funding wallet. Its state bundle is written by the store's writer
 (meta row ``chain_state``) after every block and after every ``fund()``/watch, before
-acting on them. Funding a channel: ``fund()`` builds and signs the transaction and
-locks its coins (nothing broadcast); only on ``FundingSigned`` (the hub holds a
-signature we can close with) is it broadcast and its confirmation watched; the
-tracker's ``TxConfirmed`` at ``minimum_depth`` tells the driver. A channel failed
-before ``FundingSigned`` releases the coins.
+acting on them. Funding, confirmations and the ``to_local`` sweep after our force
+close are ``protocol.driver.onchain.ChannelsOnChain``'s, the code the hub runs too:
+the signed funding tx is in the bundle before the outpoint is named, broadcast only on
+``FundingSigned``, its coins released if the channel fails first.
 """
 
 from __future__ import annotations
@@ -55,15 +54,11 @@ from typing import Any
 import sqlalchemy as sa
 import trio
 
-from channel.chain.confirmations import TxConfirmed
 from channel.chain.rpc import BitcoinRpc
 from channel.chain.services import ChainServices
-from channel.chain.wallet import WalletError
 from channel.commitment import Side
-from channel.funding import funding_output_index
 from channel.keys import pubkey_from_secret
 from channel.scripts import p2wpkh
-from channel.tx import Tx, TxOut
 from client import errors, ledger
 from client.invoices import (
     Accepted,
@@ -83,11 +78,13 @@ from protocol.actions import (
     HtlcFailed,
     HtlcFulfilled,
     HtlcReceived,
+    Watch,
 )
 from protocol.driver.crypto import KeyFile, Passphrase, secret_aad
 from protocol.driver.db import Database
 from protocol.driver.driver import Broadcaster, ChannelDriver, DriverContext
 from protocol.driver.link import FrameLink
+from protocol.driver.onchain import ChannelsOnChain
 from protocol.driver.peer import PeerSession
 from protocol.driver.store import ChannelStore, new_channel_key, open_secret_box
 from protocol.driver.writer import GroupWriter
@@ -163,7 +160,7 @@ class ClientNode:
         self.node_id = pubkey_from_secret(self.node_secret)
         self._given_height, self.clock, self.funder = height, clock, funder
         self.chain: ChainServices | None = None
-        self._funding_txs: dict[bytes, Tx] = {}  # internal txid -> signed, not broadcast
+        self.onchain: ChannelsOnChain | None = None
         self._broadcaster = _SwitchBroadcaster(broadcaster or _NoBroadcaster())
         self.ctx = DriverContext(store, self._broadcaster, self.height, self._on_event,
                                  self._on_watch)
@@ -228,8 +225,10 @@ class ClientNode:
             rpc, self._wallet_seed(), state=state, birth_height=birth_height,
             min_depth=1, persist=self._persist_chain, poll_interval_s=poll_interval_s)
         self._broadcaster.target = self.chain.broadcaster.for_driver()
+        self.onchain = ChannelsOnChain(self.chain, lambda: self.session.drivers,
+                                       self._persist_chain, on_change=self._changed)
         if self.funder is None:
-            self.funder = self._fund_from_wallet
+            self.funder = self.onchain.fund
         if state is None:
             with self.db.engine.begin() as conn:
                 ledger.meta_write(CHAIN_STATE, json.dumps(self.chain.to_json()))(conn)
@@ -250,56 +249,16 @@ class ClientNode:
         """The writer and the chain follower; then reconcile what a crash left in flight."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.store.writer.run)
-            if self.chain is not None:
+            if self.chain is not None and self.onchain is not None:
+                await self.onchain.restore()  # before the follower replays blocks
                 await nursery.start(self.chain.run)
-                nursery.start_soon(self._chain_events)
+                await nursery.start(self.onchain.run)
             await self._reconcile()
             task_status.started()
 
-    async def _chain_events(self) -> None:
-        assert self.chain is not None
-        async for event in self.chain.events:
-            if isinstance(event, TxConfirmed):
-                txid = bytes.fromhex(event.txid)[::-1]
-                for driver in self.session.drivers:
-                    if driver.channel.d.funding_txid == txid and \
-                            driver.channel.state is ChannelState.AWAIT_CHANNEL_READY:
-                        driver.funding_confirmed()
-                self.changed.set()
-                self.changed = trio.Event()
-
-    async def _fund_from_wallet(self, driver: ChannelDriver, needed: FundingNeeded) -> None:
-        """Build and sign the funding tx (coins locked, nothing broadcast), persist the
-        lock, then name the outpoint. Broadcast waits for FundingSigned."""
-        assert self.chain is not None
-        feerate = await self.chain.fee_estimator.feerate_sat_per_kw(6)
-        try:
-            tx = self.chain.wallet.fund(needed.script_pubkey, needed.amount_sat, feerate)
-        except WalletError as exc:  # e.g. spent since open_channel checked: nothing locked
-            log.warning("cannot fund channel %r: %s", driver, exc)
-            driver.fail(f"funding failed: {exc}")
-            return
-        await self.save_chain()
-        vout = funding_output_index(tx, TxOut(needed.amount_sat, needed.script_pubkey))
-        self._funding_txs[tx.txid()] = tx
-        driver.funding_outpoint(tx.txid(), vout)
-
-    async def _funding_signed(self, driver: ChannelDriver, event: FundingSigned) -> None:
-        tx = self._funding_txs.pop(bytes(event.funding_txid), None)
-        if tx is None or self.chain is None:
-            return
-        self.chain.tracker.watch_tx(tx.txid_hex(), self.config.minimum_depth)
-        self.chain.wallet.note_broadcast(tx)
-        await self.save_chain()
-        await self.chain.broadcaster.broadcast(tx, label=f"funding {tx.txid_hex()}",
-                                               keep_if_refused=True)
-        await self.save_chain()
-
-    async def _funding_failed(self, driver: ChannelDriver) -> None:
-        tx = self._funding_txs.pop(driver.channel.d.funding_txid, None)
-        if tx is not None and self.chain is not None:
-            self.chain.wallet.release(tx)
-            await self.save_chain()
+    def _changed(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
 
     async def serve_link(self, link: FrameLink, *,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -335,7 +294,8 @@ class ClientNode:
         """Start a channel we fund; ``funder`` builds the funding transaction."""
         if self.funder is None:
             raise errors.InvalidRequest("this client has no wallet to fund a channel")
-        if self.chain is not None and self.funder == self._fund_from_wallet:
+        if self.chain is not None and self.onchain is not None and \
+                self.funder == self.onchain.fund:
             confirmed_sat = self.chain.wallet.balance().confirmed_sat
             if confirmed_sat < funding_sat:
                 raise errors.InsufficientBalance(
@@ -511,10 +471,9 @@ class ClientNode:
     async def _on_event(self, driver: ChannelDriver, event: Event) -> None:
         if isinstance(event, FundingNeeded) and self.funder is not None:
             await self.funder(driver, event)
-        elif isinstance(event, FundingSigned):
-            await self._funding_signed(driver, event)
-        elif isinstance(event, ChannelFailed):
-            await self._funding_failed(driver)
+        elif isinstance(event, FundingSigned | ChannelFailed):
+            if self.onchain is not None:
+                await self.onchain.on_event(driver, event)
         elif isinstance(event, HtlcReceived):
             await self._received(driver, event.htlc_id, event.amount_msat, event.payment_hash,
                                  event.cltv_expiry, event.onion_routing_packet)
@@ -529,11 +488,11 @@ class ClientNode:
         elif isinstance(event, ChannelClosed):
             await self.store.writer.write(ledger.event_write("channel_closed", None, 0,
                                                              self.clock()))
-        self.changed.set()
-        self.changed = trio.Event()
+        self._changed()
 
-    async def _on_watch(self, driver: ChannelDriver, watch: Any) -> None:
-        return None
+    async def _on_watch(self, driver: ChannelDriver, watch: Watch) -> None:
+        if self.onchain is not None:
+            await self.onchain.on_watch(driver, watch)
 
     async def _resolve(self, payment_hash: bytes, *, preimage: bytes | None = None,
                        reason: bytes = b"", local_reason: str = "") -> None:

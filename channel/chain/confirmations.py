@@ -110,7 +110,12 @@ class ConfirmationTracker:
     # -- watches ---------------------------------------------------------------
 
     def watch_tx(
-        self, txid: str, min_depth: int, *, expect_output: tuple[int, TxOut] | None = None
+        self,
+        txid: str,
+        min_depth: int,
+        *,
+        expect_output: tuple[int, TxOut] | None = None,
+        included: tuple[int, str] | None = None,
     ) -> None:
         """Tell `TxConfirmed` once `txid` is `min_depth` deep (1: in a block).
 
@@ -118,16 +123,26 @@ class ConfirmationTracker:
         tx must have exactly that output (BOLT #2: the fundee checks the funding
         output before it counts confirmations); if not, `TxMismatch` is told
         instead and the tx never counts as confirmed.
+
+        `included=(height, block_hash)`: the tx is already in that block of the best
+        chain (known from an `OutpointSpent` event, which the tracker emits for the
+        block it connects, so a watch added on it comes one block too late to be
+        found). A later disconnect of that block un-includes it as usual.
         """
         if min_depth < 1:
             raise ValueError("min_depth is at least 1")
         _check_txid(txid)
         existing = self._txs.get(txid)
         if existing is None:
-            self._txs[txid] = _TxWatch(min_depth, expected=expect_output)
+            existing = self._txs[txid] = _TxWatch(min_depth, expected=expect_output)
         else:
             existing.min_depth = min_depth
-            self._tell_deep_enough()
+        if included is not None and existing.height is None:
+            existing.height, existing.block_hash = included
+        self._tell_deep_enough()
+
+    def is_watched(self, txid: str) -> bool:
+        return txid in self._txs
 
     def unwatch_tx(self, txid: str) -> None:
         self._txs.pop(txid, None)

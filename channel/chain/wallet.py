@@ -287,6 +287,21 @@ class OnchainWallet:
             del self._locks[outpoint]
         del self._own[txid]
 
+    def unbroadcast_tx(self, txid: str) -> Tx | None:
+        """The signed `fund()` transaction `txid` if it is still neither broadcast nor
+        mined (its inputs reserved), else None. The owner persists `to_json()` after
+        `fund()`, so the signed funding tx survives a restart in the wallet state."""
+        own = self._own.get(txid)
+        if own is None or own.broadcast or own.height is not None:
+            return None
+        return own.tx
+
+    def unbroadcast_txids(self) -> list[str]:
+        """Every `fund()` transaction still neither broadcast nor mined."""
+        return sorted(
+            txid for txid, own in self._own.items() if not own.broadcast and own.height is None
+        )
+
     def note_broadcast(self, tx: Tx) -> None:
         """The owner broadcast a `fund()` transaction: its change is now pending."""
         own = self._own.get(tx.txid_hex())

@@ -1,0 +1,331 @@
+"""A party's channels on its own chain: what the hub and the client both run between
+their ``ChannelDriver``s and their ``channel.chain.ChainServices``.
+
+Theory of operation. ``ChannelsOnChain`` owns no state of its own: everything it needs
+after a restart is in the chain bundle (``ChainServices.to_json()``: the wallet's
+signed transactions and locks, the tracker's watches and the spends it saw, the
+broadcaster's pending set) or in the channels' snapshots. The owner gives it the
+drivers to look at and the ``persist`` callback that writes the bundle to its store
+(the same one ``ChainServices.open`` got); it awaits that before anything it did can
+matter to someone else.
+
+Funding a channel we open (``FundingNeeded``): the wallet builds and signs the funding
+transaction and reserves its coins; the bundle, which holds the signed tx, is
+persisted; only then is ``funding_outpoint`` given (the driver then persists the
+channel and sends ``funding_created``). ``FundingSigned``: the peer holds a signature
+we can close with, so the tx is broadcast (rebroadcast until confirmed). A channel
+that fails before that releases the coins.
+
+Funding, both roles (``Watch("funding")``): the tracker watches the funding txid with
+the expected output (script and amount, BOLT #2's fundee check) to the channel's
+``minimum_depth``, and the funding outpoint for its spend. ``TxConfirmed`` ->
+``driver.funding_confirmed()``; ``TxMismatch`` is logged and never confirms.
+
+A spend of the funding outpoint: the agreed closing tx pays our wallet (the close
+script is a wallet address), so the wallet finds it by itself. Our own latest
+commitment: ``ToLocalSweeper`` watches it to ``to_self_delay`` (the relative lock
+BIP68 puts on ``to_local``), then sweeps ``to_local`` to a fresh wallet address at the
+estimator's fee rate; a sweep worth less than its fee is left alone and logged. The
+peer's commitment, penalties and HTLC outputs belong to the BOLT #5 watch
+(``channel/watch.py``), which is meant to replace ``ToLocalSweeper``.
+
+``restore()`` runs once before the follower, so the watches it adds see the blocks the
+follower replays. It finishes what a crash interrupted: a funding tx signed for a
+channel that has the peer's signature but was never broadcast goes out now; a channel
+restored before ``funding_signed`` cannot be completed (no retransmission of it
+exists) and is failed, which releases its coins, as are coins reserved for a channel
+that no longer exists; a funding already deep enough is confirmed; a commitment
+already ``to_self_delay`` deep is swept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import trio
+
+from channel.chain.confirmations import (
+    OutpointSpent,
+    OutpointUnspent,
+    TxConfirmed,
+    TxMismatch,
+)
+from channel.chain.services import ChainServices
+from channel.chain.wallet import WalletError
+from channel.errors import TransactionError
+from channel.funding import funding_output_index
+from channel.sweep import sweep_to_local
+from channel.tx import OutPoint, Tx, TxOut
+from protocol.actions import ChannelFailed, Event, FundingNeeded, FundingSigned, Watch
+from protocol.driver.driver import ChannelDriver
+from protocol.table import ChannelState
+
+log = logging.getLogger(__name__)
+
+Persist = Callable[[dict[str, Any]], Awaitable[None]]
+
+#: Blocks within which a funding or sweep transaction should confirm (the estimator's
+#: target): neither is urgent to the block, both should not linger for a day.
+CONF_TARGET_BLOCKS = 6
+
+_NOT_FUNDED = (ChannelState.INIT, ChannelState.AWAIT_ACCEPT,
+               ChannelState.AWAIT_FUNDING_OUTPOINT, ChannelState.AWAIT_FUNDING_CREATED)
+
+
+def _hex(txid: bytes) -> str:
+    """Internal byte order (as in channel data) to display hex (as the tracker keys)."""
+    return txid[::-1].hex()
+
+
+def funding_outpoint_of(driver: ChannelDriver) -> OutPoint | None:
+    d = driver.channel.d
+    if not d.funding_txid or d.state in _NOT_FUNDED:
+        return None
+    return OutPoint(d.funding_txid, d.funding_output_index)
+
+
+class ChannelsOnChain:
+    """See the module docstring."""
+
+    def __init__(self, chain: ChainServices, drivers: Callable[[], Iterable[ChannelDriver]],
+                 persist: Persist, *, on_change: Callable[[], None] | None = None) -> None:
+        self.chain = chain
+        self.drivers = drivers
+        self._persist = persist
+        self.on_change = on_change
+        self.sweeper = ToLocalSweeper(self)
+
+    async def save(self) -> None:
+        await self._persist(self.chain.to_json())
+
+    # -- the owner's driver callbacks ----------------------------------------------------
+
+    async def on_event(self, driver: ChannelDriver, event: Event) -> None:
+        """Give every driver event here; it acts on the funding ones."""
+        if isinstance(event, FundingNeeded):
+            await self.fund(driver, event)
+        elif isinstance(event, FundingSigned):
+            await self.funding_signed(driver, event)
+        elif isinstance(event, ChannelFailed):
+            await self.release_funding(driver)
+
+    async def on_watch(self, driver: ChannelDriver, watch: Watch) -> None:
+        if watch.kind == "funding":
+            self._watch_funding(driver)
+            await self.save()
+
+    async def fund(self, driver: ChannelDriver, needed: FundingNeeded) -> None:
+        """Sign the funding tx (coins reserved, nothing broadcast), persist the bundle
+        holding it, then name the outpoint."""
+        feerate = await self.chain.fee_estimator.feerate_sat_per_kw(CONF_TARGET_BLOCKS)
+        try:
+            tx = self.chain.wallet.fund(needed.script_pubkey, needed.amount_sat, feerate)
+        except WalletError as exc:  # e.g. spent since the open was checked: nothing locked
+            log.warning("cannot fund channel %r: %s", driver, exc)
+            driver.fail(f"funding failed: {exc}")
+            return
+        await self.save()
+        vout = funding_output_index(tx, TxOut(needed.amount_sat, needed.script_pubkey))
+        driver.funding_outpoint(tx.txid(), vout)
+
+    async def funding_signed(self, driver: ChannelDriver, event: FundingSigned) -> None:
+        tx = self.chain.wallet.unbroadcast_tx(_hex(bytes(event.funding_txid)))
+        if tx is None:
+            log.warning("%r: no signed funding tx %s in the wallet", driver,
+                        _hex(bytes(event.funding_txid)))
+            return
+        await self._broadcast_funding(driver, tx)
+
+    async def _broadcast_funding(self, driver: ChannelDriver, tx: Tx) -> None:
+        self._watch_funding(driver)
+        self.chain.wallet.note_broadcast(tx)
+        await self.save()
+        await self.chain.broadcaster.broadcast(tx, label=f"funding {tx.txid_hex()}",
+                                               keep_if_refused=True)
+        await self.save()
+
+    async def release_funding(self, driver: ChannelDriver) -> None:
+        """The channel failed: coins reserved for a funding tx never broadcast are free."""
+        d = driver.channel.d
+        tx = self.chain.wallet.unbroadcast_tx(_hex(d.funding_txid)) if d.funding_txid else None
+        if tx is not None:
+            self.chain.wallet.release(tx)
+            log.info("%r failed before its funding was broadcast: coins released", driver)
+            await self.save()
+
+    def _watch_funding(self, driver: ChannelDriver) -> None:
+        outpoint = funding_outpoint_of(driver)
+        if outpoint is None:
+            return
+        channel = driver.channel
+        tracker = self.chain.tracker
+        if channel.state is ChannelState.AWAIT_CHANNEL_READY:
+            expected = (outpoint.index, TxOut(channel.d.funding_sat,
+                                              channel.static.funding_script_pubkey))
+            tracker.watch_tx(_hex(outpoint.txid), max(channel.minimum_depth, 1),
+                             expect_output=expected)
+        tracker.watch_outpoint(outpoint)
+
+    # -- start and the chain's events ----------------------------------------------------
+
+    async def restore(self) -> None:
+        """Before the follower runs (see the module docstring)."""
+        wallet, tracker = self.chain.wallet, self.chain.tracker
+        referenced: set[str] = set()
+        for driver in list(self.drivers()):
+            d = driver.channel.d
+            if d.funding_txid:
+                referenced.add(_hex(d.funding_txid))
+            if d.local_is_funder and driver.channel.state is ChannelState.AWAIT_FUNDING_SIGNED:
+                log.warning("%r restored before funding_signed: failed", driver)
+                driver.fail("restarted before funding_signed")
+                await self.release_funding(driver)
+                continue
+            if funding_outpoint_of(driver) is None or not d.local_commit_signature:
+                continue
+            tx = wallet.unbroadcast_tx(_hex(d.funding_txid))
+            if tx is not None and driver.channel.state is ChannelState.AWAIT_CHANNEL_READY:
+                log.info("%r: funding signed before the restart, broadcast now", driver)
+                await self._broadcast_funding(driver, tx)
+            self._watch_funding(driver)
+            if driver.channel.state is ChannelState.AWAIT_CHANNEL_READY and \
+                    tracker.depth(_hex(d.funding_txid)) >= max(driver.channel.minimum_depth, 1):
+                driver.funding_confirmed()
+        for txid in wallet.unbroadcast_txids():
+            tx = wallet.unbroadcast_tx(txid)
+            if txid not in referenced and tx is not None:
+                log.info("funding tx %s belongs to no channel: coins released", txid)
+                wallet.release(tx)
+        await self.sweeper.restore()
+        await self.save()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Handle the tracker's events, in chain order, forever."""
+        task_status.started()
+        async for event in self.chain.events:
+            if isinstance(event, TxConfirmed):
+                self._funding_deep_enough(event.txid)
+                await self.sweeper.tx_confirmed(event.txid)
+            elif isinstance(event, TxMismatch):
+                log.warning("funding %s mined without the agreed output (%s): the channel "
+                            "is never confirmed", event.txid, event.reason)
+            elif isinstance(event, OutpointSpent):
+                await self._funding_spent(event)
+            elif isinstance(event, OutpointUnspent):
+                self.sweeper.unspent(event.spending_txid)
+            if self.on_change is not None:
+                self.on_change()
+
+    def _funding_deep_enough(self, txid: str) -> None:
+        for driver in self.drivers():
+            d = driver.channel.d
+            if d.funding_txid and _hex(d.funding_txid) == txid and \
+                    driver.channel.state is ChannelState.AWAIT_CHANNEL_READY:
+                driver.funding_confirmed()
+
+    def driver_of_funding(self, outpoint: OutPoint) -> ChannelDriver | None:
+        for driver in self.drivers():
+            if funding_outpoint_of(driver) == outpoint:
+                return driver
+        return None
+
+    async def _funding_spent(self, event: OutpointSpent) -> None:
+        driver = self.driver_of_funding(event.outpoint)
+        if driver is None:
+            return
+        txid = event.spending_tx.txid()
+        if driver.channel.d.closing_txid == txid:
+            log.info("%r: closing tx %s mined (it pays the wallet)", driver, _hex(txid))
+        elif self.sweeper.is_our_commitment(driver, event.spending_tx):
+            await self.sweeper.commitment_mined(driver, event)
+        else:
+            log.warning("%r: the funding output was spent by %s, not our commitment nor "
+                        "the agreed close: the BOLT #5 watch handles it", driver, _hex(txid))
+
+
+class ToLocalSweeper:
+    """After OUR commitment confirms: ``to_local`` swept into the wallet once
+    ``to_self_delay`` deep. The one piece the BOLT #5 watch object replaces later.
+
+    Its state is the tracker's: the commitment txid watched to ``to_self_delay`` (added
+    with the block the ``OutpointSpent`` named), and the spender of the funding outpoint
+    (the commitment itself). A sweep done is unwatched; the broadcaster keeps it."""
+
+    def __init__(self, owner: ChannelsOnChain) -> None:
+        self.owner = owner
+
+    @staticmethod
+    def is_our_commitment(driver: ChannelDriver, tx: Tx) -> bool:
+        """Our latest commitment (the one ``fail()`` broadcasts): an older one of ours
+        is revoked and never published by us."""
+        channel = driver.channel
+        return channel.d.local_commit_signature != b"" and \
+            channel.build_local(channel.d.local_ctn).txid == tx.txid()
+
+    async def commitment_mined(self, driver: ChannelDriver, event: OutpointSpent) -> None:
+        channel = driver.channel
+        if channel.build_local(channel.d.local_ctn).to_local_index is None:
+            log.info("%r: our commitment mined; its to_local was trimmed: nothing to sweep",
+                     driver)
+            return
+        delay = channel.static.remote.to_self_delay
+        txid = event.spending_tx.txid_hex()
+        log.info("%r: our commitment %s mined at %d; to_local swept %d blocks deep",
+                 driver, txid, event.height, delay)
+        self.owner.chain.tracker.watch_tx(txid, max(delay, 1),
+                                          included=(event.height, event.block_hash))
+        await self.owner.save()
+
+    def unspent(self, spending_txid: str) -> None:
+        """A reorg took the commitment's block: it is found again if re-mined only if
+        still watched, so keep the watch (the tracker un-included it)."""
+
+    def _pending(self) -> list[tuple[ChannelDriver, Tx]]:
+        """Our mined commitments whose to_local is still watched (not swept yet)."""
+        out = []
+        tracker = self.owner.chain.tracker
+        for driver in self.owner.drivers():
+            outpoint = funding_outpoint_of(driver)
+            if outpoint is None:
+                continue
+            spender = tracker.spender(outpoint)
+            if spender is not None and tracker.is_watched(spender.txid_hex()) and \
+                    self.is_our_commitment(driver, spender):
+                out.append((driver, spender))
+        return out
+
+    async def restore(self) -> None:
+        tracker = self.owner.chain.tracker
+        for driver, commitment_tx in self._pending():
+            delay = max(driver.channel.static.remote.to_self_delay, 1)
+            if tracker.depth(commitment_tx.txid_hex()) >= delay:
+                await self._sweep(driver, commitment_tx)
+
+    async def tx_confirmed(self, txid: str) -> None:
+        for driver, commitment_tx in self._pending():
+            if commitment_tx.txid_hex() == txid:
+                await self._sweep(driver, commitment_tx)
+
+    async def _sweep(self, driver: ChannelDriver, commitment_tx: Tx) -> None:
+        chain = self.owner.chain
+        channel = driver.channel
+        feerate = await chain.fee_estimator.feerate_sat_per_kw(CONF_TARGET_BLOCKS)
+        chain.tracker.unwatch_tx(commitment_tx.txid_hex())
+        try:
+            sweep = sweep_to_local(channel.static, channel.secrets, commitment_tx,
+                                   channel.d.local_ctn, chain.wallet.new_script_pubkey(),
+                                   feerate)
+        except TransactionError as exc:  # worth less than its fee: leave it
+            log.warning("%r: to_local of %s not swept: %s", driver, commitment_tx.txid_hex(),
+                        exc)
+            await self.owner.save()
+            return
+        await self.owner.save()  # the destination's key index, before the tx can pay it
+        await chain.broadcaster.broadcast(sweep, label=f"to_local sweep {sweep.txid_hex()}",
+                                          keep_if_refused=True)
+        log.info("%r: to_local swept by %s (%d sat)", driver, sweep.txid_hex(),
+                 sweep.outputs[0].amount_sat)
+        await self.owner.save()
