@@ -32,9 +32,10 @@ peer's commitment, penalties and HTLC outputs belong to the BOLT #5 watch
 ``restore()`` runs once before the follower, so the watches it adds see the blocks the
 follower replays. It finishes what a crash interrupted: a funding tx signed for a
 channel that has the peer's signature but was never broadcast goes out now; a channel
-restored before ``funding_signed`` cannot be completed (no retransmission of it
-exists) and is failed, which releases its coins, as are coins reserved for a channel
-that no longer exists; a funding already deep enough is confirmed; a commitment
+restored before both first commitments were signed cannot be completed (BOLT #2
+forgets it on disconnect; nothing of the opening is retransmitted) and is failed,
+which releases its coins, as are coins reserved for a channel whose outpoint was never
+stored; a funding already deep enough is confirmed; a commitment
 already ``to_self_delay`` deep is swept.
 """
 
@@ -48,7 +49,6 @@ import trio
 
 from channel.chain.confirmations import (
     OutpointSpent,
-    OutpointUnspent,
     TxConfirmed,
     TxMismatch,
 )
@@ -72,6 +72,12 @@ CONF_TARGET_BLOCKS = 6
 
 _NOT_FUNDED = (ChannelState.INIT, ChannelState.AWAIT_ACCEPT,
                ChannelState.AWAIT_FUNDING_OUTPOINT, ChannelState.AWAIT_FUNDING_CREATED)
+
+
+# BOLT #2: a channel not yet signed both ways is forgotten on disconnect, and a restart
+# is one (the peer forgot it too; no message of the opening is retransmitted).
+_UNSIGNED = (ChannelState.AWAIT_ACCEPT, ChannelState.AWAIT_FUNDING_OUTPOINT,
+             ChannelState.AWAIT_FUNDING_CREATED, ChannelState.AWAIT_FUNDING_SIGNED)
 
 
 def _hex(txid: bytes) -> str:
@@ -178,9 +184,10 @@ class ChannelsOnChain:
             d = driver.channel.d
             if d.funding_txid:
                 referenced.add(_hex(d.funding_txid))
-            if d.local_is_funder and driver.channel.state is ChannelState.AWAIT_FUNDING_SIGNED:
-                log.warning("%r restored before funding_signed: failed", driver)
-                driver.fail("restarted before funding_signed")
+            if driver.channel.state in _UNSIGNED:
+                log.warning("%r restored before both first commitments were signed: "
+                            "failed", driver)
+                driver.fail("restarted during the opening")
                 await self.release_funding(driver)
                 continue
             if funding_outpoint_of(driver) is None or not d.local_commit_signature:
@@ -214,8 +221,6 @@ class ChannelsOnChain:
                             "is never confirmed", event.txid, event.reason)
             elif isinstance(event, OutpointSpent):
                 await self._funding_spent(event)
-            elif isinstance(event, OutpointUnspent):
-                self.sweeper.unspent(event.spending_txid)
             if self.on_change is not None:
                 self.on_change()
 
@@ -278,10 +283,6 @@ class ToLocalSweeper:
         self.owner.chain.tracker.watch_tx(txid, max(delay, 1),
                                           included=(event.height, event.block_hash))
         await self.owner.save()
-
-    def unspent(self, spending_txid: str) -> None:
-        """A reorg took the commitment's block: it is found again if re-mined only if
-        still watched, so keep the watch (the tracker un-included it)."""
 
     def _pending(self) -> list[tuple[ChannelDriver, Tx]]:
         """Our mined commitments whose to_local is still watched (not swept yet)."""
