@@ -594,3 +594,123 @@ def test_close_when_the_peer_drops_its_own_dust_output() -> None:
     from channel.tx import Tx
 
     assert len(Tx.parse(pair.a.broadcasts[-1].raw_tx).outputs) == 1
+
+
+# -- the last protocol mutants (docs/mutation.md, seed 12) ----------
+
+
+def behind_b() -> tuple[ChannelPair, peer_pb2.PeerMessage]:
+    """b restored from a backup before two updates; a's channel_reestablish proves it
+    (next_revocation_number ahead of b, with b's own secret)."""
+    from protocol.channel import Channel
+
+    pair = ChannelPair()
+    old_b = copy.deepcopy(pair.b.persisted)
+    for n in range(2):
+        pair.add("a", 2_000_000, n)
+        pair.settle()
+    pair.disconnect()
+    assert old_b is not None
+    pair.b.channel = Channel.restore(old_b)
+    pair.b.last_update_id, pair.b.max_revoked = 0, -1
+    pair.reconnect()
+    return pair, copy.deepcopy(pair.a.outbox[0])
+
+
+def test_data_loss_proven_by_the_revocation_number_alone() -> None:
+    """A peer ahead on next_revocation_number only (its next_commitment_number is the
+    one we expect) with the proof: we lost data all the same, so we fail WITHOUT
+    broadcasting. Checking 'both numbers ahead' would refuse the message instead, and
+    the driver's fail() would publish our revoked commitment."""
+    pair, msg = behind_b()
+    b = pair.b.channel
+    assert msg.channel_reestablish.next_revocation_number > b.d.local_ctn
+    msg.channel_reestablish.next_commitment_number = b.d.remote_ctn + 1
+    acts = b.handle(msg, height=pair.height)
+    assert b.state is ChannelState.FAILED and b.d.data_loss
+    assert not any(isinstance(x, Broadcast) for x in acts)
+
+
+def test_commitment_number_ahead_alone_is_refused_as_unproven() -> None:
+    """Only next_commitment_number ahead of what we signed, nothing to prove a loss:
+    refused by the data-loss check itself (no later check is reached)."""
+    pair = ChannelPair()
+    pair.add("a", 2_000_000, 1)
+    pair.settle()
+    pair.disconnect()
+    pair.reconnect()
+    b = pair.b.channel
+    msg = copy.deepcopy(pair.a.outbox[0])
+    assert msg.channel_reestablish.next_revocation_number == b.d.local_ctn
+    msg.channel_reestablish.next_commitment_number = b.d.remote_ctn + 2
+    with pytest.raises(RemoteProtocolError, match=r"never reached .* without proof"):
+        b.handle(msg, height=pair.height)
+
+
+def test_restart_between_irrevocable_commit_and_policy_fail() -> None:
+    """a crashes right after b's revoke_and_ack made b's HTLC irrevocable, before the
+    fail for its policy failure (expiry too close) was committed: the restored a knows
+    the HTLC, its policy failure and no removal, and fails it again on reestablish
+    (``reestablish._resend_removals``). b's other HTLC, acceptable and also just made
+    irrevocable, is left alone."""
+    from protocol.actions import HtlcFailed
+
+    pair = ChannelPair()
+    pair.do("b", lambda c: c.add_htlc(1_000_000, hash_of(preimage_of(1)), HEIGHT + 2,
+                                      height=HEIGHT - 50))
+    pair.add("b", 2_000_000, 2)
+    pair.do("b", lambda c: c.commit())
+    a = pair.a
+    for _ in range(20):  # deliver, committing only until a's fail comes out
+        pair.deliver_one(pair.b if pair.b.outbox else a)
+        if any(m.WhichOneof("body") == "update_fail_htlc" for m in a.outbox):
+            break
+        for p in (a, pair.b):
+            if p.channel.can_commit():
+                pair.apply(p, p.channel.commit())
+    else:
+        raise AssertionError("a never failed the HTLC")
+    policy_failed = a.d.book.htlcs[(Side.REMOTE, 0)]
+    assert policy_failed.add.remote_ctn == a.d.remote_oldest_ctn  # irrevocable just now
+    pair.restart("a")
+    restored = a.channel.d.book.htlcs[(Side.REMOTE, 0)]
+    assert restored.policy_failure and restored.removal is None
+    pair.reconnect()
+    pair.settle()
+    (failed,) = pair.events_of("b", HtlcFailed)
+    assert failed.htlc_id == 0 and b"cltv_expiry" in failed.reason
+    assert [h[0] for h in a.channel.received_htlcs()] == [1]  # the good one is untouched
+
+
+def test_peer_failure_acknowledged_in_our_latest_commitment_frees_the_amount() -> None:
+    """b (fundee, 400,000 sat) offers 300,000 sat; a fails it; b receives the fail and
+    a's commitment_signed and revokes: the fail is in b's latest commitment. The amount
+    is b's again for its next add, before a's own commitment drops the HTLC
+    (``rules.min_view_pred`` counts an update acknowledged in exactly the oldest
+    unrevoked commitment)."""
+    pair = ChannelPair()
+    htlc_id = pair.add("b", 300_000_000, 1)
+    pair.settle()
+    pair.do("a", lambda c: c.fail_htlc(htlc_id))
+    pair.do("a", lambda c: c.commit())
+    pair.deliver_one(pair.a)  # update_fail_htlc
+    pair.deliver_one(pair.a)  # commitment_signed: b revokes
+    b = pair.b.channel
+    removal = next(iter(b.d.book.htlcs.values())).removal
+    assert removal is not None
+    fail_mark = removal.mark
+    assert fail_mark.local_ctn == b.d.local_ctn and fail_mark.remote_ctn is None
+    pair.add("b", 300_000_000, 2)  # refused if the freed 300,000 sat were not counted
+    pair.settle()
+    assert [h[1] for h in pair.a.channel.received_htlcs()] == [300_000_000]
+
+
+@pytest.mark.parametrize("push_msat,refused", [(-1, True), (0, False)])
+def test_negative_push_is_refused_at_minus_one(push_msat: int, refused: bool) -> None:
+    pair = ChannelPair(open_channel=False)
+    if refused:
+        with pytest.raises(LocalProtocolError, match="push_msat is negative"):
+            pair.do("a", lambda c: c.open(funding_sat=1_000_000, push_msat=push_msat,
+                                          feerate_per_kw=1000))
+    else:
+        pair.open(push_msat=push_msat, feerate_per_kw=1000)
