@@ -57,9 +57,11 @@ def _find(tx: Tx, script_pubkey: bytes, what: str) -> tuple[OutPoint, int]:
     raise TransactionError(f"no {what} output in transaction {tx.txid_hex()}")
 
 
-def _own_delayed_output(
+def own_delayed_output(
     static: ChannelStatic, secrets: ChannelSecrets, tx: Tx, commitment_number: int, what: str
 ) -> SpendableOutput:
+    """Our CSV-delayed output of ``tx`` (our commitment ``commitment_number``, or one of
+    its HTLC-success/timeout transactions), found by its script, as a spend input."""
     point = secrets.per_commitment_point(commitment_number)
     keys = derive_commitment_keys(static.local.basepoints, static.remote.basepoints, point)
     delay = static.remote.to_self_delay
@@ -86,7 +88,7 @@ def sweep_to_local(
 ) -> Tx:
     """Spend our to_local from our own commitment (valid to_self_delay blocks after
     it confirmed)."""
-    spend = _own_delayed_output(static, secrets, commitment_tx, commitment_number, "to_local")
+    spend = own_delayed_output(static, secrets, commitment_tx, commitment_number, "to_local")
     return build_spend_tx([spend], destination_script_pubkey, feerate_per_kw)
 
 
@@ -99,7 +101,7 @@ def sweep_second_stage(
     feerate_per_kw: int,
 ) -> Tx:
     """Spend the output of our HTLC-success/timeout tx after to_self_delay."""
-    spend = _own_delayed_output(static, secrets, htlc_tx, commitment_number, "second-stage")
+    spend = own_delayed_output(static, secrets, htlc_tx, commitment_number, "second-stage")
     return build_spend_tx([spend], destination_script_pubkey, feerate_per_kw)
 
 
@@ -111,9 +113,18 @@ def sweep_to_remote(
     feerate_per_kw: int,
 ) -> Tx:
     """Spend our to_remote output from the peer's commitment (no delay)."""
+    spend = to_remote_output(static, secrets, remote_commitment_tx)
+    return build_spend_tx([spend], destination_script_pubkey, feerate_per_kw)
+
+
+def to_remote_output(
+    static: ChannelStatic, secrets: ChannelSecrets, remote_commitment_tx: Tx
+) -> SpendableOutput:
+    """Our to_remote output of the peer's commitment (static remote key: P2WPKH to our
+    payment_basepoint, found by script), as a spend input."""
     pubkey = static.local.basepoints.payment_basepoint
     outpoint, amount = _find(remote_commitment_tx, scripts.p2wpkh(pubkey), "to_remote")
-    spend = SpendableOutput(
+    return SpendableOutput(
         outpoint,
         amount,
         scripts.p2wpkh_script_code(pubkey),
@@ -121,7 +132,6 @@ def sweep_to_remote(
         (pubkey,),
         description="to_remote",
     )
-    return build_spend_tx([spend], destination_script_pubkey, feerate_per_kw)
 
 
 def _remote_keys(static: ChannelStatic, remote_per_commitment_point: bytes) -> CommitmentKeys:
@@ -194,6 +204,21 @@ def claim_remote_htlcs(
     output claimed twice is refused. nLockTime is the latest CLTV of the timeout
     claims (OP_CLTV needs the transaction's locktime to reach each one).
     """
+    spends, locktime = remote_htlc_claim_outputs(
+        static, secrets, remote_commitment_tx, remote_per_commitment_point, claims
+    )
+    return build_spend_tx(spends, destination_script_pubkey, feerate_per_kw, locktime=locktime)
+
+
+def remote_htlc_claim_outputs(
+    static: ChannelStatic,
+    secrets: ChannelSecrets,
+    remote_commitment_tx: Tx,
+    remote_per_commitment_point: bytes,
+    claims: Sequence[HtlcClaim],
+) -> tuple[list[SpendableOutput], int]:
+    """The spend inputs of ``claim_remote_htlcs`` (same checks) and the nLockTime
+    their transaction needs (the latest CLTV of the timeout claims, else 0)."""
     if not claims:
         raise TransactionError("no HTLC to claim")
     indexes = [index for index, _, _ in claims]
@@ -234,4 +259,4 @@ def claim_remote_htlcs(
                 sequence=sequence, description=description,
             )
         )
-    return build_spend_tx(spends, destination_script_pubkey, feerate_per_kw, locktime=locktime)
+    return spends, locktime
