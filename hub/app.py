@@ -2,14 +2,14 @@
 
 Theory of operation. From the ``HubConfig`` it opens the bitcoind JSON-RPC client
 (cookie file, or user and password), the key source that encrypts secrets at rest
-(``key_file`` or ``passphrase_file``), an ``RpcBroadcaster`` (adapted to the driver's
-``Broadcaster``) and the ``HubNode``. A ``BlockLoop`` service polls the chain tip;
-after each new block it updates the height the node reads, lets the broadcaster
-rebroadcast what is pending, and calls ``HubNode.check_fundings`` so client
-channels become usable at ``minimum_depth``. The node's writer and router run as
-the first service; the daemon drains them on shutdown (``HubNode.drain``).
-
-Not yet wired: the hub wallet (``ChainServices``) and so ``RequestInbound``.
+(``key_file`` or ``passphrase_file``) and the ``HubNode``, then attaches the hub's
+``ChainServices`` (``HubNode.attach_chain``: one follower feeding the wallet, whose
+seed is derived from the hub's node secret, the confirmation tracker and the
+broadcaster; its state bundle lives in the hub's store). That single follower gives
+the height, rebroadcasts, confirms fundings at ``minimum_depth``, lets the wallet
+fund ``RequestInbound`` channels and sweeps after a force close
+(``protocol.driver.onchain``). The node (writer, router, chain) runs as the one
+service; the daemon drains it on shutdown (``HubNode.drain``).
 """
 
 from __future__ import annotations
@@ -17,13 +17,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-import trio
-
-from channel.chain.broadcaster import RpcBroadcaster
-from channel.chain.interfaces import BlockRef
-from channel.chain.rpc import BitcoinRpc, ChainError
+from channel.chain.rpc import BitcoinRpc
 from hub.config import ConfigError, HubConfig
 from hub.daemon import HubApplication
 from hub.node import HubNode, HubSettings
@@ -55,52 +50,28 @@ def bitcoin_rpc(config: HubConfig) -> BitcoinRpc:
                       password=config.chain_rpc_password)
 
 
-class BlockLoop:
-    """Follows the tip: height for the node, rebroadcasts, funding checks."""
-
-    def __init__(self, rpc: BitcoinRpc, node: HubNode, broadcaster: RpcBroadcaster,
-                 height: list[int]) -> None:
-        self.rpc, self.node, self.broadcaster, self.height = rpc, node, broadcaster, height
-
-    async def gettxout(self, txid: str, vout: int) -> dict[str, Any] | None:
-        result: dict[str, Any] | None = await self.rpc.call("gettxout", txid, vout, True)
-        return result
-
-    async def step(self) -> None:
-        tip_height = await self.rpc.getblockcount()
-        if tip_height == self.height[0]:
-            return
-        self.height[0] = tip_height
-        await self.broadcaster.best_block_updated(
-            BlockRef(tip_height, await self.rpc.getbestblockhash()))
-        confirmed = await self.node.check_fundings(self.gettxout)
-        if confirmed:
-            log.info("height %d: %d client funding(s) confirmed", tip_height, confirmed)
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
-        task_status.started()
-        while True:
-            try:
-                await self.step()
-            except ChainError as exc:  # the node down for a while: keep polling
-                log.warning("chain poll failed: %s", exc)
-            await trio.sleep(POLL_SECONDS)
-
-
 @asynccontextmanager
 async def open_application(config: HubConfig, tls: TlsIdentity
                            ) -> AsyncIterator[HubApplication]:
     del tls  # the edge uses it; the business logic does not
     settings = HubSettings.from_config(config, key_source(config))
     async with bitcoin_rpc(config) as rpc:
-        height = [await rpc.getblockcount()]
-        broadcaster = RpcBroadcaster(rpc, tip_height=height[0])
-        node = HubNode.open(settings, height=lambda: height[0],
-                            broadcaster=broadcaster.for_driver())
+        await rpc.getblockcount()  # the node answers (a clear error at start, if not)
+        node = HubNode.open(settings, height=_no_height, broadcaster=_NoBroadcaster())
         try:
-            loop = BlockLoop(rpc, node, broadcaster, height)
+            await node.attach_chain(rpc, poll_interval_s=POLL_SECONDS)
             yield HubApplication(hub_node_id=node.hub_node_id, hub_service=node,
-                                 admin_service=node.admin, services=[node, loop])
+                                 admin_service=node.admin, services=[node])
         finally:
             node.close()
+
+
+def _no_height() -> int:
+    raise AssertionError("the hub's height comes from its chain once attached")
+
+
+class _NoBroadcaster:
+    """Replaced by the chain's broadcaster in ``attach_chain``, before anything runs."""
+
+    async def broadcast(self, raw_tx: bytes, txid: bytes, reason: str) -> None:
+        raise AssertionError("the hub broadcasts through its chain once attached")

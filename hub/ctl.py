@@ -82,6 +82,7 @@ def info(ctl: Ctl) -> None:
                         ("clients", f"{r.client_count} ({r.connected_client_count} connected)"),
                         ("open channels", r.open_channel_count),
                         ("hub channel balance", f"{r.hub_channel_balance_msat} msat"),
+                        ("on-chain confirmed", f"{r.onchain_confirmed_sat} sat"),
                         ("fees earned", f"{r.fees_earned_msat} msat")):
         table.add_row(name, str(value))
     ctl.show(r, table)
@@ -155,6 +156,34 @@ def close(ctl: Ctl, channel_id: str, force: bool) -> None:
     r = ctl.call("CloseChannel", client_pb2.CloseChannelRequest(
         channel_id=_hex(channel_id, "CHANNEL_ID"), force=force))
     ctl.show(r, None)
+
+
+@main.group()
+def wallet() -> None:
+    """The hub's on-chain wallet (it funds inbound channels)."""
+
+
+@wallet.command("address")
+@click.pass_obj
+def wallet_address(ctl: Ctl) -> None:
+    """A fresh receive address of the hub's wallet."""
+    r = ctl.call("NewWalletAddress", admin_pb2.NewWalletAddressRequest())
+    if ctl.as_json:
+        ctl.show(r, None)
+    else:
+        click.echo(r.address)
+
+
+@wallet.command("balance")
+@click.pass_obj
+def wallet_balance(ctl: Ctl) -> None:
+    """The hub's wallet balance in satoshi."""
+    r = ctl.call("GetWalletBalance", admin_pb2.GetWalletBalanceRequest())
+    table = Table(show_header=False)
+    for name, value in (("confirmed", r.confirmed_sat), ("unconfirmed", r.unconfirmed_sat),
+                        ("reserved", r.reserved_sat)):
+        table.add_row(name, f"{value} sat")
+    ctl.show(r, table)
 
 
 def _hex(value: str, name: str) -> bytes:

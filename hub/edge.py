@@ -133,6 +133,10 @@ class AdminService(Protocol):
     async def close_channel(self, request: client_pb2.CloseChannelRequest
                             ) -> client_pb2.CloseChannelResponse: ...
 
+    async def new_wallet_address(self) -> admin_pb2.NewWalletAddressResponse: ...
+
+    async def get_wallet_balance(self) -> admin_pb2.WalletBalance: ...
+
 
 # The errors a service method raises to answer with a status (one class per code).
 
@@ -484,3 +488,11 @@ class _AdminServicer(admin_pb2_grpc.AdminServicer):
     async def CloseChannel(self, request: client_pb2.CloseChannelRequest,
                            context: Context) -> client_pb2.CloseChannelResponse:
         return await self._run(context, self._service.close_channel, request)
+
+    async def NewWalletAddress(self, request: admin_pb2.NewWalletAddressRequest,
+                               context: Context) -> admin_pb2.NewWalletAddressResponse:
+        return await self._run(context, self._service.new_wallet_address)
+
+    async def GetWalletBalance(self, request: admin_pb2.GetWalletBalanceRequest,
+                               context: Context) -> admin_pb2.WalletBalance:
+        return await self._run(context, self._service.get_wallet_balance)

@@ -13,7 +13,12 @@ session on that link; ``DriverContext.on_event`` feeds the router (HTLCs) and th
 event log (channel life). Client-funded channels are accepted by
 ``accept_channel`` within the configured limits; the funding outpoint a client
 names is checked (script, amount, depth) by ``check_fundings`` against the chain
-before ``funding_confirmed()``. ``HubNode`` is the edge's ``HubService``;
+before ``funding_confirmed()``. With a chain attached (``attach_chain``: the hub's
+``ChainServices``, wallet seed derived from the node secret, state bundle in
+``hub_settings``), ``protocol.driver.onchain.ChannelsOnChain`` does that instead from
+the tracker, funds the channels the hub opens (``RequestInbound``, hub/inbound.py)
+from the hub's wallet, and sweeps ``to_local`` after the hub's force close; close
+scripts are then wallet addresses. ``HubNode`` is the edge's ``HubService``;
 ``node.admin`` (``hub.inbound.AdminApi``... see ``AdminApi`` below) its
 ``AdminService``. Unix times come from ``now_unix`` (a clock read is the caller's).
 """
@@ -21,6 +26,7 @@ before ``funding_confirmed()``. ``HubNode`` is the edge's ``HubService``;
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import secrets
 import time
@@ -33,6 +39,8 @@ from typing import Any
 import sqlalchemy as sa
 import trio
 
+from channel.chain.rpc import BitcoinRpc
+from channel.chain.services import ChainServices
 from channel.commitment import Side
 from channel.keys import pubkey_from_secret
 from channel.scripts import p2wpkh
@@ -40,6 +48,7 @@ from hub import ledger
 from hub.config import HubConfig
 from hub.edge import EventSender, FailedPrecondition, NotFound, PermissionDeniedError
 from hub.events import EventLog
+from hub.inbound import InboundOrders
 from hub.ledger import HubChannelStore
 from hub.policy import FeePolicy
 from hub.router import Router, payment_proto
@@ -50,6 +59,7 @@ from protocol.driver.crypto import KeySource
 from protocol.driver.db import Database
 from protocol.driver.driver import Broadcaster, ChannelDriver, DriverContext
 from protocol.driver.link import FrameLink, LinkClosed
+from protocol.driver.onchain import ChannelsOnChain
 from protocol.driver.peer import PeerSession
 from protocol.driver.store import new_channel_key, open_secret_box
 from protocol.driver.writer import GroupWriter
@@ -60,6 +70,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 NODE_SEED = "hub_node_seed"
+CHAIN_STATE = "chain_state"  # hub_settings row: the ChainServices bundle (JSON)
 REGTEST_GENESIS_HASH = bytes.fromhex(
     "06226e46111a0b59caaf126043eb5bbf28c34f3a5e332a1fc7b2b73cf188910f")
 VERSION = "0.1.0"
@@ -130,9 +141,12 @@ class HubNode:
         self.writer = store.writer
         self.node_secret = node_secret
         self.hub_node_id = pubkey_from_secret(node_secret)
-        self.height = height
+        self._given_height = height
+        self.chain: ChainServices | None = None
+        self.onchain: ChannelsOnChain | None = None
         self.now_unix = now_unix
-        self.ctx = DriverContext(store, broadcaster, height, self._on_event, self._on_watch)
+        self.ctx = DriverContext(store, broadcaster, self.height, self._on_event,
+                                 self._on_watch)
         self.events = EventLog(db, now_unix)
         self.sessions: dict[bytes, PeerSession] = {}
         self.drivers: dict[bytes, ChannelDriver] = {}
@@ -143,7 +157,7 @@ class HubNode:
                              hub_node_id=self.hub_node_id, sessions=self.sessions,
                              drivers=self.drivers, fee_policy=lambda: self.fee_policy,
                              cltv_expiry_delta_blocks=settings.cltv_expiry_delta_blocks,
-                             min_htlc_msat=settings.min_htlc_msat, height=height,
+                             min_htlc_msat=settings.min_htlc_msat, height=self.height,
                              now_unix=now_unix)
         for stored in store.load_channels():
             self._add_driver(ChannelDriver.restore(stored, self.ctx))
@@ -152,6 +166,7 @@ class HubNode:
                 driver = self.drivers.get(watch.channel_key)
                 if driver is not None and driver.channel.state is ChannelState.AWAIT_CHANNEL_READY:
                     self.funding_watches[watch.channel_key] = Watch.from_record(watch.record)
+        self.inbound = InboundOrders(self, now_unix)
         self.admin = AdminApi(self)
 
     @classmethod
@@ -176,6 +191,38 @@ class HubNode:
     def close(self) -> None:
         self.db.close()
 
+    def height(self) -> int:
+        """The chain height: the follower's tip once a chain is attached."""
+        return self.chain.tip.height if self.chain is not None else self._given_height()
+
+    # -- the chain ----------------------------------------------------------------------
+
+    async def attach_chain(self, rpc: BitcoinRpc, *, poll_interval_s: float = 1.0,
+                           birth_height: int | None = None) -> ChainServices:
+        """Open the hub's chain services from the stored bundle (fresh on first use);
+        call before ``run``. The wallet then funds inbound channels, the broadcaster
+        sends what the channels broadcast, and the tracker confirms fundings."""
+        value = self.db.read_sync(lambda conn: conn.execute(
+            sa.select(ledger.settings.c.value).where(ledger.settings.c.name == CHAIN_STATE)
+        ).scalar_one_or_none())
+        state = json.loads(value) if value is not None else None
+        seed = hmac.new(self.node_secret, b"chanhub hub onchain wallet", "sha256").digest()
+        chain = await ChainServices.open(rpc, seed, state=state, birth_height=birth_height,
+                                         min_depth=1, persist=self._persist_chain,
+                                         poll_interval_s=poll_interval_s)
+        self.chain = chain
+        self.ctx.broadcaster = chain.broadcaster.for_driver()
+        self.onchain = ChannelsOnChain(
+            chain, lambda: list(self.drivers.values()), self._persist_chain,
+            funding_depth=lambda d: self.inbound.funding_depth(d) or self.settings.minimum_depth)
+        if state is None:
+            with self.db.engine.begin() as conn:  # before the writer runs: written directly
+                _settings_write(CHAIN_STATE, json.dumps(chain.to_json()))(conn)
+        return chain
+
+    async def _persist_chain(self, bundle: dict[str, Any]) -> None:
+        await self.writer.write(_settings_write(CHAIN_STATE, json.dumps(bundle)))
+
     # -- life cycle -------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -184,6 +231,11 @@ class HubNode:
             await nursery.start(self.writer.run)
             await nursery.start(self.router.run)
             self.router.reconcile(await self.db.read(ledger.load_in_flight))
+            if self.chain is not None and self.onchain is not None:
+                await self.onchain.restore()  # before the follower replays blocks
+                await nursery.start(self.chain.run)
+                await nursery.start(self.onchain.run)
+            await self.inbound.restore()
             task_status.started()
             await trio.sleep_forever()
 
@@ -213,6 +265,10 @@ class HubNode:
         return hmac.new(self.node_secret, b"channel seed" + channel_key, "sha256").digest()
 
     def _close_script(self, channel_key: bytes) -> bytes:
+        """A fresh wallet address once a chain is attached (the wallet then sees a
+        cooperative close by itself), else a key derived from the node secret."""
+        if self.chain is not None:
+            return self.chain.wallet.new_script_pubkey()
         key = hmac.new(self.node_secret, b"close key" + channel_key, "sha256").digest()
         return p2wpkh(pubkey_from_secret(key))
 
@@ -242,8 +298,28 @@ class HubNode:
         self.drivers[channel_key] = driver
         return driver
 
+    def new_outbound_channel(self, client_node_id: bytes) -> ChannelDriver:
+        """A channel the hub funds toward a client (not started: ``start_outbound``)."""
+        s = self.settings
+        channel_key = new_channel_key()
+        channel = Channel.outbound(config=s.local_config(),
+                                   channel_seed=self._channel_seed(channel_key),
+                                   temporary_channel_id=secrets.token_bytes(32),
+                                   chain_hash=s.chain_hash,
+                                   close_script=self._close_script(channel_key))
+        return ChannelDriver(channel, channel_key=channel_key, peer_node_id=client_node_id,
+                             ctx=self.ctx)
+
+    def start_outbound_channel(self, driver: ChannelDriver, *, funding_sat: int,
+                               feerate_per_kw: int) -> None:
+        """Send open_channel; the wallet funds it on FundingNeeded (onchain.fund)."""
+        self._add_driver(driver)
+        driver.open(funding_sat=funding_sat, push_msat=0, feerate_per_kw=feerate_per_kw)
+
     async def _on_watch(self, driver: ChannelDriver, watch: Watch) -> None:
-        if watch.kind == "funding":
+        if self.onchain is not None:
+            await self.onchain.on_watch(driver, watch)
+        elif watch.kind == "funding":
             self.funding_watches[driver.channel_key] = watch
 
     async def check_fundings(self, gettxout: TxOutLookup) -> int:
@@ -273,6 +349,9 @@ class HubNode:
         return confirmed
 
     async def _on_event(self, driver: ChannelDriver, event: Event) -> None:
+        if self.onchain is not None:
+            await self.onchain.on_event(driver, event)
+        await self.inbound.on_event(driver, event)
         self.router.on_event(driver, event)
         body: client_pb2.Event | None = None
         if isinstance(event, ChannelOpened):
@@ -364,12 +443,12 @@ class HubNode:
     async def request_inbound(self, client_node_id: bytes,
                               request: client_pb2.RequestInboundRequest
                               ) -> client_pb2.InboundOrder:
-        raise FailedPrecondition("this hub has no wallet to fund inbound channels yet")
+        return await self.inbound.request(client_node_id, request)
 
     async def get_inbound_order(self, client_node_id: bytes,
                                 request: client_pb2.GetInboundOrderRequest
                                 ) -> client_pb2.InboundOrder:
-        raise NotFound(f"no inbound order {request.order_id!r}")
+        return await self.inbound.get(client_node_id, request.order_id)
 
     async def list_channels(self, client_node_id: bytes,
                             request: client_pb2.ListChannelsRequest
@@ -452,6 +531,8 @@ class AdminApi:
             hub=node._info(), client_count=len(clients),
             connected_client_count=sum(s.connected for s in node.sessions.values()),
             open_channel_count=len(live), hub_channel_balance_msat=hub_msat,
+            onchain_confirmed_sat=(node.chain.wallet.balance().confirmed_sat
+                                   if node.chain is not None else 0),
             fees_earned_msat=fees)
 
     async def list_clients(self, request: admin_pb2.ListClientsRequest
@@ -504,6 +585,25 @@ class AdminApi:
                 return self.node.close_channel(driver, request.force)
         raise NotFound(f"no channel {bytes(request.channel_id).hex()}")
 
+    def _chain(self) -> ChainServices:
+        if self.node.chain is None:
+            raise FailedPrecondition("this hub has no chain attached (no wallet)")
+        return self.node.chain
+
+    async def new_wallet_address(self) -> admin_pb2.NewWalletAddressResponse:
+        chain = self._chain()
+        address = chain.wallet.new_address()
+        await self.node._persist_chain(chain.to_json())  # the index, before anyone pays it
+        return admin_pb2.NewWalletAddressResponse(address=address)
+
+    async def get_wallet_balance(self) -> admin_pb2.WalletBalance:
+        chain = self._chain()
+        await chain.wallet.scan_mempool(chain.rpc)
+        balance = chain.wallet.balance()
+        return admin_pb2.WalletBalance(confirmed_sat=balance.confirmed_sat,
+                                       unconfirmed_sat=balance.unconfirmed_sat,
+                                       reserved_sat=balance.reserved_sat)
+
 
 class _WatchedLink:
     """The client's link as its session sees it, calling ``after_frame`` each time the
@@ -523,6 +623,17 @@ class _WatchedLink:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+def _settings_write(name: str, value: str) -> ledger.WriteFn:
+    """Upsert one ``hub_settings`` row (as ``ledger.set_fee_policy`` does for its own)."""
+    def write(conn: sa.Connection) -> None:
+        table = ledger.settings
+        if not conn.execute(table.update().where(table.c.name == name)
+                            .values(value=value)).rowcount:
+            conn.execute(table.insert().values(name=name, value=value))
+
+    return write
 
 
 def _forward_proto(record: ledger.ForwardRecord) -> admin_pb2.Forward:

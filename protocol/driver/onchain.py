@@ -96,11 +96,16 @@ class ChannelsOnChain:
     """See the module docstring."""
 
     def __init__(self, chain: ChainServices, drivers: Callable[[], Iterable[ChannelDriver]],
-                 persist: Persist, *, on_change: Callable[[], None] | None = None) -> None:
+                 persist: Persist, *, on_change: Callable[[], None] | None = None,
+                 funding_depth: Callable[[ChannelDriver], int] | None = None) -> None:
+        """``funding_depth``: the confirmations the owner itself waits for before
+        ``funding_confirmed()`` (the larger of it and the channel's ``minimum_depth``
+        counts: a funder may wait longer than its fundee asked)."""
         self.chain = chain
         self.drivers = drivers
         self._persist = persist
         self.on_change = on_change
+        self._funding_depth = funding_depth
         self.sweeper = ToLocalSweeper(self)
 
     async def save(self) -> None:
@@ -161,6 +166,10 @@ class ChannelsOnChain:
             log.info("%r failed before its funding was broadcast: coins released", driver)
             await self.save()
 
+    def funding_depth(self, driver: ChannelDriver) -> int:
+        own = self._funding_depth(driver) if self._funding_depth is not None else 0
+        return max(driver.channel.minimum_depth, own, 1)
+
     def _watch_funding(self, driver: ChannelDriver) -> None:
         outpoint = funding_outpoint_of(driver)
         if outpoint is None:
@@ -170,7 +179,7 @@ class ChannelsOnChain:
         if channel.state is ChannelState.AWAIT_CHANNEL_READY:
             expected = (outpoint.index, TxOut(channel.d.funding_sat,
                                               channel.static.funding_script_pubkey))
-            tracker.watch_tx(_hex(outpoint.txid), max(channel.minimum_depth, 1),
+            tracker.watch_tx(_hex(outpoint.txid), self.funding_depth(driver),
                              expect_output=expected)
         tracker.watch_outpoint(outpoint)
 
@@ -198,7 +207,7 @@ class ChannelsOnChain:
                 await self._broadcast_funding(driver, tx)
             self._watch_funding(driver)
             if driver.channel.state is ChannelState.AWAIT_CHANNEL_READY and \
-                    tracker.depth(_hex(d.funding_txid)) >= max(driver.channel.minimum_depth, 1):
+                    tracker.depth(_hex(d.funding_txid)) >= self.funding_depth(driver):
                 driver.funding_confirmed()
         for txid in wallet.unbroadcast_txids():
             tx = wallet.unbroadcast_tx(txid)
