@@ -96,10 +96,13 @@ class HubTransport:
 
     def __init__(self, bridge: GrpcBridge, channel: grpc.aio.Channel, *, node_secret: bytes,
                  max_message_bytes: int, window_messages: int,
-                 call_timeout_seconds: float | None) -> None:
+                 call_timeout_seconds: float | None,
+                 stub_factory: Callable[[grpc.aio.Channel], Any] = client_pb2_grpc.HubStub
+                 ) -> None:
         self.bridge = bridge
         self._channel = channel
-        self._stub = client_pb2_grpc.HubStub(channel)
+        # Any service with the Hub's GetChallenge/Authenticate (the Tower too).
+        self._stub = stub_factory(channel)
         self._node_secret = node_secret
         self.node_id = pubkey_from_secret(node_secret)
         self.hub_node_id: bytes | None = None
@@ -115,11 +118,15 @@ class HubTransport:
                       pin: HubPin, expected_hub_node_id: bytes | None = None,
                       max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                       window_messages: int = DEFAULT_WINDOW_MESSAGES,
-                      call_timeout_seconds: float | None = 30.0) -> HubTransport:
+                      call_timeout_seconds: float | None = 30.0,
+                      stub_factory: Callable[[grpc.aio.Channel], Any] = client_pb2_grpc.HubStub
+                      ) -> HubTransport:
         """Connect to ``target`` ("host:port"), pinning the hub's certificate, and
         authenticate with ``node_secret``. Raises ``PinMismatch`` (wrong certificate),
         ``RpcStatusError`` (refused, or unreachable: UNAVAILABLE),
-        ``HubIdentityMismatch``."""
+        ``HubIdentityMismatch``. ``stub_factory`` names the service (default the
+        Hub; ``tower_pb2_grpc.TowerStub`` for a watchtower, which authenticates
+        alike)."""
         host, port = _split_target(target)
         if pin.cert_pem is not None:
             root = pinned_root(host, port, cert_pem=pin.cert_pem)  # no I/O: no thread
@@ -138,7 +145,7 @@ class HubTransport:
         channel = await bridge.run_in_asyncio(make_channel)
         transport = cls(bridge, channel, node_secret=node_secret,
                         max_message_bytes=max_message_bytes, window_messages=window_messages,
-                        call_timeout_seconds=call_timeout_seconds)
+                        call_timeout_seconds=call_timeout_seconds, stub_factory=stub_factory)
         try:
             await transport.authenticate(expected_hub_node_id)
         except BaseException:
