@@ -1,0 +1,180 @@
+"""Inbound liquidity: the hub's own wallet (ChainServices attached to the HubNode, on
+the embedded node over HTTP) funds a channel toward a client that asked for it
+(RequestInbound); the client accepts, both confirm it from their own chains, and a
+payment arrives through it. The operator funds the wallet through the Admin API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from channel.chain import BitcoinRpc
+from channel.chain.services import ChainServices
+from channel.tx import Tx
+from client import ledger
+from client.node import ClientNode
+from hub.edge import FailedPrecondition, InvalidArgument, NotFound
+from hub.node import HubNode
+from proto import client_pb2
+from protocol.driver.db import sqlite_url
+from protocol.table import ChannelState
+from regtest.node import Node
+from tests.client.world import World, is_normal
+from tests.driver.conftest import TEST_PASSPHRASE
+from tests.driver.parties import until
+from tests.hub.parties import NullBroadcaster, hub_settings
+
+HUB_WALLET_SAT = 2_000_000
+INBOUND_SAT = 500_000
+
+
+async def synced(chain: ChainServices, node: Node) -> None:
+    await chain.follower.wait_for_height(int(node.call("getblockcount")))
+
+
+def request(amount_sat: int, key: str = "", **fields: Any) -> client_pb2.RequestInboundRequest:
+    return client_pb2.RequestInboundRequest(lsp_balance_sat=amount_sat, idempotency_key=key,
+                                            **fields)
+
+
+async def test_hub_funds_inbound_channel_then_a_payment_arrives(
+        regtest_node: Node, regtest_rpc: Any, tmp_path: Path, store_url: str,
+        autojump_clock: Any) -> None:
+    world = World(regtest_node, tmp_path, store_url)
+    async with BitcoinRpc(regtest_rpc.url, cookie_file=Path(regtest_rpc.cookie_path),
+                          timeout_s=None) as rpc, trio.open_nursery() as nursery:
+        hub = world.hub = HubNode.open(hub_settings(store_url), height=world.height,
+                                       broadcaster=NullBroadcaster())
+        hub_chain = await hub.attach_chain(rpc, poll_interval_s=0.5)
+        await nursery.start(hub.run)
+        alice = ClientNode.open(world.client_url("alice"), TEST_PASSPHRASE, world.terms())
+        alice_chain = await alice.attach_chain(rpc, poll_interval_s=0.5)
+        await world.start_client(nursery, alice)
+        await until(lambda: alice.node_id in hub.sessions
+                    and hub.sessions[alice.node_id].connected)
+
+        with pytest.raises(FailedPrecondition, match="cannot fund 500000 sat"):
+            await hub.request_inbound(alice.node_id, request(INBOUND_SAT, "early"))
+        # the operator funds the hub's wallet
+        address = (await hub.admin.new_wallet_address()).address
+        regtest_node.call("sendtoaddress", address, HUB_WALLET_SAT / 100_000_000)
+        assert (await hub.admin.get_wallet_balance()).unconfirmed_sat == HUB_WALLET_SAT
+        regtest_node.mine(1)
+        await synced(hub_chain, regtest_node)
+        assert (await hub.admin.get_wallet_balance()).confirmed_sat == HUB_WALLET_SAT
+        assert (await hub.admin.get_info()).onchain_confirmed_sat == HUB_WALLET_SAT
+
+        # refusals change nothing
+        with pytest.raises(InvalidArgument, match="outside"):
+            await hub.request_inbound(alice.node_id, request(hub.settings.max_inbound_sat + 1))
+        with pytest.raises(InvalidArgument, match="client_balance_sat"):
+            await hub.request_inbound(alice.node_id, request(INBOUND_SAT,
+                                                             client_balance_sat=1_000))
+        with pytest.raises(FailedPrecondition, match="peer link"):
+            await hub.request_inbound(b"\x02" + bytes(32), request(INBOUND_SAT))
+        with pytest.raises(NotFound):
+            await hub.get_inbound_order(alice.node_id,
+                                        client_pb2.GetInboundOrderRequest(order_id="nope"))
+        assert alice.session.drivers == []
+
+        order = await hub.request_inbound(alice.node_id, request(INBOUND_SAT, "k1"))
+        assert order.state == client_pb2.INBOUND_ORDER_STATE_FUNDING
+        assert order.request.required_channel_confirmations == hub.settings.minimum_depth
+        again = await hub.request_inbound(alice.node_id, request(INBOUND_SAT, "k1"))
+        assert again.order_id == order.order_id  # the same key: the same order
+        with pytest.raises(NotFound):  # another client cannot read it
+            await hub.get_inbound_order(b"\x03" + bytes(32), client_pb2.GetInboundOrderRequest(
+                order_id=order.order_id))
+
+        await until(lambda: len(regtest_node.call("getrawmempool")) == 1)
+        [funding_txid] = regtest_node.call("getrawmempool")
+        funding_tx = Tx.parse(bytes.fromhex(regtest_node.call("getrawtransaction",
+                                                              funding_txid)))
+        [driver] = alice.session.drivers
+        assert not driver.channel.d.local_is_funder
+        assert driver.channel.d.funding_sat == INBOUND_SAT
+        regtest_node.mine(hub.settings.minimum_depth)
+        await synced(hub_chain, regtest_node)
+        await synced(alice_chain, regtest_node)
+        await until(lambda: is_normal(driver))
+
+        def completed() -> bool:
+            return hub.inbound.orders[order.order_id].state == \
+                client_pb2.INBOUND_ORDER_STATE_COMPLETED
+
+        await until(completed)
+        shown = await hub.get_inbound_order(alice.node_id, client_pb2.GetInboundOrderRequest(
+            order_id=order.order_id))
+        assert shown.state == client_pb2.INBOUND_ORDER_STATE_COMPLETED
+        assert shown.channel_id == driver.channel_id
+        # the hub's wallet paid the channel and the fee, to the satoshi
+        funding_fee = HUB_WALLET_SAT - sum(o.amount_sat for o in funding_tx.outputs)
+        balance = await hub.admin.get_wallet_balance()
+        assert balance.confirmed_sat == HUB_WALLET_SAT - INBOUND_SAT - funding_fee
+        assert balance.reserved_sat == 0 and 0 < funding_fee < 5_000
+
+        # bob pays alice through the new channel
+        bob = world.open_client("bob")
+        await world.start_client(nursery, bob)
+        bob_driver = bob.open_channel(1_000_000)
+        await until(lambda: bob_driver.channel.state is ChannelState.AWAIT_CHANNEL_READY)
+        await hub.sessions[bob.node_id].idle()
+        regtest_node.mine(hub.settings.minimum_depth)
+        await synced(hub_chain, regtest_node)
+        bob_driver.funding_confirmed()  # bob follows no chain of his own
+        await until(lambda: is_normal(bob_driver))
+        invoice = await alice.add_invoice(100_000_000, "inbound works")
+        await hub.sessions[alice.node_id].idle()
+        paid = await bob.pay(idempotency_key="first", bolt11=invoice)
+        result = await bob.wait_payment(paid["payment_id"])
+        assert result["state"] == ledger.SUCCEEDED
+        assert alice.balance_msat() == 100_000_000
+        nursery.cancel_scope.cancel()
+    alice.close()
+    bob.close()
+    hub.close()
+
+
+async def test_order_of_a_channel_lost_in_a_restart_fails(
+        regtest_node: Node, regtest_rpc: Any, tmp_path: Path, autojump_clock: Any) -> None:
+    """The order is stored before the channel is opened; a hub restarted before the
+    channel was signed fails the order instead of leaving it FUNDING forever."""
+    url = sqlite_url(tmp_path / "hub.sqlite")
+    world = World(regtest_node, tmp_path, url)
+    async with BitcoinRpc(regtest_rpc.url, cookie_file=Path(regtest_rpc.cookie_path),
+                          timeout_s=None) as rpc:
+        async with trio.open_nursery() as nursery:
+            hub = world.hub = HubNode.open(hub_settings(url), height=world.height,
+                                           broadcaster=NullBroadcaster())
+            hub_chain = await hub.attach_chain(rpc, poll_interval_s=0.5)
+            await nursery.start(hub.run)
+            address = (await hub.admin.new_wallet_address()).address
+            regtest_node.call("sendtoaddress", address, HUB_WALLET_SAT / 100_000_000)
+            regtest_node.mine(1)
+            await synced(hub_chain, regtest_node)
+            alice = world.open_client("alice")
+            await world.start_client(nursery, alice)
+            await until(lambda: alice.node_id in hub.sessions
+                        and hub.sessions[alice.node_id].connected)
+            hub.start_outbound_channel = lambda *a, **k: None  # type: ignore[method-assign]
+            order = await hub.request_inbound(alice.node_id, request(INBOUND_SAT, "k"))
+            nursery.cancel_scope.cancel()
+        hub.close()
+        alice.close()
+        hub = HubNode.open(hub_settings(url), height=world.height,
+                           broadcaster=NullBroadcaster())
+        await hub.attach_chain(rpc, poll_interval_s=0.5)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.run)
+            shown = await hub.get_inbound_order(alice.node_id, client_pb2.GetInboundOrderRequest(
+                order_id=order.order_id))
+            assert shown.state == client_pb2.INBOUND_ORDER_STATE_FAILED
+            assert "restarted" in shown.failure_reason
+            assert hub_chain is not None
+            assert hub.chain is not None
+            assert hub.chain.wallet.balance().confirmed_sat == HUB_WALLET_SAT
+            nursery.cancel_scope.cancel()
+        hub.close()
