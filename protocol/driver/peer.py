@@ -153,8 +153,10 @@ class PeerSession:
             # Synchronous, so it happens even when cancelled. ``connected`` stays true
             # until the disconnect is processed: a next ``run`` that started earlier
             # would find the channels still UP and never send channel_reestablish.
+            # A channel still REESTABLISHING (the peer left before answering) goes
+            # DOWN too, or the next link would send it no channel_reestablish.
             for driver in self.drivers:
-                if driver.channel.link is LinkState.UP:
+                if driver.channel.link is not LinkState.DOWN:
                     driver.disconnected()
             try:
                 await self._drain()  # events of the disconnect (skipped when cancelled)

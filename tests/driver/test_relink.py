@@ -60,3 +60,30 @@ async def test_a_reconnect_while_the_old_link_closes_still_reestablishes(
         assert frame.messages[0].HasField("channel_reestablish")
         nursery.cancel_scope.cancel()
     b.db.close()
+
+
+async def test_a_link_that_ends_during_reestablish_reestablishes_on_the_next(
+        store_url_pair: tuple[str, str], regtest_node: Node, autojump_clock: Any) -> None:
+    """Regression: only channels UP were marked disconnected when a link ended, so one
+    still REESTABLISHING (its peer gone before answering: a hub restarting twice) kept
+    that state, the next link sent it no channel_reestablish, and the peer refused the
+    channel_ready that came instead ("not allowed while the link is reestablishing")."""
+    a, b = parties(store_url_pair, regtest_node)
+    async with trio.open_nursery() as nursery:
+        link_a, link_b = memory_link_pair()
+        await a.start(nursery, link_a)
+        await b.start(nursery, link_b)
+        await open_funded_channel(a, b, regtest_node, FUNDING_SAT)
+        await a.stop()
+        raw, link_b2 = memory_link_pair()
+        await b.reconnect(link_b2)
+        with trio.fail_after(60):
+            assert (await raw.receive()).messages[0].HasField("channel_reestablish")
+        await raw.aclose()  # gone before answering: b's channel is still reestablishing
+        raw, link_b3 = memory_link_pair()
+        await b.reconnect(link_b3)
+        with trio.fail_after(60):  # virtual seconds: a missing reestablish fails fast
+            frame = await raw.receive()
+        assert frame.messages[0].HasField("channel_reestablish")
+        nursery.cancel_scope.cancel()
+    b.db.close()
