@@ -92,6 +92,9 @@ class WatchDriver:
         self.outputs: list[WatchOutput] = []
         self.refused: list[tuple[Broadcast, str]] = []
         self.pending: dict[bytes, Tx] = {}
+        self.start = tip
+        self.chain: dict[int, list[Tx]] = {}  # every tx of the blocks synced, by height
+        self.claimed: set[bytes] = set()  # txids of the watch's claims
 
     # -- channel data, as the state machine would hand it over ---------------------------
 
@@ -122,12 +125,15 @@ class WatchDriver:
             fork -= 1
         disconnected = [(h, self.hashes.pop(h)) for h in range(self.tip, fork, -1)
                         if h in self.hashes]
+        for h, _ in disconnected:
+            self.chain.pop(h, None)
         connected = []
         for h in range(fork + 1, node_tip + 1):
             bh = block_hash(self.node, h)
             block = Block.parse(bytes.fromhex(self.node.call("getblock", bh, 0)))
             connected.append((h, bh, list(block.txs[1:])))
             self.hashes[h] = bh
+            self.chain[h] = list(block.txs[1:])
         self.tip = node_tip
         self.rebroadcast({tx.txid() for _, _, txs in connected for tx in txs})
         out = self.watch.chain_updated(disconnected, connected)
@@ -145,6 +151,8 @@ class WatchDriver:
                 if o.replaces is not None:
                     self.pending.pop(o.replaces, None)
                 self.pending[o.tx.txid()] = o.tx
+                if o.label not in ("funding", "closing"):
+                    self.claimed.add(o.tx.txid())
                 ok, reason = accepted(self.node, o.tx)
                 if ok:
                     self.node.call("sendrawtransaction", o.tx.serialize().hex())
@@ -157,6 +165,24 @@ class WatchDriver:
         for tx in self.pending.values():
             if accepted(self.node, tx)[0]:
                 self.node.call("sendrawtransaction", tx.serialize().hex())
+
+    # -- what is on the chain now ---------------------------------------------------------
+
+    def confirmed(self) -> list[Tx]:
+        return [tx for h in sorted(self.chain) for tx in self.chain[h]]
+
+    def watch_closing(self) -> Tx | None:
+        """The confirmed spend of the funding output, if any."""
+        funding = self.channel.static.funding_outpoint
+        return next((tx for tx in self.confirmed()
+                     if any(i.outpoint == funding for i in tx.inputs)), None)
+
+    def confirmed_ours(self) -> dict[bytes, Tx]:
+        return {tx.txid(): tx for tx in self.confirmed() if tx.txid() in self.claimed}
+
+    def known_outputs(self) -> dict[OutPoint, int]:
+        return {OutPoint(tx.txid(), i): o.amount_sat for tx in self.confirmed()
+                for i, o in enumerate(tx.outputs)}
 
     def mine(self, n: int = 1, *, send: bool = True) -> list[WatchOutput]:
         out: list[WatchOutput] = []
