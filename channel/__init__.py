@@ -20,7 +20,8 @@ Public API (see docs/dev/channel-api.md for the contract):
   ``build_htlc_transactions``, ``finalize_holder_commitment``,
   ``finalize_holder_htlc_tx``.
 - ``htlc``: HTLC-success/timeout construction, fees and trimming rules.
-- ``closing``: ``build_closing_tx``, ``sign_closing_tx``, ``verify_closing_signature``,
+- ``closing``: ``closing_tx_to_sign``, ``closing_tx_signed_by_peer``,
+  ``build_closing_tx``, ``sign_closing_tx``, ``verify_closing_signature``,
   ``finalize_closing_tx``.
 - ``penalty``: spending every output of a revoked commitment and of its
   second-stage HTLC transactions with the revocation key (BOLT #5).

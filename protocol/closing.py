@@ -11,6 +11,13 @@
    fee_satoshis and its previously-sent fee_satoshis"). We move halfway each round,
    so negotiation ends in about log2(gap) rounds.
 
+Dust limits (BOLT #3): each side signs ``channel.closing.closing_tx_to_sign``, so with
+different dust limits both still sign the same bytes. When an output is at or above its
+owner's limit but below the other side's, no such transaction exists: its owner fails
+the channel (our own output: before we sign anything; the peer's: we propose without
+it, and a peer that will not give it up refuses), so the owner's commitment, which keeps
+the output, is the one that goes on chain.
+
 Every received closing signature is verified before anything depends on it; we persist
 before sending our own signature of a closing tx.
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from channel.closing import DustLimitConflict
 from channel.errors import TransactionError
 from proto import peer_pb2
 from protocol import commitments
@@ -140,8 +148,13 @@ def max_fee_sat(ch: Channel) -> int:
 
 
 def _closing_weight(ch: Channel, fee_sat: int) -> int:
-    """The closing tx's weight at ``fee_sat``, its witness estimated from above."""
-    tx = _closing_tx(ch, fee_sat)
+    """The closing tx's weight at ``fee_sat``, its witness estimated from above. At a
+    fee where our output conflicts with the peer's dust limit there is no transaction
+    for us to sign; the one with our output kept gives the size."""
+    try:
+        tx = _closing_tx(ch, fee_sat)
+    except DustLimitConflict as conflict:
+        tx = conflict.as_we_would_build
     return 4 * len(tx.serialize_without_witness()) + CLOSING_WITNESS_WEIGHT
 
 
@@ -179,7 +192,15 @@ def _closing_tx(ch: Channel, fee_sat: int) -> Tx:
 
 
 def _propose(ch: Channel, fee_sat: int) -> Step:
-    tx = _closing_tx(ch, fee_sat)
+    """Our closing_signed at ``fee_sat``. No closing transaction we may sign (both
+    outputs dust, or ours below the peer's dust limit only: ``DustLimitConflict``)
+    fails the channel: our commitment goes on chain and pays our output. Reached from
+    handle() and commands, so never raised."""
+    try:
+        tx = _closing_tx(ch, fee_sat)
+    except TransactionError as exc:
+        return ch.fail_channel(f"no cooperative close possible at {fee_sat} sat: {exc}",
+                               send_error=True)
     sig = commitments.sign_closing(ch.static, ch.secrets, tx)
     ch.d.closing_fee_sent_sat = fee_sat
     return [PERSIST, Send(wrap(closing_signed=peer_pb2.ClosingSigned(
@@ -196,7 +217,7 @@ def start_negotiation(ch: Channel, *, link_up: bool) -> Step:
         # No closing transaction exists (both outputs under the dust limit): the only
         # way out is our commitment. Reached from handle(), so never raised.
         return ch.fail_channel(f"no cooperative close possible: {exc}", send_error=True)
-    return _propose(ch, fee)
+    return _propose(ch, fee)  # fails the channel too if our output conflicts (dust)
 
 
 def on_closing_signed(ch: Channel, msg: peer_pb2.ClosingSigned, height: int) -> Step:

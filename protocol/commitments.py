@@ -116,14 +116,12 @@ def closing_amounts_sat(static: ChannelStatic, view: View, fee_sat: int) -> tupl
 
 def build_closing(static: ChannelStatic, view: View, fee_sat: int, local_script: bytes,
                   remote_script: bytes) -> Tx:
-    """The closing transaction we sign: outputs below our dust limit removed (BOLT #3),
-    and the peer's output also when it is below the PEER's dust limit: the peer removes
-    it from the transaction it signs, so only then do both sides sign the same bytes
-    (``channel.closing`` accepts that variant of the peer's signature)."""
+    """The closing transaction we sign (``channel.closing.closing_tx_to_sign``: the same
+    bytes the peer signs whatever the two dust limits; ``DustLimitConflict`` when our
+    output is below the peer's limit only)."""
     local_sat, remote_sat = closing_amounts_sat(static, view, fee_sat)
-    return ch_closing.build_closing_tx(
-        static, local_sat, remote_sat, local_script, remote_script,
-        omit_remote_output=remote_sat < static.remote.dust_limit_sat)
+    return ch_closing.closing_tx_to_sign(static, local_sat, remote_sat, local_script,
+                                         remote_script)
 
 
 def sign_closing(static: ChannelStatic, secrets: ChannelSecrets, tx: Tx) -> bytes:
