@@ -7,12 +7,23 @@ confirms it, has Alice pay Bob with a transaction signed here (not by the node's
 wallet), confirms that, shows the node refusing a double spend of Alice's coin,
 and prints heights and balances along the way.
 
-Act 2, channels. Alice and Bob open channels directly with each other
+Act 2, the hub. Every actor is its own process on loopback: the node, the hub
+(`chanhubd`, started by `regtest.harness.start_hub`), Alice and Bob (client
+processes running the SDK on their own stores, keys and chain view, driven from
+here: `regtest.story`). The faucet funds both wallets; Alice opens a channel she
+funds; Bob gets inbound liquidity (until the hub's wallet can answer
+`RequestInbound`, by opening his own channel and pushing part of it to the hub);
+Alice pays Bob 100 invoices; Bob refunds one; Alice's channel closes
+cooperatively and Bob's by force, his delayed output swept back into his wallet
+after `to_self_delay`. Every balance is checked to the satoshi against the chain,
+with each fee (on chain and the hub's) accounted, then told in plain words.
+
+Act 3, a breach. Alice and Bob open a channel directly with each other
 (`regtest.twoparty`: two protocol/ state machines in this process, every
-transaction judged by the node): payments off-chain, then the three ways a
-channel ends: a cooperative close, a force close with the delayed sweep, and a
-breach punished by a penalty. Later issues put the hub between them, with gRPC,
-clients, invoices and a refund.
+transaction judged by the node); Alice publishes a revoked commitment from an old
+backup and Bob's penalty takes it all. (The disputes issue moves this onto the hub.)
+
+A check that fails ends the demo with one line and exit status 1.
 """
 
 from __future__ import annotations
@@ -23,23 +34,62 @@ import hashlib
 import shutil
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 from btclib.b32 import address_from_witness
 
 from channel.chain import BitcoinRpc, RpcError, sat_to_btc
+from channel.htlc import commitment_weight, weight_fee_sat
 from channel.keys import pubkey_from_secret
 from channel.scripts import hash160, p2wpkh, p2wpkh_script_code
 from channel.spend import SpendableOutput, build_spend_tx
 from channel.tx import OutPoint, Tx
 from protocol import Broadcast, Channel
-from regtest.harness import NodeEndpoint, free_port, start_node, stop_node
+from protocol.routing import forwarding_fee_msat
+from regtest.harness import (
+    HarnessError,
+    HubEndpoint,
+    NodeEndpoint,
+    drop_postgres_schema,
+    free_port,
+    hub_store_url,
+    start_hub,
+    start_node,
+    stop_hub,
+    stop_node,
+)
+from regtest.story import ActorDied, ClientActor, open_actors
 from regtest.twoparty import TwoPartyChannel
 
 FEERATE_PER_KW = 2_500  # 10 sat/vB: comfortably above the node's relay minimum
 CHANNEL_SAT = 1_000_000
 TO_SELF_DELAY = 6  # blocks; short so the demo mines little (real channels use ~144)
+
+# Act 2's figures. Invoices of 5,000 sat: above the HTLC dust threshold at 2,500
+# sat/kw, so ten in flight stay within the channels' dust exposure limit.
+WALLET_SAT = 100_000_000  # 1 BTC from the faucet to each client
+ALICE_CHANNEL_SAT = 1_000_000
+BOB_CHANNEL_SAT = 1_000_000
+BOB_PUSH_MSAT = 600_000_000  # Bob's inbound liquidity, bought by pushing it to the hub
+INVOICES = 100
+INVOICE_MSAT = 5_000_000
+IN_FLIGHT = 10
+REFUNDED_INVOICE = 37  # the one Bob refunds (1-based)
+CLIENT_PASSPHRASE = "chanhub demo client"  # throwaway demo wallets
+SWEEP_WAIT_S = 30.0  # real seconds for Bob's process to see the blocks and sweep
+
+
+class DemoCheckFailed(Exception):
+    """A figure of the story is not what the accounting says it must be."""
+
+
+def check(ok: bool, what: str) -> None:
+    if not ok:
+        raise DemoCheckFailed(what)
 
 
 class DemoKey:
@@ -58,6 +108,14 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+def sat(amount_sat: int) -> str:
+    return f"{amount_sat:,} sat"
+
+
+def msat(amount_msat: int) -> str:
+    return f"{amount_msat:,} msat"
+
+
 async def find_output(rpc: BitcoinRpc, txid: str, script_pubkey: bytes) -> tuple[int, int]:
     """(vout, amount_sat) of the output of `txid` paying `script_pubkey`."""
     decoded = await rpc.getrawtransaction_verbose(txid)
@@ -69,71 +127,369 @@ async def find_output(rpc: BitcoinRpc, txid: str, script_pubkey: bytes) -> tuple
     raise LookupError(f"{txid} pays nothing to that script")
 
 
-async def story(endpoint: NodeEndpoint) -> None:
+async def chain_act(rpc: BitcoinRpc, endpoint: NodeEndpoint) -> str:
+    """Act 1; returns the faucet address the later acts mine to."""
     alice, bob = DemoKey("alice"), DemoKey("bob")
-    async with endpoint.rpc() as rpc:
-        info = await rpc.getblockchaininfo()
-        say(f"node up at {endpoint.url}: chain {info['chain']}, height {info['blocks']}")
+    info = await rpc.getblockchaininfo()
+    say(f"node up at {endpoint.url}: chain {info['chain']}, height {info['blocks']}")
 
-        faucet = await rpc.getnewaddress()
-        await rpc.generatetoaddress(101, faucet)
-        say(
-            f"mined 101 blocks to the faucet ({faucet}); height {await rpc.getblockcount()}, "
-            f"spendable {sat_to_btc(await rpc.getbalance_sat())} BTC "
-            "(coinbase outputs mature after 100 blocks)"
-        )
+    faucet = await rpc.getnewaddress()
+    await rpc.generatetoaddress(101, faucet)
+    say(
+        f"mined 101 blocks to the faucet ({faucet}); height {await rpc.getblockcount()}, "
+        f"spendable {sat_to_btc(await rpc.getbalance_sat())} BTC "
+        "(coinbase outputs mature after 100 blocks)"
+    )
 
-        funding_txid = await rpc.sendtoaddress(alice.address, 150_000_000)
-        mempool = await rpc.getrawmempool()
-        say(f"faucet -> Alice ({alice.address}) 1.5 BTC: {funding_txid}")
-        say(f"  in the mempool: {funding_txid in mempool} ({len(mempool)} transaction)")
-        await rpc.generatetoaddress(1, faucet)
-        vout, alice_coin_sat = await find_output(rpc, funding_txid, alice.script_pubkey)
-        coin = await rpc.gettxout(funding_txid, vout)
-        assert coin is not None
-        say(
-            f"  confirmed at height {await rpc.getblockcount()}: Alice holds "
-            f"{sat_to_btc(alice_coin_sat)} BTC ({coin.confirmations} confirmation)"
-        )
+    funding_txid = await rpc.sendtoaddress(alice.address, 150_000_000)
+    mempool = await rpc.getrawmempool()
+    say(f"faucet -> Alice ({alice.address}) 1.5 BTC: {funding_txid}")
+    say(f"  in the mempool: {funding_txid in mempool} ({len(mempool)} transaction)")
+    await rpc.generatetoaddress(1, faucet)
+    vout, alice_coin_sat = await find_output(rpc, funding_txid, alice.script_pubkey)
+    coin = await rpc.gettxout(funding_txid, vout)
+    assert coin is not None
+    say(
+        f"  confirmed at height {await rpc.getblockcount()}: Alice holds "
+        f"{sat_to_btc(alice_coin_sat)} BTC ({coin.confirmations} confirmation)"
+    )
 
-        alice_coin = SpendableOutput(
-            outpoint=OutPoint(bytes.fromhex(funding_txid)[::-1], vout),
-            amount_sat=alice_coin_sat,
-            script_code=p2wpkh_script_code(alice.pubkey),
-            signing_key=alice.secret,
-            witness_suffix=(alice.pubkey,),
-        )
-        payment = build_spend_tx([alice_coin], bob.script_pubkey, FEERATE_PER_KW)
-        (check,) = await rpc.testmempoolaccept([payment.serialize()])
-        say(
-            f"Alice -> Bob ({bob.address}), signed by Alice's own key: "
-            f"testmempoolaccept allowed={check.allowed}, vsize {check.vsize}, "
-            f"fee {check.fee_sat} sat"
-        )
-        payment_txid = await rpc.sendrawtransaction(payment.serialize())
-        await rpc.generatetoaddress(1, faucet)
-        bob_coin = await rpc.gettxout(payment_txid, 0)
-        assert bob_coin is not None
-        say(
-            f"  confirmed at height {await rpc.getblockcount()}: Bob holds "
-            f"{sat_to_btc(bob_coin.value_sat)} BTC; Alice's coin is spent: "
-            f"{await rpc.gettxout(funding_txid, vout) is None}"
-        )
+    alice_coin = SpendableOutput(
+        outpoint=OutPoint(bytes.fromhex(funding_txid)[::-1], vout),
+        amount_sat=alice_coin_sat,
+        script_code=p2wpkh_script_code(alice.pubkey),
+        signing_key=alice.secret,
+        witness_suffix=(alice.pubkey,),
+    )
+    payment = build_spend_tx([alice_coin], bob.script_pubkey, FEERATE_PER_KW)
+    (check,) = await rpc.testmempoolaccept([payment.serialize()])
+    say(
+        f"Alice -> Bob ({bob.address}), signed by Alice's own key: "
+        f"testmempoolaccept allowed={check.allowed}, vsize {check.vsize}, "
+        f"fee {check.fee_sat} sat"
+    )
+    payment_txid = await rpc.sendrawtransaction(payment.serialize())
+    await rpc.generatetoaddress(1, faucet)
+    bob_coin = await rpc.gettxout(payment_txid, 0)
+    assert bob_coin is not None
+    say(
+        f"  confirmed at height {await rpc.getblockcount()}: Bob holds "
+        f"{sat_to_btc(bob_coin.value_sat)} BTC; Alice's coin is spent: "
+        f"{await rpc.gettxout(funding_txid, vout) is None}"
+    )
 
-        double_spend = build_spend_tx([alice_coin], alice.script_pubkey, FEERATE_PER_KW)
-        try:
-            await rpc.sendrawtransaction(double_spend.serialize())
-        except RpcError as refusal:
-            say(f"Alice tries to spend the same coin again: refused ({refusal.code}) "
-                f"{refusal.message}")
-        else:
-            raise AssertionError("the node accepted a double spend")
+    double_spend = build_spend_tx([alice_coin], alice.script_pubkey, FEERATE_PER_KW)
+    try:
+        await rpc.sendrawtransaction(double_spend.serialize())
+    except RpcError as refusal:
+        say(f"Alice tries to spend the same coin again: refused ({refusal.code}) "
+            f"{refusal.message}")
+    else:
+        raise AssertionError("the node accepted a double spend")
 
-        say(
-            f"chain: height {await rpc.getblockcount()}, tip {await rpc.getbestblockhash()}, "
-            f"faucet {sat_to_btc(await rpc.getbalance_sat())} BTC"
-        )
-        await channel_story(rpc)
+    say(
+        f"chain: height {await rpc.getblockcount()}, tip {await rpc.getbestblockhash()}, "
+        f"faucet {sat_to_btc(await rpc.getbalance_sat())} BTC"
+    )
+    return faucet
+
+
+# ---------------------------------------------------------------------------
+# Act 2: the hub, every actor its own process
+
+
+async def tx_fee_sat(rpc: BitcoinRpc, tx: Tx) -> int:
+    """What `tx` pays the miners: its inputs (looked up on the chain) less its outputs."""
+    spent = 0
+    for txin in tx.inputs:
+        previous = Tx.parse(await rpc.getrawtransaction(txin.outpoint.txid_hex()))
+        spent += previous.outputs[txin.outpoint.index].amount_sat
+    return spent - sum(out.amount_sat for out in tx.outputs)
+
+
+async def spender_in_mempool(rpc: BitcoinRpc, txid: str, vout: int, *,
+                             timeout_s: float = SWEEP_WAIT_S) -> Tx:
+    """The mempool transaction spending `txid:vout`, waiting (real time, bounded) for
+    the client process that broadcasts it."""
+    outpoint = OutPoint(bytes.fromhex(txid)[::-1], vout)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for candidate in await rpc.getrawmempool():
+            tx = Tx.parse(await rpc.getrawtransaction(candidate))
+            if any(txin.outpoint == outpoint for txin in tx.inputs):
+                return tx
+        if time.monotonic() > deadline:
+            raise DemoCheckFailed(f"nothing spent {txid}:{vout} within {timeout_s:.0f} s")
+        await trio.sleep(0.05)  # a real process broadcasts it: look again shortly
+
+
+async def mine(rpc: BitcoinRpc, faucet: str, blocks: int, *actors: ClientActor) -> int:
+    """Mine `blocks` and wait until each actor's own chain follower has seen them."""
+    await rpc.generatetoaddress(blocks, faucet)
+    height = await rpc.getblockcount()
+    for actor in actors:
+        await actor.call("sync", height=height)
+    return height
+
+
+@dataclass
+class Ledger:
+    """What each balance must be, from the story's own arithmetic."""
+
+    base_fee_msat: int
+    fee_ppm: int
+    alice_msat: int = ALICE_CHANNEL_SAT * 1000
+    alice_hub_msat: int = 0  # the hub's side of Alice's channel
+    bob_msat: int = BOB_CHANNEL_SAT * 1000 - BOB_PUSH_MSAT
+    bob_hub_msat: int = BOB_PUSH_MSAT
+    hub_fees_msat: int = 0
+
+    def fee(self, amount_msat: int) -> int:
+        return forwarding_fee_msat(amount_msat, base_msat=self.base_fee_msat,
+                                   fee_ppm=self.fee_ppm)
+
+    def alice_pays_bob(self, amount_msat: int) -> None:
+        fee = self.fee(amount_msat)
+        self.alice_msat -= amount_msat + fee
+        self.alice_hub_msat += amount_msat + fee
+        self.bob_hub_msat -= amount_msat
+        self.bob_msat += amount_msat
+        self.hub_fees_msat += fee
+
+    def bob_pays_alice(self, amount_msat: int) -> None:
+        fee = self.fee(amount_msat)
+        self.bob_msat -= amount_msat + fee
+        self.bob_hub_msat += amount_msat + fee
+        self.alice_hub_msat -= amount_msat
+        self.alice_msat += amount_msat
+        self.hub_fees_msat += fee
+
+
+async def check_channel(actor: ClientActor, channel_id: str, local_msat: int,
+                        remote_msat: int) -> dict[str, Any]:
+    (channel,) = [c for c in await actor.call("channels") if c["channel_id"] == channel_id]
+    check((channel["local_msat"], channel["remote_msat"]) == (local_msat, remote_msat),
+          f"{actor.name}'s channel holds {channel['local_msat']}/{channel['remote_msat']} "
+          f"msat, the ledger says {local_msat}/{remote_msat}")
+    return dict(channel)
+
+
+async def check_wallet(actor: ClientActor, expected_sat: int, how: str) -> None:
+    balance = await actor.call("wallet_balance")
+    check(balance["confirmed_sat"] == expected_sat and balance["unconfirmed_sat"] == 0,
+          f"{actor.name}'s wallet holds {balance['confirmed_sat']} sat confirmed "
+          f"(+{balance['unconfirmed_sat']} unconfirmed); expected {expected_sat} = {how}")
+
+
+async def hub_act(rpc: BitcoinRpc, node: NodeEndpoint, datadir: Path, faucet: str,
+                  store: str) -> None:
+    say("\n-- the hub: chanhubd, Alice and Bob, each its own process on loopback --")
+    hub_dir = datadir / "hub"
+    store_url = await trio.to_thread.run_sync(hub_store_url, hub_dir, store)
+    hub = await trio.to_thread.run_sync(lambda: start_hub(
+        hub_dir, node, store_url=store_url, options={"minimum_depth": "1"}))
+    try:
+        async with open_actors(
+                {"Alice": datadir / "alice", "Bob": datadir / "bob"},
+                hub_target=hub.target, tls_cert_file=hub.tls_cert_file, rpc_url=node.url,
+                cookie_file=node.cookie_file, passphrase=CLIENT_PASSPHRASE) as actors:
+            await hub_story(rpc, hub, store, faucet, actors["Alice"], actors["Bob"])
+    finally:
+        await trio.to_thread.run_sync(stop_hub, hub_dir)
+        if store == "postgres":
+            await trio.to_thread.run_sync(drop_postgres_schema, hub_dir)
+
+
+async def hub_story(rpc: BitcoinRpc, hub: HubEndpoint, store: str, faucet: str,
+                    alice: ClientActor, bob: ClientActor) -> None:
+    terms = alice.identity
+    ledger = Ledger(terms.base_fee_msat, terms.fee_ppm)
+    say(f"hub up at {hub.target} (pid {hub.pid}, {store} store), node id "
+        f"{hub.hub_node_id.hex()[:16]}...; it keeps {msat(terms.base_fee_msat)} + "
+        f"{terms.fee_ppm} ppm of each payment it forwards")
+    for actor in (alice, bob):
+        check(actor.identity.hub_node_id == hub.hub_node_id,
+              f"{actor.name} knows another hub")
+        say(f"{actor.name} online (pid {actor.process.pid}), node id "
+            f"{actor.node_id.hex()[:16]}..., with her own store, keys and view of the chain"
+            if actor is alice else
+            f"{actor.name} online (pid {actor.process.pid}), node id "
+            f"{actor.node_id.hex()[:16]}..., with his own store, keys and view of the chain")
+
+    # Wallets from the faucet
+    for actor in (alice, bob):
+        await rpc.sendtoaddress(await actor.call("wallet_address"), WALLET_SAT)
+    height = await mine(rpc, faucet, 1, alice, bob)
+    for actor in (alice, bob):
+        await check_wallet(actor, WALLET_SAT, "the faucet's payment")
+    say(f"the faucet pays each wallet {sat_to_btc(WALLET_SAT)} BTC; confirmed at height {height}")
+
+    # Channels
+    alice_open = await alice.call("open", amount_sat=ALICE_CHANNEL_SAT)
+    bob_open = await bob.call("open", amount_sat=BOB_CHANNEL_SAT, push_msat=BOB_PUSH_MSAT)
+    funding_fee_sat = {}
+    for actor, opened in ((alice, alice_open), (bob, bob_open)):
+        funding_tx = Tx.parse(await rpc.getrawtransaction(opened["funding_txid"]))
+        funding_fee_sat[actor.name] = await tx_fee_sat(rpc, funding_tx)
+    height = await mine(rpc, faucet, 1, alice, bob)
+    alice_channel = await alice.call("wait_open", channel_id=alice_open["channel_id"])
+    bob_channel = await bob.call("wait_open", channel_id=bob_open["channel_id"])
+    say(f"Alice opens a {sat(ALICE_CHANNEL_SAT)} channel with the hub from her wallet "
+        f"(funding tx {alice_open['funding_txid'][:16]}..., fee "
+        f"{sat(funding_fee_sat['Alice'])})")
+    say(f"Bob opens a {sat(BOB_CHANNEL_SAT)} channel and pushes {sat(BOB_PUSH_MSAT // 1000)} "
+        f"of it to the hub: that is his inbound liquidity, what the hub can pay him "
+        f"(fee {sat(funding_fee_sat['Bob'])}; RequestInbound will sell it once the hub's "
+        "wallet is wired)")
+    say(f"  both channels open at height {height} (1 confirmation, seen by the hub and "
+        "by each client's own chain follower)")
+    for actor, channel, local, remote in (
+            (alice, alice_channel, ledger.alice_msat, ledger.alice_hub_msat),
+            (bob, bob_channel, ledger.bob_msat, ledger.bob_hub_msat)):
+        await check_channel(actor, channel["channel_id"], local, remote)
+        await check_wallet(actor, WALLET_SAT - channel["funding_sat"]
+                           - funding_fee_sat[actor.name],
+                           "the faucet's payment - the channel - the funding fee")
+
+    # 100 invoices
+    invoices = await bob.call("invoices", count=INVOICES, amount_msat=INVOICE_MSAT,
+                              description="demo invoice")
+    paid = await alice.call("pay_many", invoices=invoices, key_prefix="demo",
+                            in_flight=IN_FLIGHT)
+    failed = [p for p in paid["payments"] if "error" in p]
+    check(not failed, f"{len(failed)} of {INVOICES} payments failed, the first: "
+          f"{failed[0]['error'] if failed else ''}")
+    check(all(p["state"] == "succeeded" for p in paid["payments"]), "a payment not settled")
+    for payment in paid["payments"]:
+        check(payment["fee_msat"] == ledger.fee(INVOICE_MSAT),
+              f"Alice's payment recorded a fee of {payment['fee_msat']} msat")
+        ledger.alice_pays_bob(payment["amount_msat"])
+    received = {p["payment_hash"]: p for p in await bob.call("payments")
+                if p["direction"] == "received" and p["state"] == "succeeded"}
+    check(len(received) == INVOICES and all(
+        received[p["payment_hash"]]["amount_msat"] == INVOICE_MSAT for p in paid["payments"]),
+        f"Bob received {len(received)} payments, not {INVOICES} of {INVOICE_MSAT} msat")
+    say(f"Bob makes {INVOICES} invoices of {sat(INVOICE_MSAT // 1000)}; Alice pays them all "
+        f"in {paid['seconds']:.1f} s ({INVOICES / paid['seconds']:.0f} payments/s, "
+        f"{IN_FLIGHT} in flight): {sat(INVOICES * INVOICE_MSAT // 1000)} to Bob plus "
+        f"{msat(ledger.hub_fees_msat)} of hub fees")
+    await check_channel(alice, alice_channel["channel_id"], ledger.alice_msat,
+                        ledger.alice_hub_msat)
+    await check_channel(bob, bob_channel["channel_id"], ledger.bob_msat, ledger.bob_hub_msat)
+
+    # One refund
+    refunded = received[paid["payments"][REFUNDED_INVOICE - 1]["payment_hash"]]
+    refund = await bob.call("refund", payment_id=refunded["payment_id"],
+                            amount_msat=INVOICE_MSAT, payer_node_id=alice.node_id.hex(),
+                            idempotency_key="demo refund")
+    check(refund["state"] == "succeeded", f"the refund ended {refund['state']}")
+    ledger.bob_pays_alice(INVOICE_MSAT)
+    alice_events = [e["kind"] for e in await alice.call("events")]
+    check("refund_received" in alice_events, "Alice's log has no refund_received")
+    say(f"Bob refunds invoice {REFUNDED_INVOICE} in full ({sat(INVOICE_MSAT // 1000)}) to "
+        f"Alice, paying the hub's {msat(ledger.fee(INVOICE_MSAT))} fee on it; Alice's "
+        "event log says refund_received")
+    alice_channel = await check_channel(alice, alice_channel["channel_id"], ledger.alice_msat,
+                                        ledger.alice_hub_msat)
+    bob_channel = await check_channel(bob, bob_channel["channel_id"], ledger.bob_msat,
+                                      ledger.bob_hub_msat)
+    say(f"  off chain now: Alice {msat(ledger.alice_msat)}, Bob {msat(ledger.bob_msat)}; "
+        f"the hub earned {msat(ledger.hub_fees_msat)}")
+
+    # Alice closes cooperatively
+    closed = await alice.call("close", channel_id=alice_channel["channel_id"])
+    check(closed["state"] == "closed", f"Alice's channel is {closed['state']} after close")
+    closing_tx = await spender_in_mempool(rpc, alice_channel["funding_txid"],
+                                          alice_channel["funding_vout"])
+    await mine(rpc, faucet, 1, alice, bob)
+    hub_out = ledger.alice_hub_msat // 1000
+    amounts = [o.amount_sat for o in closing_tx.outputs]
+    check(len(amounts) == 2 and hub_out in amounts,
+          f"the closing tx pays {amounts}; the hub's side is {hub_out} sat")
+    amounts.remove(hub_out)
+    (alice_out,) = amounts
+    closing_fee_sat = ledger.alice_msat // 1000 - alice_out
+    # What the chain got: the agreed fee, plus the satoshi the two msat remainders make
+    # when the balances are not whole satoshis (outputs are whole satoshis, rounded down).
+    remainder_sat = (ledger.alice_msat % 1000 + ledger.alice_hub_msat % 1000) // 1000
+    check(sorted(o.amount_sat for o in closing_tx.outputs) == sorted([alice_out, hub_out])
+          and await tx_fee_sat(rpc, closing_tx) == closing_fee_sat + remainder_sat
+          and 0 < closing_fee_sat <= weight_fee_sat(commitment_weight(0),
+                                                    alice_channel["feerate_per_kw"]),
+          f"the closing tx pays {[o.amount_sat for o in closing_tx.outputs]}; the hub's "
+          f"side is {hub_out} sat, Alice's {ledger.alice_msat // 1000} sat before the fee")
+    alice_final_sat = WALLET_SAT - ALICE_CHANNEL_SAT - funding_fee_sat["Alice"] + alice_out
+    await check_wallet(alice, alice_final_sat,
+                       "the faucet's payment - the channel - the funding fee + her close output")
+    say(f"Alice closes cooperatively: closing tx {closing_tx.txid_hex()[:16]}... pays her "
+        f"{sat(alice_out)} (her {sat(ledger.alice_msat // 1000)} less the "
+        f"{sat(closing_fee_sat)} fee, hers as the funder) and the hub {sat(hub_out)}")
+
+    # Bob closes by force
+    forced = await bob.call("close", channel_id=bob_channel["channel_id"], force=True)
+    check(forced["state"] == "failed", f"Bob's channel is {forced['state']} after a force close")
+    commitment_tx = await spender_in_mempool(rpc, bob_channel["funding_txid"],
+                                             bob_channel["funding_vout"])
+    await mine(rpc, faucet, 1, alice, bob)
+    commitment_fee_sat = weight_fee_sat(commitment_weight(0), bob_channel["feerate_per_kw"])
+    to_local_sat = ledger.bob_msat // 1000 - commitment_fee_sat
+    to_remote_sat = ledger.bob_hub_msat // 1000
+    check(sorted(o.amount_sat for o in commitment_tx.outputs)
+          == sorted([to_local_sat, to_remote_sat]),
+          f"Bob's commitment pays {[o.amount_sat for o in commitment_tx.outputs]}, the ledger "
+          f"says {to_local_sat} (his, less the {commitment_fee_sat} sat fee) and "
+          f"{to_remote_sat} (the hub's)")
+    to_local_vout = next(i for i, o in enumerate(commitment_tx.outputs)
+                         if o.amount_sat == to_local_sat and len(o.script_pubkey) == 34)
+    delay = bob_channel["to_self_delay_blocks"]
+    say(f"Bob force-closes: his commitment {commitment_tx.txid_hex()[:16]}... pays the hub "
+        f"its {sat(to_remote_sat)} at once; his own {sat(to_local_sat)} (his "
+        f"{sat(ledger.bob_msat // 1000)} less the {sat(commitment_fee_sat)} commitment fee) "
+        f"wait {delay} blocks")
+    await mine(rpc, faucet, delay - 1, bob)  # the commitment is now `delay` deep
+    sweep_tx = await spender_in_mempool(rpc, commitment_tx.txid_hex(), to_local_vout)
+    await mine(rpc, faucet, 1, bob)
+    sweep_fee_sat = await tx_fee_sat(rpc, sweep_tx)
+    bob_final_sat = (WALLET_SAT - BOB_CHANNEL_SAT - funding_fee_sat["Bob"] + to_local_sat
+                     - sweep_fee_sat)
+    await check_wallet(bob, bob_final_sat, "the faucet's payment - the channel - the "
+                       "funding fee + his to_local - the sweep fee")
+    say(f"  {delay} blocks later Bob's own process sweeps it home: "
+        f"{sat(sweep_tx.outputs[0].amount_sat)} after a {sat(sweep_fee_sat)} fee")
+
+    # The story in figures; each sum is checked, so every satoshi is accounted for.
+    alice_spent = {"Bob, net": (INVOICES - 1) * INVOICE_MSAT,
+                   "the hub's fees": INVOICES * ledger.fee(INVOICE_MSAT),
+                   "the chain (funding and closing fees)":
+                   (funding_fee_sat["Alice"] + closing_fee_sat) * 1000,
+                   "rounding to whole satoshis": ledger.alice_msat % 1000}
+    bob_spent = {"the hub, pushed for inbound liquidity": BOB_PUSH_MSAT,
+                 "Alice, net (received back)": -(INVOICES - 1) * INVOICE_MSAT,
+                 "the hub's fee on the refund": ledger.fee(INVOICE_MSAT),
+                 "the chain (funding, commitment and sweep fees)":
+                 (funding_fee_sat["Bob"] + commitment_fee_sat + sweep_fee_sat) * 1000,
+                 "rounding to whole satoshis": ledger.bob_msat % 1000}
+    hub_outputs_sat = hub_out + to_remote_sat
+    for name, final_sat, spent in (("Alice", alice_final_sat, alice_spent),
+                                   ("Bob", bob_final_sat, bob_spent)):
+        check((WALLET_SAT - final_sat) * 1000 == sum(spent.values()),
+              f"{name}'s figures do not add up: {spent}")
+    check(hub_outputs_sat * 1000 == BOB_PUSH_MSAT + ledger.hub_fees_msat
+          - ledger.alice_hub_msat % 1000 - ledger.bob_hub_msat % 1000,
+          f"the hub's outputs hold {hub_outputs_sat} sat")
+    say("\nthe story in figures (each checked against the chain, to the satoshi):")
+    say(f"  Alice: {sat(WALLET_SAT)} -> {sat(alice_final_sat)} in her wallet; what went: "
+        + "; ".join(f"{msat(v)} to {k}" for k, v in alice_spent.items() if v))
+    say(f"  Bob: {sat(WALLET_SAT)} -> {sat(bob_final_sat)} in his wallet; what went: "
+        + "; ".join(f"{msat(v)} to {k}" for k, v in bob_spent.items() if v))
+    say(f"  the hub: its two close outputs hold {sat(hub_outputs_sat)}: Bob's "
+        f"{sat(BOB_PUSH_MSAT // 1000)} push plus {msat(ledger.hub_fees_msat)} of fees earned, "
+        "less what rounds below whole satoshis")
+    say(f"chain: height {await rpc.getblockcount()}")
+
+
+# ---------------------------------------------------------------------------
+# Act 3: a breach, two parties in this process
 
 
 def show_balances(pair: TwoPartyChannel) -> str:
@@ -141,46 +497,14 @@ def show_balances(pair: TwoPartyChannel) -> str:
     return f"Alice {alice_msat // 1000:,} sat, Bob {bob_msat // 1000:,} sat"
 
 
-async def channel_story(rpc: BitcoinRpc) -> None:
-    say("\n-- channels: Alice (funder, payer) and Bob (payee) --")
-    coop = TwoPartyChannel(rpc, label="demo coop")
-    funding_tx = await coop.open(CHANNEL_SAT)
-    say(f"channel 1 open: {CHANNEL_SAT:,} sat in 2-of-2 output {funding_tx.txid_hex()}:0")
-    for number, amount_sat in enumerate((120_000, 30_000, 5_000), start=1):
-        coop.pay(amount_sat * 1000, f"demo {number}")
-        say(f"  off-chain payment {number}: {amount_sat:,} sat -> {show_balances(coop)}")
-    closing_tx, fee_sat = await coop.cooperative_close()
-    say(
-        f"  cooperative close {closing_tx.txid_hex()} confirmed: Bob gets "
-        f"{value_to(closing_tx, coop.b.close_script):,} sat, Alice "
-        f"{value_to(closing_tx, coop.a.close_script):,} sat (she paid the {fee_sat} sat fee)"
-    )
-
-    force = TwoPartyChannel(rpc, label="demo force", to_self_delay=TO_SELF_DELAY)
-    await force.open(CHANNEL_SAT)
-    force.pay(200_000_000, "demo force")
-    say(f"channel 2 open and paid: {show_balances(force)}")
-    commitment_tx = await force.force_close(force.a, "Bob stopped answering")
-    say(f"  Alice force-closes: her commitment {commitment_tx.txid_hex()} confirmed")
-    bob_sweep = force.sweep_to_remote(force.b, commitment_tx)
-    await force.broadcast(bob_sweep)
-    say(f"  Bob sweeps his {bob_sweep.outputs[0].amount_sat:,} sat at once")
-    alice_sweep = force.sweep_to_local(force.a, commitment_tx)
-    try:
-        await force.broadcast(alice_sweep)
-    except RpcError as refusal:
-        say(f"  Alice's sweep before {TO_SELF_DELAY} blocks: refused ({refusal.message})")
-    await force.mine(TO_SELF_DELAY - 1)
-    await force.broadcast(alice_sweep)
-    await force.mine(1)
-    say(f"  after {TO_SELF_DELAY} blocks Alice sweeps {alice_sweep.outputs[0].amount_sat:,} sat")
-
+async def breach_act(rpc: BitcoinRpc) -> None:
+    say("\n-- a breach: Alice and Bob with one channel between them, no hub --")
     breach = TwoPartyChannel(rpc, label="demo breach", to_self_delay=TO_SELF_DELAY)
     await breach.open(CHANNEL_SAT)
     breach.pay(100_000_000, "demo breach 1")
     backup = copy.deepcopy(breach.a.snapshots[-1])
     breach.pay(600_000_000, "demo breach 2")
-    say(f"channel 3 open and paid: {show_balances(breach)}; Alice kept an old backup")
+    say(f"channel open and paid: {show_balances(breach)}; Alice kept an old backup")
     cheater = Channel.restore(backup)
     revoked = next(a for a in cheater.fail("restored a backup") if isinstance(a, Broadcast))
     revoked_tx = Tx.parse(revoked.raw_tx)
@@ -192,6 +516,7 @@ async def channel_story(rpc: BitcoinRpc) -> None:
     bob_own = breach.sweep_to_remote(breach.b, revoked_tx)
     await breach.broadcast(bob_own)
     await breach.mine(1)
+    check(await rpc.gettxout(penalty.txid_hex(), 0) is not None, "the penalty did not confirm")
     say(
         f"  Bob punishes: penalty takes Alice's {penalty.outputs[0].amount_sat:,} sat, "
         f"plus his own {bob_own.outputs[0].amount_sat:,} sat; Alice keeps nothing"
@@ -199,23 +524,34 @@ async def channel_story(rpc: BitcoinRpc) -> None:
     say(f"chain: height {await rpc.getblockcount()}")
 
 
-def value_to(tx: Tx, script_pubkey: bytes) -> int:
-    return sum(out.amount_sat for out in tx.outputs if out.script_pubkey == script_pubkey)
+async def story(endpoint: NodeEndpoint, datadir: Path, store: str) -> None:
+    async with endpoint.rpc() as rpc:
+        faucet = await chain_act(rpc, endpoint)
+        await hub_act(rpc, endpoint, datadir, faucet, store)
+        await breach_act(rpc)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m regtest.demo", description=__doc__)
-    parser.add_argument("--datadir", type=Path, help="keep the chain here (default: temporary)")
+    parser = argparse.ArgumentParser(prog="python -m regtest.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datadir", type=Path, help="keep everything here (default: temporary)")
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite",
+                        help="the hub's store (postgres: a schema of its own on "
+                             "127.0.0.1:5432, dropped afterwards)")
     args = parser.parse_args(argv)
     datadir = args.datadir or Path(tempfile.mkdtemp(prefix="chanhub-demo-"))
-    endpoint = start_node(datadir, port=free_port())
+    started = time.monotonic()
+    endpoint = start_node(datadir / "node", port=free_port())
     try:
-        trio.run(story, endpoint)
+        trio.run(story, endpoint, datadir, args.store)
+    except (DemoCheckFailed, ActorDied, HarnessError, RpcError) as failure:
+        say(f"demo failed: {failure}")
+        return 1
     finally:
-        stop_node(datadir)
+        stop_node(datadir / "node")
         if args.datadir is None:
             shutil.rmtree(datadir, ignore_errors=True)
-    say("node stopped; demo done")
+    say(f"node stopped; demo done in {time.monotonic() - started:.0f} s")
     return 0
 
 

@@ -88,15 +88,3 @@ def test_errors_are_one_line_and_non_zero(datadir: Path) -> None:
     assert run("node", "stop", "--datadir", str(datadir)).exit_code == 0
     assert run("node", "stop", "--datadir", str(datadir)).exit_code == 1
 
-
-def test_demo_tells_its_story(capsys: pytest.CaptureFixture[str]) -> None:
-    assert demo.main([]) == 0
-    output = capsys.readouterr().out
-    assert "Alice holds 1.50000000 BTC" in output
-    assert "allowed=True" in output
-    assert "refused (-25) bad-txns-inputs-missingorspent" in output
-    assert "off-chain payment 3: 5,000 sat -> Alice 845,000 sat, Bob 155,000 sat" in output
-    assert "Bob gets 155,000 sat" in output
-    assert "refused (non-BIP68-final)" in output
-    assert "Bob punishes" in output and "Alice keeps nothing" in output
-    assert "demo done" in output
