@@ -3,13 +3,24 @@
     chanhub-regtest node start|stop|status
     chanhub-regtest mine N [--address ADDRESS]
     chanhub-regtest fund ADDRESS AMOUNT_BTC [--confirm]
-    chanhub-regtest up --clients N [--store sqlite|postgres]
+    chanhub-regtest up --clients N [--store sqlite|postgres] [--channel-sat SAT] [--no-proxy]
     chanhub-regtest down | status
+
+Faults and cheats on a network (TEST-ONLY; docs/testing-scenarios.md):
+
+    chanhub-regtest client stop|kill|start|pause|resume NAME
+    chanhub-regtest client open NAME AMOUNT_SAT
+    chanhub-regtest link cut NAME [--refuse-for SECONDS] | refuse NAME | accept NAME | status NAME
+    chanhub-regtest cheat backup PARTY LABEL       (PARTY: hub or a client's name)
+    chanhub-regtest cheat publish PARTY LABEL [--channel ID] [--mine N]
+    chanhub-regtest cheat restore NAME LABEL
+    chanhub-regtest reorg DEPTH [--exclude TXID]... [--extra N]
+    chanhub-regtest mine N [--exclude TXID]...
 
 `up` starts a whole network (regtest/network.py): the node, a hub (chanhubd) and N
 funded clients (`chanhub serve`), each a separate process, and prints how to reach
-each; its node lives in `<datadir>/node`, so `mine` and `fund` take
-`--datadir <datadir>/node` to reach it.
+each. Its node lives in `<datadir>/node`; `mine`, `fund`, `reorg` and `node status`
+given the network's directory reach that node.
 
 Every command works on one data directory (`--datadir`, or $CHANHUB_REGTEST_DIR,
 default ~/.chanhub/regtest). The node is a separate process that outlives the
@@ -30,8 +41,17 @@ import click
 import trio
 
 from channel.chain import BitcoinRpc, ChainError, btc_to_sat, sat_to_btc
+from protocol.driver.crypto import KeySource
+from regtest import cheat, harness, proxy
 from regtest import network as regtest_network
-from regtest.harness import HarnessError, NodeEndpoint, running_node, start_node, stop_node
+from regtest.harness import (
+    HarnessError,
+    HubEndpoint,
+    NodeEndpoint,
+    running_node,
+    start_node,
+    stop_node,
+)
 
 T = TypeVar("T")
 
@@ -42,6 +62,8 @@ def default_datadir() -> Path:
 
 
 def _endpoint(datadir: Path) -> NodeEndpoint:
+    if (datadir / regtest_network.NETWORK_FILE).exists():
+        datadir = regtest_network.Network(datadir).node_dir  # a network's own node
     endpoint = running_node(datadir)
     if endpoint is None:
         raise click.ClickException(
@@ -129,17 +151,47 @@ def node_status(datadir: Path) -> None:
 @main.command("mine")
 @click.argument("nblocks", type=click.IntRange(1, 10_000))
 @click.option("--address", help="Pay the coinbase here (default: a new faucet address).")
+@click.option("--exclude", multiple=True, metavar="TXID",
+              help="Leave this mempool transaction (and what spends it) out; repeatable.")
 @datadir_option
-def mine(nblocks: int, address: str | None, datadir: Path) -> None:
+def mine(nblocks: int, address: str | None, exclude: tuple[str, ...], datadir: Path) -> None:
     """Mine NBLOCKS blocks now."""
 
     async def generate(rpc: BitcoinRpc) -> tuple[list[str], int]:
         target = address or await rpc.getnewaddress()
-        hashes = await rpc.generatetoaddress(nblocks, target)
+        if exclude:
+            hashes, _ = await cheat.mine_excluding(rpc, nblocks, exclude, address=target)
+        else:
+            hashes = await rpc.generatetoaddress(nblocks, target)
         return hashes, await rpc.getblockcount()
 
     hashes, height = _with_rpc(datadir, generate)
     click.echo(f"mined {len(hashes)} block(s); height {height}, tip {hashes[-1]}")
+
+
+@main.command("reorg")
+@click.argument("depth", type=click.IntRange(1, 1_000))
+@click.option("--exclude", multiple=True, metavar="TXID",
+              help="Leave this transaction (and what spends it) out of the new branch; "
+              "it stays in the mempool. Repeatable.")
+@click.option("--extra", type=click.IntRange(1, 1_000), default=1, show_default=True,
+              help="How many blocks longer the new branch is.")
+@datadir_option
+def reorg_(depth: int, exclude: tuple[str, ...], extra: int, datadir: Path) -> None:
+    """Replace the last DEPTH blocks with a longer competing branch (TEST-ONLY)."""
+
+    async def run(rpc: BitcoinRpc) -> tuple[cheat.Reorg, int]:
+        done = await cheat.reorg(rpc, depth, exclude=exclude, extra_blocks=extra)
+        return done, await rpc.getblockcount()
+
+    try:
+        done, height = _with_rpc(datadir, run)
+    except HarnessError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"reorg: {len(done.disconnected)} block(s) after height {done.fork_height} "
+               f"replaced by {depth + extra}; height {height}, tip {done.new_tip}")
+    for txid in done.excluded:
+        click.echo(f"left out (in the mempool): {txid}")
 
 
 @main.command("fund")
@@ -170,17 +222,23 @@ def fund(address: str, amount_btc: str, confirm: bool, datadir: Path) -> None:
 @main.command("up")
 @click.option("--clients", "client_count", type=click.IntRange(0, 100), default=2,
               show_default=True, help="How many clients to start.")
+@click.option("--channel-sat", type=click.IntRange(0), default=0, show_default=True,
+              help="Open a channel of this size from each client to the hub (0: none).")
+@click.option("--proxy/--no-proxy", default=True, show_default=True,
+              help="Route each client's link through its own proxy (`link cut` needs it).")
 @click.option("--store", type=click.Choice(["sqlite", "postgres"]), default="sqlite",
               show_default=True, help="The hub's store (postgres: a schema of its own on "
               "127.0.0.1:5432, database test).")
 @click.option("--hub-application", default=None, metavar="MODULE:FUNCTION",
               help="chanhubd's --application (default: chanhubd's own).")
 @datadir_option
-def up(client_count: int, store: str, hub_application: str | None, datadir: Path) -> None:
+def up(client_count: int, channel_sat: int, proxy: bool, store: str,
+       hub_application: str | None, datadir: Path) -> None:
     """Start the node, a hub and N funded clients, each a separate process."""
     try:
         started = regtest_network.up(datadir, clients=client_count, store=store,
-                                     hub_application=hub_application)
+                                     hub_application=hub_application, proxy=proxy,
+                                     channel_sat=channel_sat)
     except HarnessError as exc:
         raise click.ClickException(str(exc)) from exc
     for line in regtest_network.describe(started):
@@ -209,6 +267,237 @@ def status(datadir: Path) -> None:
         raise click.ClickException(str(exc)) from exc
     for line in regtest_network.describe(loaded):
         click.echo(line)
+
+
+# ---------------------------------------------------------------------------
+# Faults and cheats on a network `up` started (docs/testing-scenarios.md)
+
+
+def _network(datadir: Path) -> regtest_network.Network:
+    try:
+        return regtest_network.Network.load(datadir)
+    except HarnessError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _client_dir(network: regtest_network.Network, name: str) -> Path:
+    if name not in network.client_names:
+        known = ", ".join(network.client_names) or "none"
+        raise click.ClickException(f"no client {name!r} in this network (clients: {known})")
+    return network.client_dir(name)
+
+
+def _running_hub(network: regtest_network.Network) -> HubEndpoint:
+    hub = network.hub()
+    if hub is None:
+        raise click.ClickException("the network's hub is not running")
+    return hub
+
+
+def _harness_call(action: Callable[[], T]) -> T:
+    try:
+        return action()
+    except HarnessError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.group("client")
+def client_group() -> None:
+    """Stop, kill, freeze and restart a client process of the network."""
+
+
+@client_group.command("stop")
+@click.argument("name")
+@datadir_option
+def client_stop(name: str, datadir: Path) -> None:
+    """SIGTERM the client (a clean exit)."""
+    if not harness.stop_client(_client_dir(_network(datadir), name)):
+        raise click.ClickException(f"{name} is not running")
+    click.echo(f"{name} stopped")
+
+
+@client_group.command("kill")
+@click.argument("name")
+@datadir_option
+def client_kill(name: str, datadir: Path) -> None:
+    """SIGKILL the client (kill -9: nothing flushed)."""
+    if not harness.kill_client(_client_dir(_network(datadir), name)):
+        raise click.ClickException(f"{name} is not running")
+    click.echo(f"{name} killed")
+
+
+@client_group.command("start")
+@click.argument("name")
+@datadir_option
+def client_start(name: str, datadir: Path) -> None:
+    """Start the client again on its store (after stop or kill)."""
+    network = _network(datadir)
+    client_dir = _client_dir(network, name)
+    hub, node = _running_hub(network), _endpoint(datadir)
+    client = _harness_call(lambda: harness.start_client(client_dir, hub, node))
+    click.echo(f"{name} online (pid {client.pid}) via {client.hub_target}")
+
+
+@client_group.command("pause")
+@click.argument("name")
+@datadir_option
+def client_pause(name: str, datadir: Path) -> None:
+    """SIGSTOP the client: frozen, its link open but silent, until `resume`."""
+    client_dir = _client_dir(_network(datadir), name)
+    client = _harness_call(lambda: harness.pause_client(client_dir))
+    click.echo(f"{name} paused (pid {client.pid}); continue it with: chanhub-regtest "
+               f"client resume {name}")
+
+
+@client_group.command("resume")
+@click.argument("name")
+@datadir_option
+def client_resume(name: str, datadir: Path) -> None:
+    """SIGCONT a paused client."""
+    client_dir = _client_dir(_network(datadir), name)
+    client = _harness_call(lambda: harness.resume_client(client_dir))
+    click.echo(f"{name} resumed (pid {client.pid})")
+
+
+@client_group.command("open")
+@click.argument("name")
+@click.argument("amount_sat", type=click.IntRange(1))
+@datadir_option
+def client_open(name: str, amount_sat: int, datadir: Path) -> None:
+    """Open a channel of AMOUNT_SAT from the client to the hub (faucet-funded, mined)."""
+    network = _network(datadir)
+    client_dir = _client_dir(network, name)
+    hub, node = _running_hub(network), _endpoint(datadir)
+    channel_id = _harness_call(lambda: harness.open_client_channel(
+        client_dir, hub, node, amount_sat))
+    click.echo(f"{name}: channel {channel_id.hex()} open ({amount_sat} sat)")
+
+
+@main.group("link")
+def link_group() -> None:
+    """Cut or block a client's link to the hub (its proxy; `up` starts one per client)."""
+
+
+def _show_link(name: str, status: dict[str, Any]) -> None:
+    click.echo(f"{name}: {status['open']} open connection(s), {status['accepted']} accepted, "
+               f"{status['refused']} refused, {status['cuts']} cut(s); "
+               f"{'refusing' if status['refusing'] else 'accepting'} new connections")
+
+
+@link_group.command("cut")
+@click.argument("name")
+@click.option("--refuse-for", "refuse_s", type=click.FloatRange(0, min_open=True),
+              default=None, help="Also refuse new connections for this many seconds.")
+@datadir_option
+def link_cut(name: str, refuse_s: float | None, datadir: Path) -> None:
+    """Drop the client's current connections to the hub now (mid-payment if one runs)."""
+    client_dir = _client_dir(_network(datadir), name)
+    _show_link(name, _harness_call(lambda: proxy.cut_link(client_dir, refuse_s=refuse_s)))
+
+
+@link_group.command("refuse")
+@click.argument("name")
+@datadir_option
+def link_refuse(name: str, datadir: Path) -> None:
+    """Refuse the client's new connections (current ones stay) until `accept`."""
+    client_dir = _client_dir(_network(datadir), name)
+    _show_link(name, _harness_call(lambda: proxy.refuse_links(client_dir)))
+
+
+@link_group.command("accept")
+@click.argument("name")
+@datadir_option
+def link_accept(name: str, datadir: Path) -> None:
+    """Forward the client's new connections again."""
+    client_dir = _client_dir(_network(datadir), name)
+    _show_link(name, _harness_call(lambda: proxy.accept_links(client_dir)))
+
+
+@link_group.command("status")
+@click.argument("name")
+@datadir_option
+def link_status(name: str, datadir: Path) -> None:
+    """Connections of the client's link proxy."""
+    client_dir = _client_dir(_network(datadir), name)
+    _show_link(name, _harness_call(lambda: proxy.proxy_status(client_dir)))
+
+
+@main.group("cheat")
+def cheat_group() -> None:
+    """TEST-ONLY: make a party publish an old (revoked) commitment."""
+
+
+def _party(network: regtest_network.Network, party: str) -> tuple[Path, KeySource]:
+    if party == "hub":
+        return network.hub_dir, cheat.hub_key_source(network.hub_dir)
+    return _client_dir(network, party), cheat.client_key_source()
+
+
+@cheat_group.command("backup")
+@click.argument("party")
+@click.argument("label")
+@datadir_option
+def cheat_backup(party: str, label: str, datadir: Path) -> None:
+    """Snapshot PARTY's store now (hub or a client's name) as backup LABEL."""
+    network = _network(datadir)
+    if party == "hub":
+        hub = _running_hub(network)
+        backup = _harness_call(lambda: cheat.backup_hub(hub, label))
+    else:
+        client_dir = _client_dir(network, party)
+        backup = _harness_call(lambda: cheat.backup_client(client_dir, label))
+    _, key_source = _party(network, party)
+    for c in cheat.stored_commitments(backup, key_source):
+        click.echo(f"{party}: channel {c.channel_id.hex()} {c.state}, commitment "
+                   f"{c.commitment_number}")
+    click.echo(f"backup {label!r} of {party}: {backup}")
+
+
+@cheat_group.command("publish")
+@click.argument("party")
+@click.argument("label")
+@click.option("--channel", "channel_hex", default=None, help="Only this channel (hex id).")
+@click.option("--mine", "mine_blocks", type=click.IntRange(0), default=0, show_default=True,
+              help="Mine this many blocks after broadcasting.")
+@datadir_option
+def cheat_publish(party: str, label: str, channel_hex: str | None, mine_blocks: int,
+                  datadir: Path) -> None:
+    """Broadcast the commitment PARTY held in backup LABEL (a breach once revoked)."""
+    network = _network(datadir)
+    party_dir, key_source = _party(network, party)
+    channel_id = None
+    if channel_hex is not None:
+        try:
+            channel_id = bytes.fromhex(channel_hex)
+        except ValueError as exc:
+            raise click.ClickException("--channel must be hex") from exc
+
+    async def publish(rpc: BitcoinRpc) -> list[cheat.StoredCommitment]:
+        sent = await cheat.publish_old_commitment(
+            rpc, cheat.backup_path(party_dir, label), key_source, channel_id=channel_id)
+        if mine_blocks:
+            await rpc.generatetoaddress(mine_blocks, await rpc.getnewaddress())
+        return sent
+
+    try:
+        sent = _with_rpc(datadir, publish)
+    except HarnessError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for c in sent:
+        click.echo(f"{party} published commitment {c.commitment_number} of channel "
+                   f"{c.channel_id.hex()}: {c.txid}")
+
+
+@cheat_group.command("restore")
+@click.argument("name")
+@click.argument("label")
+@datadir_option
+def cheat_restore(name: str, label: str, datadir: Path) -> None:
+    """Put a stopped client's backup LABEL back as its store (start it after)."""
+    client_dir = _client_dir(_network(datadir), name)
+    _harness_call(lambda: cheat.restore_client_store(client_dir, label))
+    click.echo(f"{name}: store restored from backup {label!r}; start it with: "
+               f"chanhub-regtest client start {name}")
 
 
 if __name__ == "__main__":

@@ -358,6 +358,9 @@ def stop_pid_file(pid_file: Path, signum: int, timeout_s: float) -> bool:
         pid_file.unlink(missing_ok=True)
         return False
     os.kill(pid, signum)
+    # A process paused with SIGSTOP (`pause_client`) would hold SIGTERM pending until
+    # it is continued: continue it, so a stop never waits out its whole timeout.
+    os.kill(pid, signal.SIGCONT)
     if not _wait_for_exit(pid, timeout_s):
         os.kill(pid, signal.SIGKILL)
         _wait_for_exit(pid, timeout_s)
@@ -379,6 +382,7 @@ CLIENT_STATE_FILE = "client.json"
 CLIENT_PID_FILE = "client.pid"
 CLIENT_LOG_FILE = "client.log"
 CLIENT_INIT_MARKER = "harness-initialised"
+CLIENT_WALLET_FILE = "wallet.address"  # the address the harness funds the client at
 # `chanhub serve` says it is online with this line on stderr (it prints no JSON
 # start-up line yet); the harness reads stderr up to that line, then lets go.
 CLIENT_ONLINE_PREFIX = b"online"
@@ -391,8 +395,9 @@ CLIENT_SCRYPT_N = 2**15  # the CLI's default cost
 
 @dataclass(frozen=True)
 class ClientEndpoint:
-    """A running `chanhub serve`: its data directory, pid and node id. The wallet
-    address is None until the `chanhub` CLI has an on-chain wallet."""
+    """A running `chanhub serve`: its data directory, pid, node id, the hub address it
+    dials (a `regtest.proxy` in front of the hub when started `via_proxy`) and the
+    on-chain wallet address the harness funds."""
 
     datadir: Path
     pid: int
@@ -412,17 +417,26 @@ def client_env() -> dict[str, str]:
     return {**os.environ, CLIENT_PASSPHRASE_ENV: CLIENT_PASSPHRASE}
 
 
-def chanhub_command(datadir: Path, hub: HubEndpoint, *args: str) -> list[str]:
-    """The `chanhub` CLI run with this interpreter, on the client of `datadir`."""
+def chanhub_command(datadir: Path, hub: HubEndpoint, *args: str,
+                    node: NodeEndpoint | None = None) -> list[str]:
+    """The `chanhub` CLI run with this interpreter, on the client of `datadir`: it
+    dials the client's link proxy when it has one running, else the hub; with `node`
+    it follows that chain itself (wallet, open, force close need it)."""
+    from regtest.proxy import running_proxy
+
+    proxy = running_proxy(datadir)
+    target = proxy.target if proxy is not None else hub.target
+    chain = [] if node is None else ["--bitcoind-rpc", node.url,
+                                     "--bitcoind-cookie", str(node.cookie_file)]
     return [sys.executable, "-m", "client.cli", "--data-dir", str(datadir),
-            "--hub", hub.target, "--tls-cert", str(hub.tls_cert_file), *args]
+            "--hub", target, "--tls-cert", str(hub.tls_cert_file), *chain, *args]
 
 
-def run_chanhub(datadir: Path, hub: HubEndpoint, *args: str, timeout_s: float = 120.0
-                ) -> str:
+def run_chanhub(datadir: Path, hub: HubEndpoint, *args: str, timeout_s: float = 120.0,
+                node: NodeEndpoint | None = None) -> str:
     """Run one `chanhub` command to completion; its stdout, or a `HarnessError`
     carrying its one-line error."""
-    done = subprocess.run(chanhub_command(datadir, hub, *args), env=client_env(),
+    done = subprocess.run(chanhub_command(datadir, hub, *args, node=node), env=client_env(),
                           capture_output=True, text=True, timeout=timeout_s,
                           stdin=subprocess.DEVNULL, check=False)
     if done.returncode != 0:
@@ -431,10 +445,13 @@ def run_chanhub(datadir: Path, hub: HubEndpoint, *args: str, timeout_s: float = 
 
 
 def start_client(datadir: Path, hub: HubEndpoint, node: NodeEndpoint, *,
-                 timeout_s: float = 60.0) -> ClientEndpoint:
-    """Initialise the client of `datadir` for `hub` (once), then start `chanhub serve`
-    detached and return once it says it is online. `node` is where its chain is, for
-    when the CLI follows the chain itself."""
+                 timeout_s: float = 60.0, via_proxy: bool = False) -> ClientEndpoint:
+    """Initialise the client of `datadir` for `hub` (once: `chanhub init` and a wallet
+    address), then start `chanhub serve` detached, following `node`'s chain, and return
+    once it says it is online. A restart (after `stop_client` or `kill_client`) serves
+    the same store again. `via_proxy`: start a `regtest.proxy` link proxy in front of
+    the hub for this client first (`cut_link` then drops its connection); a client
+    started so keeps dialling its proxy on later starts."""
     from client.node import node_secret_of
     from protocol.driver.crypto import Passphrase
     from protocol.driver.db import sqlite_url
@@ -445,20 +462,31 @@ def start_client(datadir: Path, hub: HubEndpoint, node: NodeEndpoint, *,
     existing = running_client(datadir)
     if existing is not None:
         raise HarnessError(f"a client is already running in {datadir}")
+    from regtest.proxy import PROXY_CONFIG_FILE, running_proxy, start_proxy
+
+    proxied = via_proxy or (datadir / PROXY_CONFIG_FILE).exists()
+    if proxied and running_proxy(datadir) is None:
+        start_proxy(datadir, hub.target)
     marker = datadir / CLIENT_INIT_MARKER
     if not marker.exists():
         run_chanhub(datadir, hub, "init")
         marker.write_text(hub.target)  # `init` ran once; a restart only serves
+    wallet_file = datadir / CLIENT_WALLET_FILE
+    if not wallet_file.exists():
+        shown = json.loads(run_chanhub(datadir, hub, "--json", "wallet", "address", node=node))
+        wallet_file.write_text(str(shown["address"]))
     node_id = pubkey_from_secret(node_secret_of(
         sqlite_url(datadir / "client.sqlite"),
         Passphrase(CLIENT_PASSPHRASE, scrypt_n=CLIENT_SCRYPT_N)))
-    process = _spawn_until_stderr_line(chanhub_command(datadir, hub, "serve"),
-                                       log_file=datadir / CLIENT_LOG_FILE,
+    command = chanhub_command(datadir, hub, "serve", node=node)
+    target = command[command.index("--hub") + 1]
+    process = _spawn_until_stderr_line(command, log_file=datadir / CLIENT_LOG_FILE,
                                        prefix=CLIENT_ONLINE_PREFIX, timeout_s=timeout_s)
-    client = ClientEndpoint(datadir, process.pid, node_id, hub.target, hub.tls_cert_file)
+    client = ClientEndpoint(datadir, process.pid, node_id, target, hub.tls_cert_file,
+                            wallet_file.read_text())
     (datadir / CLIENT_STATE_FILE).write_text(json.dumps(
-        {"pid": client.pid, "node_id": node_id.hex(), "hub_target": hub.target,
-         "tls_cert_file": str(hub.tls_cert_file)}))
+        {"pid": client.pid, "node_id": node_id.hex(), "hub_target": target,
+         "tls_cert_file": str(hub.tls_cert_file), "wallet_address": client.wallet_address}))
     (datadir / CLIENT_PID_FILE).write_text(str(process.pid))
     return client
 
@@ -497,11 +525,115 @@ def running_client(datadir: Path) -> ClientEndpoint | None:
     try:
         data = json.loads((datadir / CLIENT_STATE_FILE).read_text())
         client = ClientEndpoint(datadir, int(data["pid"]), bytes.fromhex(data["node_id"]),
-                                str(data["hub_target"]), Path(data["tls_cert_file"]))
+                                str(data["hub_target"]), Path(data["tls_cert_file"]),
+                                data.get("wallet_address"))
     except (OSError, ValueError, KeyError):
         return None
     return client if _alive(client.pid) else None
 
 
 def stop_client(datadir: Path, *, timeout_s: float = 30.0) -> bool:
+    """SIGTERM `chanhub serve` of `datadir` (it finishes its writes). False if none ran.
+    Its link proxy, if any, keeps running (`regtest.proxy.stop_proxy`)."""
     return stop_pid_file(datadir / CLIENT_PID_FILE, signal.SIGTERM, timeout_s)
+
+
+def kill_client(datadir: Path, *, timeout_s: float = 30.0) -> bool:
+    """kill -9 `chanhub serve` of `datadir`: nothing flushed. `start_client` on the same
+    directory starts it again on its store."""
+    return stop_pid_file(datadir / CLIENT_PID_FILE, signal.SIGKILL, timeout_s)
+
+
+def pause_client(datadir: Path) -> ClientEndpoint:
+    """SIGSTOP `chanhub serve` of `datadir`: it is frozen (its link stays open, nothing
+    is answered) until `resume_client`. A client that stops responding, not one that
+    went away."""
+    return _signal_client(datadir, signal.SIGSTOP)
+
+
+def resume_client(datadir: Path) -> ClientEndpoint:
+    """SIGCONT a client frozen by `pause_client`."""
+    return _signal_client(datadir, signal.SIGCONT)
+
+
+def _signal_client(datadir: Path, signum: int) -> ClientEndpoint:
+    client = running_client(datadir)
+    if client is None:
+        raise HarnessError(f"no client is running in {datadir}")
+    os.kill(client.pid, signum)
+    return client
+
+
+def client_state(pid: int) -> str:
+    """The kernel's one-letter state of a process (R, S, T for stopped, Z...)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "gone"
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def open_client_channel(datadir: Path, hub: HubEndpoint, node: NodeEndpoint, amount_sat: int,
+                        *, fund_sat: int | None = None, timeout_s: float = 120.0) -> bytes:
+    """Open a channel of `amount_sat` from the client of `datadir` to the hub, funded
+    from the client's wallet, and return its channel id once both sides use it.
+
+    The faucet sends `fund_sat` (None: the amount plus 100,000 sat for fees; 0: nothing,
+    the wallet has coins already) to the client's wallet and mines it. `chanhub open`
+    needs the client's store, so a serving client is stopped for it and started again
+    after. The command announces on stderr when the funding transaction is broadcast;
+    then one block is mined (the harness's hub uses depth 1) and the command returns
+    once the channel is open."""
+    import trio
+
+    client = running_client(datadir)
+    address = (datadir / CLIENT_WALLET_FILE).read_text()
+    if fund_sat != 0:
+        trio.run(_faucet_pays, node, address, fund_sat or amount_sat + 100_000)
+    if client is not None:
+        stop_client(datadir)
+    command = chanhub_command(datadir, hub, "--json", "open", str(amount_sat), node=node)
+    log_file = datadir / CLIENT_LOG_FILE
+    with log_file.open("ab") as log:
+        opening = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, start_new_session=True,
+                                   env=client_env())
+        assert opening.stdout is not None and opening.stderr is not None
+        mined = False
+        # Its progress lines (stderr) are read to the end, so it never writes into a
+        # closed pipe; the block is mined once the funding tx is out.
+        while True:
+            readable, _, _ = select.select([opening.stderr], [], [], timeout_s)
+            if not readable:
+                opening.kill()
+                opening.wait()
+                raise HarnessError(f"chanhub open stalled for {timeout_s:.0f} s; last log "
+                                   f"lines:\n{_file_tail(log_file)}")
+            line = opening.stderr.readline()
+            if not line:
+                break
+            log.write(line)
+            log.flush()
+            if not mined and line.startswith((b"broadcast", b"confirming")):
+                trio.run(_mine_one, node)
+                mined = True
+        out = opening.stdout.read()
+        opening.wait(timeout=timeout_s)
+    if opening.returncode != 0:
+        raise HarnessError(f"chanhub open exited (code {opening.returncode}); last log "
+                           f"lines:\n{_file_tail(log_file)}")
+    channel_id = bytes.fromhex(json.loads(out)["channel_id"])
+    if client is not None:
+        start_client(datadir, hub, node)
+    return channel_id
+
+
+async def _faucet_pays(node: NodeEndpoint, address: str, amount_sat: int) -> None:
+    async with node.rpc() as rpc:
+        await rpc.sendtoaddress(address, amount_sat)
+        await rpc.generatetoaddress(1, await rpc.getnewaddress())
+
+
+async def _mine_one(node: NodeEndpoint) -> None:
+    async with node.rpc() as rpc:
+        await rpc.generatetoaddress(1, await rpc.getnewaddress())

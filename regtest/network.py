@@ -7,12 +7,15 @@ One directory holds everything: `node/` (the chain), `hub/` (chanhubd's data
 directory: store, TLS files, admin credential, key file) and `clients/<name>/`
 (each client's own store and keys). `up` starts the node and mines the faucet's
 first coins, starts the hub on the node, then each client (`chanhub serve`,
-`regtest.harness.start_client`), funds each client's wallet from the faucet and
-mines so the coins confirm (once the `chanhub` CLI has a wallet: today it has
-none, so clients start unfunded and `describe` says so). What was started is
-written to `network.json` as it goes, so `down` (from any shell) stops exactly
-what `up` started, clients first, then the hub (SIGTERM: it drains), then the
-node; and a failed `up` leaves nothing running (it stops what it started before raising).
+`regtest.harness.start_client`, following the node's chain itself), funds each
+client's wallet from the faucet and mines so the coins confirm; with
+`channel_sat`, each client then opens a channel of that size to the hub. By
+default each client reaches the hub through its own link proxy
+(`regtest/proxy.py`), so a tester can cut that client's link
+(`chanhub-regtest link cut NAME`). What was started is written to `network.json`
+as it goes, so `down` (from any shell) stops exactly what `up` started, clients
+first (and their proxies), then the hub (SIGTERM: it drains), then the node; and a
+failed `up` leaves nothing running (it stops what it started before raising).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from regtest.harness import (
     NodeEndpoint,
     free_port,
     hub_store_url,
+    open_client_channel,
     running_client,
     running_hub,
     running_node,
@@ -38,12 +42,13 @@ from regtest.harness import (
     stop_hub,
     stop_node,
 )
+from regtest.proxy import running_proxy, stop_proxy
 
 NETWORK_FILE = "network.json"
 CLIENT_NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi")
 DEFAULT_CLIENT_FUNDS_SAT = 100_000_000  # 1 BTC each from the faucet
 MATURITY_BLOCKS = 101  # coinbase outputs mature after 100 blocks
-NO_WALLET = "none yet (the chanhub CLI has no on-chain wallet)"
+NO_WALLET = "unknown"
 
 
 def client_name(index: int) -> str:
@@ -107,8 +112,11 @@ async def _fund(node: NodeEndpoint, addresses: list[str], amount_sat: int) -> No
 def up(datadir: Path, *, clients: int, store: str = "sqlite",
        client_funds_sat: int = DEFAULT_CLIENT_FUNDS_SAT,
        hub_options: dict[str, str] | None = None, node_port: int | None = None,
-       hub_application: str | None = None) -> Network:
-    """Start node, hub and `clients` funded clients; see the module docstring."""
+       hub_application: str | None = None, proxy: bool = True,
+       channel_sat: int = 0) -> Network:
+    """Start node, hub and `clients` funded clients (each behind its link proxy unless
+    `proxy` is False; each with a channel of `channel_sat` if not 0); see the module
+    docstring."""
     import trio
 
     datadir.mkdir(parents=True, exist_ok=True)
@@ -127,13 +135,17 @@ def up(datadir: Path, *, clients: int, store: str = "sqlite",
         addresses = []
         for index in range(clients):
             name = client_name(index)
-            client = start_client(network.client_dir(name), hub, node)
+            client = start_client(network.client_dir(name), hub, node, via_proxy=proxy)
             network.client_names.append(name)
             network.save()
             if client.wallet_address is not None:
                 addresses.append(client.wallet_address)
         if addresses:
             trio.run(_fund, node, addresses, client_funds_sat)
+        if channel_sat:
+            for name in network.client_names:
+                open_client_channel(network.client_dir(name), hub, node, channel_sat,
+                                    fund_sat=0)
     except BaseException:
         down(datadir)
         raise
@@ -145,6 +157,8 @@ def down(datadir: Path) -> list[str]:
     what was stopped (names)."""
     network = Network.load(datadir)
     stopped = [name for name in network.client_names if stop_client(network.client_dir(name))]
+    for name in network.client_names:
+        stop_proxy(network.client_dir(name))
     if stop_hub(network.hub_dir):
         stopped.append("hub")
     if stop_node(network.node_dir):
@@ -180,4 +194,8 @@ def describe(network: Network) -> list[str]:
             f"        wallet   {client.wallet_address or NO_WALLET}",
             f"        use      {client.command_hint}",
         ]
+        proxy = running_proxy(client.datadir)
+        if proxy is not None:
+            lines.append(f"        link     via proxy {proxy.target} (cut it: chanhub-regtest "
+                         f"link cut {name} --datadir {network.datadir})")
     return lines

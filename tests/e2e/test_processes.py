@@ -166,7 +166,11 @@ def test_up_status_down_from_separate_invocations(network_dir: Path) -> None:
     alice = running_client(network_dir / "clients" / "alice")
     assert alice is not None  # `chanhub serve` said it is online, with its own store
     assert f"alice:  online (pid {alice.pid}), node id {alice.node_id.hex()}" in started.output
-    assert f"chanhub --data-dir {alice.datadir} --hub {hub.target}" in started.output
+    # alice dials her link proxy (`up` puts one in front of the hub for each client)
+    assert alice.hub_target != hub.target
+    assert f"chanhub --data-dir {alice.datadir} --hub {alice.hub_target}" in started.output
+    assert f"link     via proxy {alice.hub_target}" in started.output
+    assert alice.wallet_address and alice.wallet_address in started.output
 
     again = runner.invoke(regtest_cli, ["up", "--clients", "0", "--datadir", str(network_dir)])
     assert again.exit_code == 1 and "already running" in again.output
