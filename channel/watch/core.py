@@ -305,7 +305,9 @@ class ChannelWatch:
 
     def _diff(self, events: dict[str, WatchEvent]) -> list[WatchOutput]:
         out: list[WatchOutput] = []
-        for key in [k for k in self.reported if k not in events]:
+        # An event gone, or changed (the same close confirmed at another height after
+        # a reorg), is reversed before its new form is reported.
+        for key in [k for k in self.reported if events.get(k) != self.reported[k]]:
             event = self.reported[key]
             if isinstance(event, STICKY_EVENTS):
                 continue

@@ -497,6 +497,23 @@ def test_reorg_rebroadcasts_a_claim_and_reverses_its_event(node: Any) -> None:
     assert d.refused == []
 
 
+def test_an_event_moved_by_one_sync_step_is_reversed_then_reported_again(node: Any) -> None:
+    channel = open_channel(node)
+    d = WatchDriver(node, channel)
+    d.set_remotes(4)
+    _, tx, _ = channel.signed_remote_commitment(4)
+    publish(node, tx)
+    (closed,) = events(d.mine(), ChannelClosedOnChain)
+    # One sync step: the block is replaced by an empty one, the close confirms above.
+    node.call("invalidateblock", block_hash(node, closed.height))
+    node.call("generateblock", node.new_address(), [])
+    node.mine(1)
+    out = d.sync()
+    assert Reversed(closed) in out
+    (again,) = events(out, ChannelClosedOnChain)
+    assert again == dataclasses.replace(closed, height=closed.height + 1)
+
+
 def test_funding_reorged_out_before_its_depth_is_sent_again(node: Any) -> None:
     channel = open_channel(node)  # mined the funding tx at the tip
     d = WatchDriver(node, channel, tip_height=height(node) - 1,
