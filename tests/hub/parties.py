@@ -302,8 +302,14 @@ class Net:
         self._client_links[client.name] = client_end
 
         async def hub_side() -> None:
-            with scope:
-                await self.hub.on_peer_link(client.node_id, hub_end)
+            try:
+                with scope:
+                    await self.hub.on_peer_link(client.node_id, hub_end)
+            finally:
+                # As the edge does when on_peer_link ends (and a dying process's socket):
+                # the link closes, even when the hub died before its session ran.
+                with trio.CancelScope(shield=True):
+                    await hub_end.aclose()
 
         nursery.start_soon(hub_side)
         await nursery.start(client.session.run, client_end)

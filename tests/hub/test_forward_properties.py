@@ -32,12 +32,8 @@ from tests.hub.parties import Client, Net
 from tests.hub.test_restart import setup
 from tests.hub.test_routing import fee
 
-# "disconnect"/"reconnect" of the payee are exercised by the fixed interleavings below
-# only: in random runs a reconnect occasionally ends with a warning from the hub and a
-# link that stays down (timing dependent, under investigation; see the report), which
-# hangs the run instead of failing it.
 OPS = st.lists(st.sampled_from(["pay", "pay", "pay", "fulfill", "refuse", "hold", "release",
-                                "restart"]),
+                                "restart", "disconnect", "reconnect"]),
                min_size=3, max_size=12)
 
 
@@ -174,10 +170,10 @@ def test_the_hub_never_loses_on_a_forward(ops: list[str], _regtest_template: Pat
 INTERLEAVINGS: list[Any] = [
     ["hold", "pay", "pay", "disconnect", "restart", "reconnect", "fulfill"],
     ["pay", "pay", "disconnect", "pay", "reconnect", "refuse", "pay"],
-    pytest.param(["hold", "pay", "restart", "restart", "release", "fulfill", "pay"],
-                 marks=pytest.mark.xfail(reason="known: two hub restarts in a row with a "
-                                         "held HTLC sometimes never settle (liveness, timing "
-                                         "dependent); never a loss", strict=False)),
+    # Two restarts in a row used to hang: a channel still reestablishing when its link
+    # ended kept that state (protocol/driver/peer.py), and the test hub's side of a link
+    # cancelled before its session ran never closed it (tests/hub/parties.py).
+    ["hold", "pay", "restart", "restart", "release", "fulfill", "pay"],
     ["hold", "pay", "pay", "refuse", "disconnect", "restart", "pay", "reconnect", "pay"],
 ]
 
