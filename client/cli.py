@@ -333,6 +333,30 @@ def open_(ctx: click.Context, amount_sat: int, no_wait: bool) -> None:
 
 
 @main.command()
+@click.argument("amount_sat", type=int)
+@click.option("--idempotency-key", default="",
+              help="The same key returns the same order (default: a new one).")
+@click.option("--confirmations", type=click.IntRange(0), default=0,
+              help="Confirmations we require (the hub may require more).")
+@click.option("--no-wait", is_flag=True,
+              help="Return once the channel is signed (the hub then broadcasts its funding).")
+@click.pass_context
+def inbound(ctx: click.Context, amount_sat: int, idempotency_key: str, confirmations: int,
+            no_wait: bool) -> None:
+    """Ask the hub for a channel it funds with AMOUNT_SAT toward us (what we can then
+    receive); by default wait until it is open. Needs --bitcoind-rpc (we confirm the
+    hub's funding from our own chain)."""
+    async def action(s: Settings) -> dict[str, Any]:
+        async with s.client() as client:
+            await client.ready()
+            order = await client.request_inbound(
+                amount_sat, idempotency_key=idempotency_key or os.urandom(16).hex(),
+                required_confirmations=confirmations, wait=not no_wait)
+            return asdict(order)
+    _run(ctx, action)
+
+
+@main.command()
 @click.argument("channel_id")
 @click.option("--force", is_flag=True,
               help="Broadcast our latest commitment instead of negotiating.")

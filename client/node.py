@@ -493,6 +493,7 @@ class ClientNode:
     async def _on_watch(self, driver: ChannelDriver, watch: Watch) -> None:
         if self.onchain is not None:
             await self.onchain.on_watch(driver, watch)
+        self._changed()
 
     async def _resolve(self, payment_hash: bytes, *, preimage: bytes | None = None,
                        reason: bytes = b"", local_reason: str = "") -> None:

@@ -15,6 +15,12 @@ On chain (``chain_rpc``: the client's own bitcoind): the node's ``ChainServices`
 are attached before it runs, so the wallet methods work and ``open_channel`` funds
 from the wallet; ``open_channel(wait=True)`` reports each step to ``progress``
 (funding signed, broadcast, each confirmation, open) until the channel carries HTLCs.
+
+Inbound liquidity (``request_inbound``): the hub's ``RequestInbound`` (through
+``hub_rpc``: ``GrpcLinks`` in production) makes the hub open a channel it funds toward
+us over the peer link; our node accepts it and confirms its funding from its own
+chain, so a chain is needed here too. With ``wait`` it returns once the channel is
+open on our side.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -100,15 +106,49 @@ class OpenProgress:
 
 Progress = Callable[[OpenProgress], None]
 
+_ORDER_STATES = {client_pb2.INBOUND_ORDER_STATE_CREATED: "created",
+                 client_pb2.INBOUND_ORDER_STATE_FUNDING: "funding",
+                 client_pb2.INBOUND_ORDER_STATE_COMPLETED: "completed",
+                 client_pb2.INBOUND_ORDER_STATE_FAILED: "failed"}
+
+
+@dataclass(frozen=True, slots=True)
+class InboundOrder:
+    """The hub's order for a channel it funds toward us (LSPS1-shaped)."""
+
+    order_id: str
+    state: str  # "created" / "funding" / "completed" / "failed"
+    lsp_balance_sat: int  # what we can receive through the channel
+    required_confirmations: int
+    channel_id: bytes  # empty before the hub started the channel
+    failure_reason: str
+
+    @classmethod
+    def from_proto(cls, order: client_pb2.InboundOrder) -> InboundOrder:
+        return cls(order.order_id, _ORDER_STATES.get(order.state, "unknown"),
+                   int(order.request.lsp_balance_sat),
+                   int(order.request.required_channel_confirmations), bytes(order.channel_id),
+                   order.failure_reason)
+
+
+class HubRpc(Protocol):
+    """The hub's unary calls the SDK makes besides the peer link."""
+
+    async def request_inbound(self, request: client_pb2.RequestInboundRequest
+                              ) -> client_pb2.InboundOrder: ...
+
+    async def get_inbound_order(self, order_id: str) -> client_pb2.InboundOrder: ...
+
 
 class AsyncHubClient:
     """``async with AsyncHubClient(node, connect_link) as client: ...``"""
 
     def __init__(self, node: ClientNode, connect_link: LinkFactory, *,
-                 chain_rpc: BitcoinRpc | None = None) -> None:
+                 chain_rpc: BitcoinRpc | None = None, hub_rpc: HubRpc | None = None) -> None:
         self.node = node
         self._connect_link = connect_link
         self._chain_rpc = chain_rpc
+        self._hub_rpc = hub_rpc
         self._nursery: trio.Nursery | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self.reconnects = 0
@@ -282,6 +322,49 @@ class AsyncHubClient:
                 report("negotiating", 0)
             await self.node.changed.wait()
 
+    async def request_inbound(self, amount_sat: int, *, idempotency_key: str,
+                              required_confirmations: int = 0, wait: bool = True
+                              ) -> InboundOrder:
+        """Ask the hub for a channel it funds with ``amount_sat`` toward us (what we can
+        then receive). The same key returns the same order. Returns once the channel is
+        open on our side (``wait``), or once both first commitments are signed (the
+        funding is then the hub's to broadcast, and the link may close). Refused:
+        ``HubRefused`` / ``InvalidRequest``; an order that failed: ``HubRefused``."""
+        wait_open = wait
+        if self._hub_rpc is None:
+            raise errors.InvalidRequest("this client has no hub API to ask for inbound")
+        self._chain()  # we confirm the hub's funding from our own chain
+        if amount_sat <= 0:
+            raise errors.InvalidRequest("amount_sat must be positive")
+        request = client_pb2.RequestInboundRequest(
+            lsp_balance_sat=amount_sat, idempotency_key=idempotency_key,
+            required_channel_confirmations=required_confirmations)
+        with errors.translate():
+            order = InboundOrder.from_proto(await self._hub_rpc.request_inbound(request))
+        while True:
+            driver = next((d for d in self.node.session.drivers
+                           if order.channel_id and d.channel_id == order.channel_id), None)
+            if order.state == "failed":
+                raise errors.HubRefused(f"inbound order {order.order_id} failed: "
+                                        f"{order.failure_reason}")
+            if driver is not None and (driver.channel.state is ChannelState.NORMAL or (
+                    not wait_open and driver.channel.state is ChannelState.AWAIT_CHANNEL_READY)):
+                break
+            # The fundee's opening raises few events here: look again at least every
+            # second (the hub's order moves on its side too).
+            with trio.move_on_after(1.0):
+                await self.node.changed.wait()
+            with errors.translate():
+                order = InboundOrder.from_proto(
+                    await self._hub_rpc.get_inbound_order(order.order_id))
+        return order
+
+    async def get_inbound_order(self, order_id: str) -> InboundOrder:
+        if self._hub_rpc is None:
+            raise errors.InvalidRequest("this client has no hub API")
+        with errors.translate():
+            return InboundOrder.from_proto(await self._hub_rpc.get_inbound_order(order_id))
+
     async def close_channel(self, *, force: bool = False,
                             channel_id: bytes | None = None) -> None:
         """Cooperative (shutdown) or forced (our latest commitment broadcast, through
@@ -341,6 +424,29 @@ class GrpcLinks:
     async def hub_terms(self) -> HubTerms:
         """The fee policy and CLTV delta a payer needs, from the hub's GetInfo."""
         return terms_of(await self.hub_info())
+
+    async def _unary(self, call: Callable[[HubTransport], Awaitable[Any]]) -> Any:
+        """On the link's own connection when one is open, else on a new one."""
+        if self.transport is not None:
+            with errors.translate():
+                return await call(self.transport)
+        transport = await self.connect()
+        try:
+            with errors.translate():
+                return await call(transport)
+        finally:
+            await transport.aclose()
+
+    async def request_inbound(self, request: client_pb2.RequestInboundRequest
+                              ) -> client_pb2.InboundOrder:
+        order: client_pb2.InboundOrder = await self._unary(
+            lambda t: t.request_inbound(request))
+        return order
+
+    async def get_inbound_order(self, order_id: str) -> client_pb2.InboundOrder:
+        order: client_pb2.InboundOrder = await self._unary(
+            lambda t: t.get_inbound_order(order_id))
+        return order
 
     async def aclose(self) -> None:
         if self.transport is not None:
@@ -469,6 +575,20 @@ class HubClient:
                                   wait=wait)
         return result
 
+    def request_inbound(self, amount_sat: int, *, idempotency_key: str,
+                        required_confirmations: int = 0, wait: bool = True) -> InboundOrder:
+        assert self._client is not None
+        result: InboundOrder = self._run(self._client.request_inbound, amount_sat,
+                                         idempotency_key=idempotency_key,
+                                         required_confirmations=required_confirmations,
+                                         wait=wait)
+        return result
+
+    def get_inbound_order(self, order_id: str) -> InboundOrder:
+        assert self._client is not None
+        result: InboundOrder = self._run(self._client.get_inbound_order, order_id)
+        return result
+
 
 @contextlib.asynccontextmanager
 async def open_grpc_client(open_node: Callable[[], ClientNode], target: str, pin: HubPin,
@@ -481,7 +601,8 @@ async def open_grpc_client(open_node: Callable[[], ClientNode], target: str, pin
         links = GrpcLinks(bridge, target, node_secret=node.node_secret, pin=pin,
                           hub_node_id=hub_node_id)
         try:
-            async with AsyncHubClient(node, links, chain_rpc=chain_rpc) as client:
+            async with AsyncHubClient(node, links, chain_rpc=chain_rpc,
+                                      hub_rpc=links) as client:
                 yield client
         finally:
             await links.aclose()

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+import trio
 
 from hub import ledger
 from hub.edge import FailedPrecondition, InvalidArgument, NotFound
@@ -44,6 +45,7 @@ COMPLETED = client_pb2.INBOUND_ORDER_STATE_COMPLETED
 FAILED = client_pb2.INBOUND_ORDER_STATE_FAILED
 MAX_IDEMPOTENCY_KEY = 64
 DEFAULT_CONF_TARGET_BLOCKS = 6
+LINK_GRACE_SECONDS = 5.0
 
 
 @dataclass
@@ -160,6 +162,11 @@ class InboundOrders:
                                   f"[{s.min_channel_size_sat}, {top}]")
         if request.client_balance_sat:
             raise InvalidArgument("this hub opens inbound channels with client_balance_sat 0")
+        # A client that just opened its link may ask before the hub's side of it runs.
+        with trio.move_on_after(LINK_GRACE_SECONDS):
+            while not (client_node_id in node.sessions and
+                       node.sessions[client_node_id].connected):
+                await trio.sleep(0.05)
         session = node.sessions.get(client_node_id)
         if session is None or not session.connected:
             raise FailedPrecondition("open the peer link first: the hub opens the channel "
