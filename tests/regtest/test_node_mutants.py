@@ -1,0 +1,133 @@
+"""Boundaries of the embedded node that its other tests left unpinned: each test here
+kills a survivor of the regtest/node mutation sample (docs/mutation.md), with the value
+Bitcoin Core itself has (its regtest chain parameters, policy and RPC behaviour)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from regtest.node import Node, NodeRpcError
+from regtest.node.blocks import merkle_root, target_from_bits
+from regtest.node.jsonfmt import descriptor_checksum, difficulty
+from regtest.node.params import COIN, POW_LIMIT_BITS, block_subsidy
+from tests.regtest import txbuild as tb
+
+FEE = 1_000
+
+
+def coin_of(node: Node, k: int, amount: int) -> tuple[str, int]:
+    outpoint = node.send_to_script(tb.p2wpkh(tb.key(k)), amount)
+    node.mine(1)
+    return outpoint
+
+
+def signed_spend(node: Node, outputs: list[tuple[bytes, int]], *, version: int = 2,
+                 amount: int = 100_000) -> str:
+    """A valid one-input spend of a fresh P2WPKH coin of ``amount`` sat."""
+    outpoint = coin_of(node, 1, amount)
+    tx = tb.spend([outpoint], outputs, version=version)
+    tb.sign_p2wpkh(tx, 0, amount, tb.key(1))
+    return tb.raw(tx)
+
+
+def allowed(node: Node, raw_hex: str) -> tuple[bool, str]:
+    (result,) = node.call("testmempoolaccept", [raw_hex])
+    return bool(result["allowed"]), str(result.get("reject-reason", ""))
+
+
+def test_regtest_pow_limit_and_difficulty() -> None:
+    """Core's regtest powLimit (0x7fffff << 232) and getdifficulty (printed to 16
+    significant digits, as UniValue does)."""
+    assert target_from_bits(POW_LIMIT_BITS) == 0x7FFFFF << (8 * 29)
+    assert f"{difficulty(POW_LIMIT_BITS):.16g}" == "4.656542373906925e-10"
+
+
+def test_a_block_hash_above_the_target_is_refused(regtest_node: Node) -> None:
+    from regtest.node.blocks import header_of
+
+    tip = regtest_node.call("getblockcount")
+    block = regtest_node.assemble(tb.p2wpkh(tb.key(9)), [])
+    header = block.header
+    target = target_from_bits(header_of(block).bits)
+    for nonce in range(header.nonce + 1, header.nonce + 200):
+        header.nonce = nonce
+        if int.from_bytes(header_of(block).hash, "big") > target:
+            break
+    else:
+        raise AssertionError("no nonce above the target in 200 tries")
+    with pytest.raises(Exception, match="high-hash"):
+        regtest_node.chain.add_block(block)
+    assert regtest_node.call("getblockcount") == tip
+
+
+def test_merkle_root_flags_a_duplicated_pair() -> None:
+    """CVE-2012-2459: two equal hashes side by side from the first pair on are
+    'mutated'; an odd last hash duplicated by the algorithm itself is not."""
+    a, b, c = (hashlib.sha256(bytes([n])).digest() for n in range(3))
+    assert merkle_root([a, a])[1] is True
+    assert merkle_root([a, b])[1] is False
+    assert merkle_root([a, b, c])[1] is False
+    assert merkle_root([a, b, c, c])[1] is True
+
+
+def test_descriptor_checksum_bip380_vector() -> None:
+    assert descriptor_checksum("raw(deadbeef)") == "89f8spxm"
+
+
+def test_subsidy_halves_at_block_150() -> None:
+    assert block_subsidy(149) == 50 * COIN
+    assert block_subsidy(150) == 25 * COIN
+
+
+def test_burning_more_than_maxburnamount_is_refused(regtest_node: Node) -> None:
+    """An OP_RETURN output carrying value: sendrawtransaction refuses it unless
+    maxburnamount allows that much (Core's default 0)."""
+    back = tb.p2wpkh(tb.key(2))
+    raw = signed_spend(regtest_node, [(b"\x6a\x01\x00", 1), (back, 100_000 - FEE - 1)])
+    with pytest.raises(NodeRpcError) as info:
+        regtest_node.call("sendrawtransaction", raw)
+    assert info.value.code == -25
+    assert "maxburnamount" in info.value.message
+    regtest_node.call("sendrawtransaction", raw, 0.1, 0.00000001)
+
+
+@pytest.mark.parametrize("version,ok", [(0, False), (1, True), (3, True), (4, False)])
+def test_standard_transaction_versions(regtest_node: Node, version: int, ok: bool) -> None:
+    raw = signed_spend(regtest_node, [(tb.p2wpkh(tb.key(2)), 100_000 - FEE)], version=version)
+    accepted, reason = allowed(regtest_node, raw)
+    assert accepted is ok, reason
+    if not ok:
+        assert reason == "version"
+
+
+@pytest.mark.parametrize("script_len,ok", [(83, True), (84, False)])
+def test_op_return_relay_size(regtest_node: Node, script_len: int, ok: bool) -> None:
+    """Core v28's -datacarriersize 83: the whole OP_RETURN script, opcode included."""
+    payload = b"\x00" * (script_len - 3)
+    script = b"\x6a\x4c" + bytes([len(payload)]) + payload
+    assert len(script) == script_len
+    raw = signed_spend(regtest_node, [(script, 0), (tb.p2wpkh(tb.key(2)), 100_000 - FEE)])
+    accepted, reason = allowed(regtest_node, raw)
+    assert accepted is ok, reason
+    if not ok:
+        assert reason == "scriptpubkey"
+
+
+def test_undo_of_a_block_spending_two_coins_restores_both(regtest_node: Node) -> None:
+    """invalidateblock reads the block's undo data back from storage: every spent coin,
+    not only the first, comes back with its value and script."""
+    first, second = coin_of(regtest_node, 3, 70_000), coin_of(regtest_node, 4, 80_000)
+    tx = tb.spend([first, second], [(tb.p2wpkh(tb.key(5)), 150_000 - FEE)])
+    tb.sign_p2wpkh(tx, 0, 70_000, tb.key(3))
+    tb.sign_p2wpkh(tx, 1, 80_000, tb.key(4))
+    regtest_node.call("sendrawtransaction", tb.raw(tx))
+    (block_hash,) = regtest_node.mine(1)
+    assert regtest_node.call("gettxout", first[0], first[1]) is None
+    regtest_node.call("invalidateblock", block_hash)
+    for (txid, n), amount, k in ((first, 70_000, 3), (second, 80_000, 4)):
+        out = regtest_node.call("gettxout", txid, n, False)  # the tx is back in the mempool
+        assert out is not None, (txid, n)
+        assert round(float(out["value"]) * COIN) == amount
+        assert out["scriptPubKey"]["hex"] == tb.p2wpkh(tb.key(k)).hex()
