@@ -556,11 +556,23 @@ def resume_client(datadir: Path) -> ClientEndpoint:
     return _signal_client(datadir, signal.SIGCONT)
 
 
-def _signal_client(datadir: Path, signum: int) -> ClientEndpoint:
+def _signal_client(datadir: Path, signum: int, *, timeout_s: float = 10.0) -> ClientEndpoint:
+    """Send SIGSTOP or SIGCONT and return once the kernel shows the process stopped or
+    running (the signal is delivered asynchronously; a caller must be able to rely on
+    the state)."""
+    import time
+
     client = running_client(datadir)
     if client is None:
         raise HarnessError(f"no client is running in {datadir}")
     os.kill(client.pid, signum)
+    want_stopped = signum == signal.SIGSTOP
+    deadline = time.monotonic() + timeout_s
+    while (client_state(client.pid) == "T") != want_stopped:
+        if time.monotonic() > deadline:
+            raise HarnessError(f"the client (pid {client.pid}) did not "
+                               f"{'stop' if want_stopped else 'continue'}")
+        time.sleep(0.01)  # polling the kernel's view of a real process, bounded
     return client
 
 

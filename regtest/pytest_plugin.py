@@ -14,24 +14,42 @@ Register with `pytest_plugins = ["regtest.pytest_plugin"]` (tests/conftest.py).
 - `hub_process`: chanhubd as a separate process on it (`start_hub`); a
   `HubEndpoint` (target, TLS fingerprint and cert, admin credential, node id).
   `hub_application` and `hub_store` ("sqlite"/"postgres") are fixtures to override.
-- `client_processes`: a factory starting `chanhub serve` clients of that hub.
+- `client_processes`: a factory starting `chanhub serve` clients of that hub
+  (`client_processes("alice", via_proxy=True)`: behind a link proxy that `cut_link`
+  can drop).
+- `regtest_faults`: a `Faults` helper over those processes, to replay the dispute
+  scenarios (docs/testing-scenarios.md): open a client's channel, back up a party's
+  store and publish its old commitment, cut/refuse/accept a client's link, pause,
+  resume, kill and restart a client, reorg the chain, mine leaving transactions out.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
+import trio
 
+from channel.chain import BitcoinRpc
+from regtest import cheat, proxy
 from regtest.harness import (
     ClientEndpoint,
+    HarnessError,
     HubEndpoint,
     NodeEndpoint,
     drop_postgres_schema,
     free_port,
     hub_store_url,
+    kill_client,
+    open_client_channel,
+    pause_client,
+    resume_client,
+    run_chanhub,
     start_client,
     start_hub,
     start_node,
@@ -40,6 +58,8 @@ from regtest.harness import (
     stop_node,
 )
 from regtest.node import Node, RpcServer
+
+T = TypeVar("T")
 
 # 2023-11-14: recent enough that the node is out of "initial block download"
 GENESIS_CLOCK = 1_700_000_000
@@ -149,20 +169,172 @@ def hub_process(tmp_path: Path, node_process: NodeEndpoint, hub_application: str
             drop_postgres_schema(datadir)
 
 
+class ClientFactory:
+    """`client_processes(name, via_proxy=False)`: start `chanhub serve` for a new client
+    of the hub (own data directory, store and keys); `started` lists their dirs."""
+
+    def __init__(self, root: Path, hub: HubEndpoint, node: NodeEndpoint) -> None:
+        self.root, self.hub, self.node = root, hub, node
+        self.started: list[Path] = []
+
+    def __call__(self, name: str, *, via_proxy: bool = False) -> ClientEndpoint:
+        datadir = self.root / name
+        if datadir not in self.started:
+            self.started.append(datadir)
+        return start_client(datadir, self.hub, self.node, via_proxy=via_proxy)
+
+    def stop_all(self) -> None:
+        for datadir in self.started:
+            stop_client(datadir)
+            proxy.stop_proxy(datadir)
+
+
 @pytest.fixture
 def client_processes(tmp_path: Path, node_process: NodeEndpoint, hub_process: HubEndpoint
-                     ) -> Iterator[Callable[[str], ClientEndpoint]]:
+                     ) -> Iterator[ClientFactory]:
     """A factory: `client_processes("alice")` starts `chanhub serve` for a new client
-    of `hub_process` (own data directory, store and keys); all stop after the test."""
-    started: list[Path] = []
-
-    def start(name: str) -> ClientEndpoint:
-        datadir = tmp_path / "clients" / name
-        started.append(datadir)
-        return start_client(datadir, hub_process, node_process)
-
+    of `hub_process`; all (and their link proxies) stop after the test."""
+    factory = ClientFactory(tmp_path / "clients", hub_process, node_process)
     try:
-        yield start
+        yield factory
     finally:
-        for datadir in started:
-            stop_client(datadir)
+        factory.stop_all()
+
+
+class Faults:
+    """The harness's cheats and faults on `node_process`, `hub_process` and the
+    clients of `client_processes`, as plain calls for a test (TEST-ONLY).
+
+    A party is "hub" or a client's `ClientEndpoint`/data directory. Waits on real
+    processes poll with a bound (`wait_until`), never sleep blindly."""
+
+    def __init__(self, node: NodeEndpoint, hub: HubEndpoint, clients: ClientFactory) -> None:
+        self.node, self.hub, self.clients = node, hub, clients
+
+    def rpc_call(self, action: Callable[[BitcoinRpc], Awaitable[T]]) -> T:
+        async def run() -> T:
+            async with self.node.rpc() as rpc:
+                return await action(rpc)
+
+        return trio.run(run)
+
+    # -- channels and old commitments ------------------------------------------------
+
+    def open_channel(self, client: ClientEndpoint, amount_sat: int) -> bytes:
+        return open_client_channel(client.datadir, self.hub, self.node, amount_sat)
+
+    def _party(self, party: ClientEndpoint | str) -> tuple[Path, Any]:
+        if party == "hub":
+            return self.hub.datadir, cheat.hub_key_source(self.hub.datadir)
+        assert isinstance(party, ClientEndpoint)
+        return party.datadir, cheat.client_key_source()
+
+    def backup(self, party: ClientEndpoint | str, label: str) -> list[cheat.StoredCommitment]:
+        """Snapshot the party's store now as `label`; its channels as stored."""
+        if party == "hub":
+            backup = cheat.backup_hub(self.hub, label)
+        else:
+            assert isinstance(party, ClientEndpoint)
+            backup = cheat.backup_client(party.datadir, label)
+        return cheat.stored_commitments(backup, self._party(party)[1])
+
+    def publish_old_commitment(self, party: ClientEndpoint | str, label: str, *,
+                               channel_id: bytes | None = None, mine_blocks: int = 0
+                               ) -> list[cheat.StoredCommitment]:
+        """The party broadcasts the commitment(s) of backup `label` (then mine)."""
+        party_dir, key_source = self._party(party)
+
+        async def publish(rpc: BitcoinRpc) -> list[cheat.StoredCommitment]:
+            sent = await cheat.publish_old_commitment(
+                rpc, cheat.backup_path(party_dir, label), key_source, channel_id=channel_id)
+            if mine_blocks:
+                await rpc.generatetoaddress(mine_blocks, await rpc.getnewaddress())
+            return sent
+
+        return self.rpc_call(publish)
+
+    def revoke_by_failed_payment(self, client: ClientEndpoint, amount_msat: int = 1_000_000
+                                 ) -> str:
+        """Move the client's channel on by two commitments without moving money: it pays
+        its own invoice, which the hub cannot forward (no liquidity toward the payee:
+        the client's side holds it all), so the HTLC is added and failed back. Every
+        backup taken before then holds a revoked commitment. Returns the CLI's error."""
+        stop_client(client.datadir)  # one-shot commands need the store
+        try:
+            shown = json.loads(run_chanhub(client.datadir, self.hub, "--json", "invoice",
+                                           str(amount_msat)))
+            try:
+                run_chanhub(client.datadir, self.hub, "pay", str(shown["invoice"]),
+                            "--idempotency-key", f"revoke-{time.monotonic_ns()}")
+            except HarnessError as refused:
+                return str(refused)
+            raise AssertionError("the self-payment succeeded: the channel has liquidity "
+                                 "toward the client")
+        finally:
+            start_client(client.datadir, self.hub, self.node)
+
+    # -- links ----------------------------------------------------------------------------
+
+    def cut_link(self, client: ClientEndpoint, *, refuse_s: float | None = None
+                 ) -> dict[str, Any]:
+        return proxy.cut_link(client.datadir, refuse_s=refuse_s)
+
+    def refuse_links(self, client: ClientEndpoint) -> dict[str, Any]:
+        return proxy.refuse_links(client.datadir)
+
+    def accept_links(self, client: ClientEndpoint) -> dict[str, Any]:
+        return proxy.accept_links(client.datadir)
+
+    def link_status(self, client: ClientEndpoint) -> dict[str, Any]:
+        return proxy.proxy_status(client.datadir)
+
+    # -- processes ----------------------------------------------------------------------
+
+    def pause(self, client: ClientEndpoint) -> None:
+        pause_client(client.datadir)
+
+    def resume(self, client: ClientEndpoint) -> None:
+        resume_client(client.datadir)
+
+    def kill(self, client: ClientEndpoint) -> None:
+        if not kill_client(client.datadir):
+            raise HarnessError(f"no client is running in {client.datadir}")
+
+    def restart(self, client: ClientEndpoint) -> ClientEndpoint:
+        """Start the client again on its store (after `kill` or `stop_client`)."""
+        return start_client(client.datadir, self.hub, self.node)
+
+    # -- the chain ------------------------------------------------------------------------
+
+    def reorg(self, depth: int, *, exclude: Sequence[str] = (), extra_blocks: int = 1
+              ) -> cheat.Reorg:
+        return self.rpc_call(lambda rpc: cheat.reorg(rpc, depth, exclude=exclude,
+                                                     extra_blocks=extra_blocks))
+
+    def mine(self, nblocks: int, *, exclude: Sequence[str] = ()) -> list[str]:
+        async def mine(rpc: BitcoinRpc) -> list[str]:
+            hashes, _ = await cheat.mine_excluding(rpc, nblocks, exclude)
+            return hashes
+
+        return self.rpc_call(mine)
+
+
+def wait_until(condition: Callable[[], T], *, timeout_s: float = 60.0,
+               what: str = "the condition") -> T:
+    """Poll a real process's observable state (every 0.1 s) until `condition()` is
+    truthy; fail after `timeout_s` real seconds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout_s:.0f} s")
+        time.sleep(0.1)  # polling a real subprocess, with a bound (common rules)
+
+
+@pytest.fixture
+def regtest_faults(node_process: NodeEndpoint, hub_process: HubEndpoint,
+                   client_processes: ClientFactory) -> Faults:
+    """`Faults` over this test's node, hub and `client_processes` clients."""
+    return Faults(node_process, hub_process, client_processes)
