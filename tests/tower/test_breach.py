@@ -112,9 +112,12 @@ async def breach_with_htlcs(pair: TwoPartyChannel) -> tuple[Channel, Tx, bytes]:
 
 
 async def deliver(world: World, pair: TwoPartyChannel, node_secret: bytes) -> int:
-    """The client's appointments for every revocation so far, through a TowerClient;
+    return await deliver_with(world.client(node_secret), pair)
+
+
+async def deliver_with(client: TowerClient, pair: TwoPartyChannel) -> int:
+    """The client's appointments for every revocation so far, through ``client``;
     then the client goes offline. Returns how many."""
-    client = world.client(node_secret)
     for watch in revoked_watches(pair.b):
         await client.enqueue(appointment_for_watch(
             pair.b.channel, watch, destination_script_pubkey=pair.b.wallet_script,
