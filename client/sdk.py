@@ -347,8 +347,11 @@ class AsyncHubClient:
             if order.state == "failed":
                 raise errors.HubRefused(f"inbound order {order.order_id} failed: "
                                         f"{order.failure_reason}")
-            if driver is not None and (driver.channel.state is ChannelState.NORMAL or (
-                    not wait_open and driver.channel.state is ChannelState.AWAIT_CHANNEL_READY)):
+            if driver is not None and wait_open and order.state == "completed" and \
+                    driver.channel.state is ChannelState.NORMAL:
+                break  # open on both sides
+            if driver is not None and not wait_open and driver.channel.state in (
+                    ChannelState.AWAIT_CHANNEL_READY, ChannelState.NORMAL):
                 break
             # The fundee's opening raises few events here: look again at least every
             # second (the hub's order moves on its side too).
