@@ -337,6 +337,12 @@ class Actor:
                 # what our to_local waits after we force-close (the hub's demand of us)
                 "to_self_delay_blocks": static.remote.to_self_delay if static else 0}
 
+    async def op_request_inbound(self, amount_sat: int, idempotency_key: str) -> Any:
+        """Ask the hub for a channel it funds toward us; return once it is open here
+        (the parent mines its funding tx meanwhile)."""
+        await self.client.ready()
+        return await self.client.request_inbound(amount_sat, idempotency_key=idempotency_key)
+
     async def op_channels(self) -> list[dict[str, Any]]:
         return [self._channel(d.channel_id) for d in self.client.node.session.drivers
                 if d.channel.d.funding_txid]

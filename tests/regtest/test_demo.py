@@ -18,11 +18,14 @@ def test_demo_tells_its_story(capsys: pytest.CaptureFixture[str]) -> None:
     # act 2, the hub: every figure below is also checked inside the demo, which would
     # have exited 1 on a mismatch
     assert "Alice online (pid" in output and "Bob online (pid" in output
+    assert "Bob asks for inbound liquidity (RequestInbound, 1,000,000 sat)" in output
     assert "Alice pays them all" in output
     assert "Bob refunds invoice 37 in full (5,000 sat)" in output
     assert "Alice closes cooperatively" in output
-    assert "Bob force-closes" in output and "Bob's own process sweeps it home" in output
+    assert "Bob force-closes" in output
+    assert "Bob's own process sweeps it into his wallet" in output
     assert "the story in figures" in output
+    assert "Alice: 100,000,000 sat -> " in output and "the hub's wallet: " in output
     # act 3, the breach
     assert "Bob punishes" in output and "Alice keeps nothing" in output
     assert "demo done" in output
