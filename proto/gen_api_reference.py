@@ -31,7 +31,8 @@ from grpc_tools import protoc  # type: ignore[import-untyped]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_PATH = REPO_ROOT / "docs" / "api-reference.md"
 # The order a newcomer reads them in: what clients call, what operators call, the wire.
-PROTO_FILES = ("proto/client.proto", "proto/admin.proto", "proto/peer.proto")
+PROTO_FILES = ("proto/client.proto", "proto/admin.proto", "proto/peer.proto",
+               "proto/tower.proto")
 
 # Field numbers inside descriptor.proto, the steps of a SourceCodeInfo path.
 _FILE_MESSAGE_TYPE = 4
@@ -242,7 +243,8 @@ def render_reference(descriptor_set: descriptor_pb2.FileDescriptorSet) -> str:
         " comments of the `.proto` files. `client.proto` is what a client's SDK talks"
         " to (`Hub`, served by chanhubd) and what an application programs against"
         " (`Client`, the SDK's methods); `admin.proto` is the operator's API;"
-        " `peer.proto` is the BOLT #2 message set carried on `Hub.PeerLink`.\n\n"
+        " `peer.proto` is the BOLT #2 message set carried on `Hub.PeerLink`; `tower.proto`"
+        " is the watchtower's API (`chanhub-tower`, docs/tower.md).\n\n"
         + contents
         + "\n"
     )
