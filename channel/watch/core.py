@@ -172,10 +172,13 @@ class ChannelWatch:
         levels: dict[bytes, int] = {}
         for _, block_txs in self.blocks.values():
             for tx in block_txs:
-                levels[tx.txid()] = self._level(tx, levels, funding)
+                levels[tx.txid()] = self._level(tx, levels, funding, True)
+        # Hashing every transaction of every block for every channel is the cost of a
+        # watch: only while the funding tx is not kept is a txid compared.
+        look_for_funding = funding.txid not in levels
         kept = []
         for tx in txs:
-            level = self._level(tx, levels, funding)
+            level = self._level(tx, levels, funding, look_for_funding)
             if level >= 0:
                 txid = tx.txid()
                 levels[txid] = level
@@ -185,9 +188,10 @@ class ChannelWatch:
         return kept
 
     @staticmethod
-    def _level(tx: Tx, levels: dict[bytes, int], funding: OutPoint) -> int:
+    def _level(tx: Tx, levels: dict[bytes, int], funding: OutPoint,
+               look_for_funding: bool) -> int:
         """0 funding tx, 1 its spend, 2 and 3 the spends below; -1 not ours."""
-        if tx.txid() == funding.txid:
+        if look_for_funding and tx.txid() == funding.txid:
             return 0
         best = -1
         for txin in tx.inputs:

@@ -334,19 +334,24 @@ class Resolver:
         htlcs = [h for _, h in record.htlc_outputs] if record is not None else []
         delay = self.static.local.to_self_delay  # our demand on the cheater's outputs
         deadline = spender.height + delay - 1
-        unspent: list[SpendableOutput] = []
-        for o in outputs:
-            taken = self.chain.spent_by.get(o.outpoint)
-            if taken is None:
-                unspent.append(o)
-            elif self.is_ours(taken.tx):
-                self.confirmed_ours(taken, "penalty")
-            else:
-                self.scan_preimages(taken, htlcs)
-                self.second_stage_penalty(taken, secret, delay)
-        for group in split_by_weight(unspent, self.destination_script_pubkey,
+        # Groups are cut from all the outputs, then thinned to the unspent ones: an
+        # output the cheater takes leaves the other groups as they were, so their
+        # transactions in the mempool stay valid (a regrouped one would conflict with
+        # them and pay less, and the node would refuse it as a replacement).
+        for group in split_by_weight(outputs, self.destination_script_pubkey,
                                      self.config.max_tx_weight):
-            self.claim("penalty", spender.height, deadline, group)
+            unspent: list[SpendableOutput] = []
+            for o in group:
+                taken = self.chain.spent_by.get(o.outpoint)
+                if taken is None:
+                    unspent.append(o)
+                elif self.is_ours(taken.tx):
+                    self.confirmed_ours(taken, "penalty")
+                else:
+                    self.scan_preimages(taken, htlcs)
+                    self.second_stage_penalty(taken, secret, delay)
+            if unspent:
+                self.claim("penalty", spender.height, deadline, unspent)
         self.to_remote(spender)
         return True
 

@@ -314,6 +314,10 @@ class BigChannel(Channel):
         return local_msat, self.funding_sat * 1000 - local_msat - in_htlcs
 
 
+def big_preimage(htlc_id: int) -> bytes:
+    return hashlib.sha256(b"htlc %d" % htlc_id).digest()
+
+
 def open_big_channel(node: Any, funding_sat: int, htlcs: int) -> BigChannel:
     small = open_channel(node)
     local, remote = small.local, small.remote
@@ -324,7 +328,7 @@ def open_big_channel(node: Any, funding_sat: int, htlcs: int) -> BigChannel:
                            small.static.local, small.static.remote, True)
     tip = height(node)
     many = [CommitmentHtlc(Side.LOCAL if i % 2 else Side.REMOTE, i, 3_000_000 + i * 1000,
-                           hashlib.sha256(b"htlc %d" % i).digest(), tip + 40 + i % 7)
+                           hashlib.sha256(big_preimage(i)).digest(), tip + 40 + i % 7)
             for i in range(htlcs)]
     channel = BigChannel(node, local, remote, static, many)
     channel.funding_sat = funding_sat
@@ -350,6 +354,43 @@ def test_penalty_over_the_weight_limit_is_split(node: Any) -> None:
     assert d.refused == []
     out = d.mine()
     assert len([e for e in events(out, ClaimConfirmed) if e.label == "penalty"]) == 2
+
+
+def test_a_split_penalty_keeps_its_other_group_when_the_cheater_takes_an_htlc(
+    node: Any,
+) -> None:
+    channel = open_big_channel(node, 20_000_000, 1_100)
+    d = WatchDriver(node, channel)
+    d.revoke_up_to(1)
+    d.add_revoked(1)
+    theirs, tx, our_sigs = channel.signed_remote_commitment(1)
+    publish(node, tx)
+    out = d.mine(send=False)  # the first group is held back
+    first, second = broadcasts(out, "penalty")
+    d.send([second, *broadcasts(out, "to_remote")])
+    # The cheater's HTLC-success for an HTLC we offered, one the first group takes.
+    in_first = {i.outpoint for i in first.tx.inputs}
+    pos, (index, h) = next(
+        (p, x) for p, x in enumerate(theirs.htlc_outputs)
+        if x[1].offered_by is Side.REMOTE and OutPoint(tx.txid(), x[0]) in in_first)
+    success = finalize_holder_htlc_tx(channel.remote_static, channel.remote, theirs, index,
+                                      our_sigs[pos], big_preimage(h.htlc_id))
+    # A block with only the cheater's transaction: the second group waits in the mempool.
+    node.call("generateblock", node.new_address(), [success.serialize().hex()])
+    out = d.sync()
+    # Only the first group is signed again (without the output taken); the second
+    # stays as it was: a regrouped one would conflict with it, pay less, be refused.
+    (rest,) = broadcasts(out, "penalty")
+    assert {i.outpoint for i in rest.tx.inputs} == in_first - {OutPoint(tx.txid(), index)}
+    assert len(broadcasts(out, "penalty_second_stage")) == 1
+    assert [e.payment_hash for e in events(out, PreimageLearned)] == [h.payment_hash]
+    out = d.mine()
+    assert second.tx.txid() in {e.txid for e in events(out, ClaimConfirmed)}
+    d.mine()
+    assert d.refused == []
+    assert {e.label for e in events(d.outputs, ClaimConfirmed)} == {
+        "penalty", "penalty_second_stage", "to_remote"}
+    assert len([e for e in events(d.outputs, ClaimConfirmed) if e.label == "penalty"]) == 2
 
 
 def test_a_penalty_that_would_be_one_heavy_tx_is_refused_by_the_node(node: Any) -> None:
