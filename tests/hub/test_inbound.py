@@ -14,12 +14,14 @@ import trio
 from channel.chain import BitcoinRpc
 from channel.chain.services import ChainServices
 from channel.tx import Tx
-from client import ledger
+from client import errors, ledger
 from client.node import ClientNode
+from client.sdk import AsyncHubClient
 from hub.edge import FailedPrecondition, InvalidArgument, NotFound
 from hub.node import HubNode
 from proto import client_pb2
 from protocol.driver.db import sqlite_url
+from protocol.driver.link import FrameLink, memory_link_pair
 from protocol.table import ChannelState
 from regtest.node import Node
 from tests.client.world import World, is_normal
@@ -132,6 +134,29 @@ async def test_hub_funds_inbound_channel_then_a_payment_arrives(
         result = await bob.wait_payment(paid["payment_id"])
         assert result["state"] == ledger.SUCCEEDED
         assert alice.balance_msat() == 100_000_000
+
+        # the hub force-closes that channel: its to_local comes back into its wallet
+        hub_driver = hub.drivers[hub.inbound.orders[order.order_id].channel_key or b""]
+        before = (await hub.admin.get_wallet_balance()).confirmed_sat
+        await hub.admin.close_channel(client_pb2.CloseChannelRequest(
+            channel_id=hub_driver.channel_id, force=True))
+        await until(lambda: len(regtest_node.call("getrawmempool")) == 1)
+        [commitment_txid] = regtest_node.call("getrawmempool")
+        assert hub.onchain is not None
+        assert hub.onchain.sweeper.is_our_commitment(hub_driver, Tx.parse(bytes.fromhex(
+            regtest_node.call("getrawtransaction", commitment_txid))))
+        delay = hub_driver.channel.static.remote.to_self_delay
+        regtest_node.mine(delay)  # the commitment is delay deep: the sweep may go out
+        await synced(hub_chain, regtest_node)
+        await until(lambda: commitment_txid not in regtest_node.call("getrawmempool")
+                    and len(regtest_node.call("getrawmempool")) == 1)
+        [sweep_txid] = regtest_node.call("getrawmempool")
+        sweep = Tx.parse(bytes.fromhex(regtest_node.call("getrawtransaction", sweep_txid)))
+        assert sweep.inputs[0].outpoint.txid_hex() == commitment_txid
+        regtest_node.mine(1)
+        await synced(hub_chain, regtest_node)
+        after = await hub.admin.get_wallet_balance()
+        assert after.confirmed_sat == before + sweep.outputs[0].amount_sat
         nursery.cancel_scope.cancel()
     alice.close()
     bob.close()
@@ -178,3 +203,58 @@ async def test_order_of_a_channel_lost_in_a_restart_fails(
             assert hub.chain.wallet.balance().confirmed_sat == HUB_WALLET_SAT
             nursery.cancel_scope.cancel()
         hub.close()
+
+
+class HubApiOf:
+    """The SDK's ``HubRpc`` answered by an in-process hub (what GrpcLinks does over gRPC)."""
+
+    def __init__(self, hub: HubNode, client_node_id: bytes) -> None:
+        self.hub, self.client_node_id = hub, client_node_id
+
+    async def request_inbound(self, request: client_pb2.RequestInboundRequest
+                              ) -> client_pb2.InboundOrder:
+        return await self.hub.request_inbound(self.client_node_id, request)
+
+    async def get_inbound_order(self, order_id: str) -> client_pb2.InboundOrder:
+        return await self.hub.get_inbound_order(
+            self.client_node_id, client_pb2.GetInboundOrderRequest(order_id=order_id))
+
+
+async def test_sdk_request_inbound(regtest_node: Node, regtest_rpc: Any, tmp_path: Path,
+                                   autojump_clock: Any) -> None:
+    url = sqlite_url(tmp_path / "hub.sqlite")
+    world = World(regtest_node, tmp_path, url)
+    async with BitcoinRpc(regtest_rpc.url, cookie_file=Path(regtest_rpc.cookie_path),
+                          timeout_s=None) as rpc, trio.open_nursery() as nursery:
+        hub = world.hub = HubNode.open(hub_settings(url), height=world.height,
+                                       broadcaster=NullBroadcaster())
+        hub_chain = await hub.attach_chain(rpc, poll_interval_s=0.5)
+        await nursery.start(hub.run)
+        address = (await hub.admin.new_wallet_address()).address
+        regtest_node.call("sendtoaddress", address, HUB_WALLET_SAT / 100_000_000)
+        regtest_node.mine(1)
+        await synced(hub_chain, regtest_node)
+        alice_node = ClientNode.open(world.client_url("alice"), TEST_PASSPHRASE, world.terms())
+
+        async def connect_link() -> FrameLink:
+            hub_end, client_end = memory_link_pair()
+            nursery.start_soon(hub.on_peer_link, alice_node.node_id, hub_end)
+            return client_end
+
+        async with AsyncHubClient(alice_node, connect_link, chain_rpc=rpc,
+                                  hub_rpc=HubApiOf(hub, alice_node.node_id)) as alice:
+            await alice.ready()
+            with pytest.raises(errors.InvalidRequest, match="outside"):
+                await alice.request_inbound(10_000_000, idempotency_key="big")
+            signed = await alice.request_inbound(INBOUND_SAT, idempotency_key="k", wait=False)
+            assert (signed.state, signed.lsp_balance_sat) == ("funding", INBOUND_SAT)
+            await until(lambda: len(regtest_node.call("getrawmempool")) == 1)
+            regtest_node.mine(hub.settings.minimum_depth)
+            done = await alice.request_inbound(INBOUND_SAT, idempotency_key="k")
+            assert (done.order_id, done.state) == (signed.order_id, "completed")
+            assert done.channel_id == alice_node.open_drivers()[0].channel_id
+            assert (await alice.get_inbound_order(done.order_id)).state == "completed"
+            with pytest.raises(errors.NotFound):
+                await alice.get_inbound_order("nope")
+        nursery.cancel_scope.cancel()
+    hub.close()
