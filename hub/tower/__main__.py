@@ -33,7 +33,6 @@ from hub.tower.service import (
     TowerStarted,
 )
 from protocol.driver.db import StoreError
-from protocol.driver.grpc_bridge import open_grpc_bridge
 
 DEFAULT_DATA_DIR = Path("~/.chanhub/tower").expanduser()
 CONFIG_FILE = "chanhub-tower.toml"
@@ -57,8 +56,8 @@ def _rpc(url: str, cookie_file: Path | None, user: str | None,
 
 
 async def _serve(settings: TowerSettings, rpc: BitcoinRpc) -> None:
-    async with rpc, open_grpc_bridge() as bridge, trio.open_nursery() as nursery:
-        service = TowerService(settings, rpc, bridge)
+    async with rpc, trio.open_nursery() as nursery:
+        service = TowerService(settings, rpc)
         started: TowerStarted = await nursery.start(service.run)
         click.echo(json.dumps({
             "listen": f"{settings.listen_host}:{settings.listen_port}",

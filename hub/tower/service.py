@@ -55,6 +55,7 @@ from protocol.driver.grpc_bridge import (
     GrpcBridge,
     RpcStatusError,
     grpc_options,
+    open_grpc_bridge,
 )
 from protocol.driver.wire_auth import SESSION_METADATA_KEY
 
@@ -123,9 +124,13 @@ class TowerService:
     """The watchtower (see the module docstring). ``await nursery.start(service.run)``
     returns a ``TowerStarted``; cancel the nursery to stop it."""
 
-    def __init__(self, settings: TowerSettings, rpc: BitcoinRpc, bridge: GrpcBridge, *,
+    def __init__(self, settings: TowerSettings, rpc: BitcoinRpc,
+                 bridge: GrpcBridge | None = None, *,
                  clock: Callable[[], float] = time.time, run_follower: bool = True) -> None:
-        self.settings, self.rpc, self.bridge, self.clock = settings, rpc, bridge, clock
+        # No bridge given (``chanhubd --tower``, whose application is made before the
+        # daemon's bridge exists): ``run`` opens its own, one more asyncio thread.
+        self.settings, self.rpc, self._given_bridge, self.clock = settings, rpc, bridge, clock
+        self._bridge: GrpcBridge | None = bridge
         # Tests drive the chain by hand (``sync``) instead of the follower's polling.
         self.run_follower = run_follower
         self.node_secret = load_or_create_node_key(settings.data_dir / NODE_KEY_FILE)
@@ -142,8 +147,24 @@ class TowerService:
 
     # -- lifecycle -----------------------------------------------------------------------
 
+    @property
+    def bridge(self) -> GrpcBridge:
+        assert self._bridge is not None, "not running"
+        return self._bridge
+
     async def run(self, *, task_status: trio.TaskStatus[TowerStarted] = trio.TASK_STATUS_IGNORED
                   ) -> None:
+        if self._given_bridge is not None:
+            await self._run(task_status)
+            return
+        async with open_grpc_bridge("tower-grpc-asyncio") as bridge:
+            self._bridge = bridge
+            try:
+                await self._run(task_status)
+            finally:
+                self._bridge = None
+
+    async def _run(self, task_status: trio.TaskStatus[TowerStarted]) -> None:
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = self.store = await trio.to_thread.run_sync(
