@@ -5,13 +5,15 @@ Bitcoin Core itself has (its regtest chain parameters, policy and RPC behaviour)
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
 from regtest.node import Node, NodeRpcError
 from regtest.node.blocks import merkle_root, target_from_bits
 from regtest.node.jsonfmt import descriptor_checksum, difficulty
-from regtest.node.params import COIN, POW_LIMIT_BITS, block_subsidy
+from regtest.node.node import script_from_address
+from regtest.node.params import COIN, POW_LIMIT_BITS, WALLET_FEE_RATE_SAT_PER_KVB, block_subsidy
 from tests.regtest import txbuild as tb
 
 FEE = 1_000
@@ -131,3 +133,29 @@ def test_undo_of_a_block_spending_two_coins_restores_both(regtest_node: Node) ->
         assert out is not None, (txid, n)
         assert round(float(out["value"]) * COIN) == amount
         assert out["scriptPubKey"]["hex"] == tb.p2wpkh(tb.key(k)).hex()
+
+
+def test_wallet_fee_covers_a_p2sh_segwit_input(tmp_path: Path) -> None:
+    """The wallet's fee estimate counts a p2sh-segwit input at its largest, 91 vB (Core's
+    figure: 64 bytes outside the witness, 108 in it): the fee paid reaches the wallet's
+    own rate over the signed transaction's real size."""
+    node = Node(tmp_path / "node", clock=lambda: 1_700_000_000)
+    try:
+        miner = tb.key(7)
+        for _ in range(101):
+            node.generate_block(tb.p2wpkh(miner))
+        cb_txid = node.call("getblock", node.call("getblockhash", 1))["tx"][0]
+        address = node.call("getnewaddress", "", "p2sh-segwit")
+        wallet_spk = script_from_address(address)
+        subsidy = block_subsidy(1)
+        tx = tb.spend([(cb_txid, 0)], [(wallet_spk, 1_000_000),
+                                       (tb.p2wpkh(miner), subsidy - 1_000_000 - FEE)])
+        tb.sign_p2wpkh(tx, 0, subsidy, miner)
+        node.call("sendrawtransaction", tb.raw(tx))
+        node.mine(1, address)  # the coinbase is immature: the wallet can spend only ours
+        txid = node.call("sendtoaddress", node.call("getnewaddress", "", "bech32"), 0.001)
+        entry = node.call("getmempoolentry", txid)
+        fee_sat = round(float(entry["fees"]["base"]) * COIN)
+        assert fee_sat * 1000 >= entry["vsize"] * WALLET_FEE_RATE_SAT_PER_KVB
+    finally:
+        node.close()
