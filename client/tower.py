@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,7 @@ from client.transport import HubPin, HubTransport
 from proto import tower_pb2, tower_pb2_grpc
 from protocol import Channel, Watch
 from protocol.driver.appointment import seal
+from protocol.driver.driver import ChannelDriver
 from protocol.driver.grpc_bridge import GrpcBridge, RpcStatusError
 
 log = logging.getLogger(__name__)
@@ -188,6 +190,45 @@ def appointment_for_watch(channel: Channel, watch: Watch, *, destination_script_
                             destination_script_pubkey=destination_script_pubkey,
                             penalty_feerate_per_kw=penalty_feerate_per_kw)
     return seal_kit(watch.txid, kit)
+
+
+#: Penalties are signed now and broadcast later by a tower that cannot re-sign them,
+#: so they cannot be fee-bumped: they pay twice the estimate for confirmation within
+#: ``PENALTY_CONF_TARGET_BLOCKS``, so that a fee spike before the breach still leaves
+#: them well inside ``to_self_delay`` (the cheater's window). A penalty takes the
+#: cheater's whole balance, so the extra fee is small beside what it secures.
+PENALTY_CONF_TARGET_BLOCKS = 2
+PENALTY_FEERATE_MULTIPLIER = 2
+
+
+class TowerWatchHook:
+    """What a channel party runs for each durable ``Watch`` (``DriverContext.on_watch``):
+    for a ``revoked_commitment``, seal the appointment and queue it on every tower.
+
+    ``destination_script_pubkey`` gives the script the penalties pay (a wallet
+    address, so the party's wallet finds the coins); ``feerate_per_kw`` the current
+    estimate (the penalty pays ``PENALTY_FEERATE_MULTIPLIER`` times it)."""
+
+    def __init__(self, towers: Sequence[TowerClient], *,
+                 destination_script_pubkey: Callable[[], bytes],
+                 feerate_per_kw: Callable[[int], Awaitable[int]]) -> None:
+        self.towers = list(towers)
+        self._destination = destination_script_pubkey
+        self._feerate = feerate_per_kw
+
+    async def on_watch(self, driver: ChannelDriver, watch: Watch) -> None:
+        if watch.kind != "revoked_commitment" or not self.towers:
+            return
+        feerate = await self._feerate(PENALTY_CONF_TARGET_BLOCKS)
+        try:
+            appointment = appointment_for_watch(
+                driver.channel, watch, destination_script_pubkey=self._destination(),
+                penalty_feerate_per_kw=feerate * PENALTY_FEERATE_MULTIPLIER)
+        except TransactionError as exc:  # everything revocable is dust at this rate
+            log.info("no appointment for %s: %s", watch.txid[::-1].hex(), exc)
+            return
+        for tower in self.towers:
+            await tower.enqueue(appointment)
 
 
 # -- delivery --------------------------------------------------------------------------

@@ -21,7 +21,13 @@ import trio
 from channel.chain import BitcoinRpc
 from channel.commitment import Side, finalize_holder_htlc_tx
 from channel.tx import OutPoint, Tx
-from client.tower import TowerClient, TowerError, appointment_for_watch
+from client.tower import (
+    PENALTY_CONF_TARGET_BLOCKS,
+    PENALTY_FEERATE_MULTIPLIER,
+    TowerClient,
+    TowerError,
+    TowerWatchHook,
+)
 from client.transport import HubPin
 from hub.tower import TowerService, TowerSettings
 from proto import tower_pb2
@@ -72,6 +78,14 @@ async def world(regtest_node: Node, regtest_rpc: Any, tmp_path: Path,
         nursery.cancel_scope.cancel()
 
 
+@dataclass
+class DriverOf:
+    """The one attribute of a ``ChannelDriver`` the hook reads: TwoPartyChannel runs
+    its ``protocol.Channel``s without drivers."""
+
+    channel: Channel
+
+
 def add_htlc(pair: TwoPartyChannel, payer: Party, amount_msat: int, label: str) -> bytes:
     preimage = derived_secret(f"preimage {label}")
     pair.run(payer, payer.channel.add_htlc(amount_msat, hashlib.sha256(preimage).digest(),
@@ -118,10 +132,15 @@ async def deliver(world: World, pair: TwoPartyChannel, node_secret: bytes) -> in
 async def deliver_with(client: TowerClient, pair: TwoPartyChannel) -> int:
     """The client's appointments for every revocation so far, through ``client``;
     then the client goes offline. Returns how many."""
+    async def estimate(conf_target_blocks: int) -> int:
+        assert conf_target_blocks == PENALTY_CONF_TARGET_BLOCKS
+        return PENALTY_FEERATE // PENALTY_FEERATE_MULTIPLIER
+
+    hook = TowerWatchHook([client], destination_script_pubkey=lambda: pair.b.wallet_script,
+                          feerate_per_kw=estimate)
     for watch in revoked_watches(pair.b):
-        await client.enqueue(appointment_for_watch(
-            pair.b.channel, watch, destination_script_pubkey=pair.b.wallet_script,
-            penalty_feerate_per_kw=PENALTY_FEERATE))
+        # what the party's driver does with each durable Watch (DriverContext.on_watch)
+        await hook.on_watch(DriverOf(pair.b.channel), watch)  # type: ignore[arg-type]
     sent = await client.flush()
     assert len(client.outbox) == 0
     await client.aclose()
