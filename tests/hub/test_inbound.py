@@ -256,5 +256,18 @@ async def test_sdk_request_inbound(regtest_node: Node, regtest_rpc: Any, tmp_pat
             assert (await alice.get_inbound_order(done.order_id)).state == "completed"
             with pytest.raises(errors.NotFound):
                 await alice.get_inbound_order("nope")
+
+            # a cooperative close pays the hub's side to its wallet (its close script)
+            before = hub_chain.wallet.balance().confirmed_sat
+            await alice.close_channel()
+            await until(lambda: len(regtest_node.call("getrawmempool")) == 1)
+            [closing_txid] = regtest_node.call("getrawmempool")
+            closing = Tx.parse(bytes.fromhex(regtest_node.call("getrawtransaction",
+                                                               closing_txid)))
+            [hub_output] = [o for o in closing.outputs
+                            if hub_chain.wallet.is_mine(o.script_pubkey)]
+            regtest_node.mine(1)
+            await synced(hub_chain, regtest_node)
+            assert hub_chain.wallet.balance().confirmed_sat == before + hub_output.amount_sat
         nursery.cancel_scope.cancel()
     hub.close()
