@@ -2,11 +2,11 @@
 
 Theory of operation
 -------------------
-Until the hub daemon and the client SDK exist, this is how the demo and the
-integration tests run protocol/ end to end: two `protocol.Channel` state machines
-exchange their messages through a queue, and every transaction they produce goes
-to a node through `channel.chain.BitcoinRpc`, the same client the hub will use,
-so the node's consensus rules judge it. Nothing is mocked: signatures,
+This is how the demo's breach act (until the disputes issue moves it onto the hub)
+and the integration tests run protocol/ end to end without a hub: two
+`protocol.Channel` state machines exchange their messages through a queue, and
+every transaction they produce goes to a node through `channel.chain.BitcoinRpc`,
+the same client the hub uses, so the node's consensus rules judge it. Nothing is mocked: signatures,
 commitments, revocations, the funding transaction (built by the funder from its
 own coin), closes, sweeps and penalties are the real ones.
 
