@@ -37,7 +37,7 @@ def _call(node: NodeEndpoint, method: str, *params: Any) -> Any:
 
 def _reconnected(faults: Faults, alice: ClientEndpoint, forwarded_before: int) -> bool:
     status = faults.link_status(alice)
-    return status["forwarded"] > forwarded_before and status["open"] >= 1
+    return bool(status["forwarded"] > forwarded_before and status["open"] >= 1)
 
 
 def test_every_fault_on_one_channel(regtest_faults: Faults,
@@ -58,7 +58,9 @@ def test_every_fault_on_one_channel(regtest_faults: Faults,
     assert alice_zero.commitment_number == 0 and alice_zero.txid != hub_zero.txid
     refused = faults.revoke_by_failed_payment(alice)
     assert "not enough liquidity" in refused
-    alice = wait_until(lambda: running_client(alice.datadir), what="alice online again")
+    online = running_client(alice.datadir)  # revoke_by_failed_payment started it again
+    assert online is not None
+    alice = online
     [hub_now] = faults.backup("hub", "now")
     assert hub_now.commitment_number == 2 and hub_now.txid != hub_zero.txid
 
@@ -70,8 +72,9 @@ def test_every_fault_on_one_channel(regtest_faults: Faults,
                what="alice reconnecting after the cut")
     faults.refuse_links(alice)
     faults.cut_link(alice)
-    status = wait_until(lambda: (s := faults.link_status(alice))["refused"] >= 1
-                        and s["open"] == 0 and s, what="a refused reconnect")
+    wait_until(lambda: (s := faults.link_status(alice))["refused"] >= 1 and s["open"] == 0,
+               what="a refused reconnect")
+    status = faults.link_status(alice)
     faults.accept_links(alice)
     wait_until(lambda: _reconnected(faults, alice, status["forwarded"]),
                what="alice reconnecting once accepted")
