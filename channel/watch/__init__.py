@@ -8,9 +8,11 @@ operation and docs/dev/watch-api.md).
   ``Reversed``).
 - resolve.py: the chain as it is -> claims and events; claims.py: pricing, fee bumps,
   splitting under the weight limit; codec.py: JSON forms.
+- listener.py: ``WatchSet``, many channels' watches behind one ``BlockListener``.
 """
 
 from channel.watch.core import ChannelWatch
+from channel.watch.listener import WatchSet
 from channel.watch.types import (
     MAX_STANDARD_TX_WEIGHT,
     Broadcast,
@@ -50,4 +52,5 @@ __all__ = [
     "WatchConfig",
     "WatchEvent",
     "WatchOutput",
+    "WatchSet",
 ]

@@ -115,12 +115,25 @@ class ChannelWatch:
 
     # -- channel data ---------------------------------------------------------------------
 
+    @property
+    def close_seen(self) -> bool:
+        """A spend of the funding output has confirmed (it may have left the chain
+        since): the commitments it is resolved against are frozen from then on."""
+        funding = self.static.funding_outpoint
+        return any(txin.outpoint == funding for tx in self.seen.values() for txin in tx.inputs)
+
     def set_local_commitment(self, commitment: LocalCommitment) -> None:
-        self.local = commitment
+        """Our latest commitment. Ignored once a close was seen: the commitment that
+        confirmed must stay the one resolved (after a reorg too), and a state
+        machine still updating after the funding output was spent is stale."""
+        if not self.close_seen:
+            self.local = commitment
 
     def set_remote_commitments(self, commitments: Sequence[RemoteCommitment]) -> None:
-        """The peer's unrevoked commitments (replaces the previous set)."""
-        self.remotes = {c.commitment_number: c for c in commitments}
+        """The peer's unrevoked commitments (replaces the previous set). Ignored once
+        a close was seen, as ``set_local_commitment``."""
+        if not self.close_seen:
+            self.remotes = {c.commitment_number: c for c in commitments}
 
     def add_revoked_commitment(self, record: RevokedCommitment) -> None:
         self.revoked[record.txid] = record
@@ -167,12 +180,27 @@ class ChannelWatch:
         for h in [h for h in self.blocks if h >= height]:
             del self.blocks[h]
 
-    def _relevant(self, txs: Sequence[Tx]) -> list[Tx]:
+    def _levels(self) -> dict[bytes, int]:
         funding = self.static.funding_outpoint
         levels: dict[bytes, int] = {}
-        for _, block_txs in self.blocks.values():
+        for _, (_, block_txs) in sorted(self.blocks.items()):
             for tx in block_txs:
                 levels[tx.txid()] = self._level(tx, levels, funding, True)
+        return levels
+
+    def interest(self) -> tuple[OutPoint, bytes | None, set[bytes]]:
+        """What makes a transaction matter to this watch, for a pre-filter over many
+        channels (``WatchSet``): spending the funding outpoint; being the funding tx
+        (its txid while it is not kept); spending an output of a kept transaction
+        whose spends are followed (these txids)."""
+        levels = self._levels()
+        funding = self.static.funding_outpoint
+        awaited = None if funding.txid in levels else funding.txid
+        return funding, awaited, {txid for txid, level in levels.items() if 1 <= level <= 2}
+
+    def _relevant(self, txs: Sequence[Tx]) -> list[Tx]:
+        funding = self.static.funding_outpoint
+        levels = self._levels()
         # Hashing every transaction of every block for every channel is the cost of a
         # watch: only while the funding tx is not kept is a txid compared.
         look_for_funding = funding.txid not in levels
@@ -363,7 +391,8 @@ class ChannelWatch:
             watch.feerate_per_kw = int(data["feerate_per_kw"])
             if data["local"] is not None:
                 watch.local = codec.local_from_json(data["local"])
-            watch.set_remote_commitments([codec.remote_from_json(r) for r in data["remotes"]])
+            remotes = [codec.remote_from_json(r) for r in data["remotes"]]
+            watch.remotes = {r.commitment_number: r for r in remotes}
             for r in data["revoked"]:
                 record = codec.revoked_from_json(r)
                 watch.revoked[record.txid] = record

@@ -688,3 +688,109 @@ def finalized_remote(channel: Channel, r: RemoteCommitment) -> Tx:
     return finalize_holder_commitment(channel.remote_static, channel.remote, theirs,
                                       sigs.commitment_signature)
 
+
+
+# -- channel data arriving late, a frozen close, the JSON state ---------------------------------
+
+
+def test_a_preimage_learned_after_the_close_is_claimed_at_once(node: Any) -> None:
+    channel = open_channel(node)
+    d = WatchDriver(node, channel)
+    d.set_remotes(4)
+    _, tx, _ = channel.signed_remote_commitment(4)
+    publish(node, tx)
+    assert [b.label for b in broadcasts(d.mine())] == ["to_remote"]
+    # The upstream channel settled: the preimage reaches the watch between blocks.
+    d.watch.add_preimage(PREIMAGE_OFFERED_BY_REMOTE)
+    out = d.watch.poll()
+    d.send(out)
+    assert [b.label for b in broadcasts(out)] == ["htlc_preimage 0"]
+    d.mine()
+    assert "htlc_preimage 0" in {e.label for e in events(d.outputs, ClaimConfirmed)}
+    assert d.refused == []
+
+
+def test_commitments_are_frozen_once_a_close_is_seen(node: Any) -> None:
+    channel = open_channel(node)
+    d = WatchDriver(node, channel)
+    d.set_local(3)
+    _, tx, _ = channel.signed_local_commitment(3)
+    publish(node, tx)
+    d.mine()
+    # A state machine that still moves on (a stale driver) must not change what the
+    # confirmed commitment is resolved against, even across a reorg.
+    d.set_local(5)
+    d.set_remotes(5)
+    assert d.watch.local is not None and d.watch.local.commitment_number == 3
+    out = d.invalidate_tip(forget_mempool=False)
+    assert events(out, Reversed)
+    out = d.mine()
+    assert [e.kind for e in events(out, ChannelClosedOnChain)] == ["local"]
+
+
+def test_json_state_round_trips_and_refuses_malformed_data(node: Any) -> None:
+    channel = open_channel(node)
+    d = WatchDriver(node, channel)
+    d.revoke_up_to(1)
+    d.add_revoked(1)
+    d.set_local(2)
+    d.set_remotes(2)
+    d.watch.add_preimage(PREIMAGE_OFFERED_BY_REMOTE)
+    _, tx, _ = channel.signed_remote_commitment(1)
+    publish(node, tx)
+    d.mine()
+    state = json.loads(json.dumps(d.watch.to_json()))
+    restored = ChannelWatch.from_json(state, channel.local, d.revocations)
+    assert restored.to_json() == state
+    assert restored.poll() == []  # nothing new to say: same claims, same events
+    with pytest.raises(ValueError, match="version"):
+        ChannelWatch.from_json({**state, "version": 99}, channel.local, d.revocations)
+    with pytest.raises(ValueError, match="malformed"):
+        ChannelWatch.from_json({**state, "blocks": [[1, "x", ["zz"]]]}, channel.local,
+                               d.revocations)
+    broken = json.loads(json.dumps(state))
+    del broken["reported"]
+    with pytest.raises(ValueError, match="malformed"):
+        ChannelWatch.from_json(broken, channel.local, d.revocations)
+
+
+# -- many channels behind one listener --------------------------------------------------------
+
+
+def test_watch_set_gives_each_watch_its_transactions(node: Any) -> None:
+    from channel.watch.listener import WatchSet
+
+    a, b = open_channel(node), open_channel(node)
+    da, db = WatchDriver(node, a), WatchDriver(node, b)
+    da.revoke_up_to(1)
+    da.add_revoked(1)
+    db.set_remotes(4)
+    watches = WatchSet()
+    watches.add("a", da.watch)
+    watches.add("b", db.watch)
+    # In one block: a's revoked commitment and the cheater's HTLC-success spending it
+    # (parent and child), b's peer's latest commitment, and an unrelated payment.
+    theirs, revoked, our_sigs = a.signed_remote_commitment(1)
+    ours = htlc_of(a, Side.LOCAL)
+    pos, (index, _) = next((p, x) for p, x in enumerate(theirs.htlc_outputs)
+                           if x[1].payment_hash == ours.payment_hash)
+    success = finalize_holder_htlc_tx(a.remote_static, a.remote, theirs, index, our_sigs[pos],
+                                      PREIMAGE_OFFERED_BY_LOCAL)
+    publish(node, revoked, success, b.signed_remote_commitment(4)[1])
+    node.send_to_script(DEST, 50_000)
+    node.mine(1)
+    h = height(node)
+    bh = block_hash(node, h)
+    block = Block.parse(bytes.fromhex(node.call("getblock", bh, 0)))
+    watches.block_connected(h, bh, block.txs[1:])
+    out = watches.take_outputs()
+    assert sorted(b.label for b in broadcasts(out["a"])) == [
+        "penalty", "penalty_second_stage", "to_remote"]
+    assert [e.kind for e in events(out["b"], ChannelClosedOnChain)] == ["remote"]
+    assert [b.label for b in broadcasts(out["b"])] == ["to_remote"]
+    assert da.watch.blocks[h][1] == [revoked, success]  # the unrelated payment is not kept
+    watches.block_disconnected(h, bh)
+    out = watches.take_outputs()
+    assert {type(r.event) for r in events(out["a"], Reversed)} == {ChannelClosedOnChain,
+                                                                  PreimageLearned}
+    assert watches.take_outputs() == {}
