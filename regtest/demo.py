@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import json
 import shutil
 import sys
 import tempfile
@@ -55,12 +56,14 @@ from protocol import Broadcast, Channel
 from protocol.driver.grpc_bridge import open_grpc_bridge
 from protocol.routing import forwarding_fee_msat
 from regtest.harness import (
+    CLIENT_PASSPHRASE,
     HarnessError,
     HubEndpoint,
     NodeEndpoint,
     drop_postgres_schema,
     free_port,
     hub_store_url,
+    run_chanhub,
     start_hub,
     start_node,
     stop_hub,
@@ -83,7 +86,6 @@ INVOICES = 100
 INVOICE_MSAT = 5_000_000
 IN_FLIGHT = 10
 REFUNDED_INVOICE = 37  # the one Bob refunds (1-based)
-CLIENT_PASSPHRASE = "chanhub demo client"  # throwaway demo wallets
 SWEEP_WAIT_S = 30.0  # real seconds for Bob's process to see the blocks and sweep
 
 
@@ -118,6 +120,11 @@ def sat(amount_sat: int) -> str:
 
 def msat(amount_msat: int) -> str:
     return f"{amount_msat:,} msat"
+
+
+def amount(amount_msat: int) -> str:
+    """Whole satoshis as sat, anything finer as msat."""
+    return sat(amount_msat // 1000) if amount_msat % 1000 == 0 else msat(amount_msat)
 
 
 async def find_output(rpc: BitcoinRpc, txid: str, script_pubkey: bytes) -> tuple[int, int]:
@@ -300,10 +307,27 @@ async def hub_act(rpc: BitcoinRpc, node: NodeEndpoint, datadir: Path, faucet: st
                 hub_target=hub.target, tls_cert_file=hub.tls_cert_file, rpc_url=node.url,
                 cookie_file=node.cookie_file, passphrase=CLIENT_PASSPHRASE) as actors:
             await hub_story(rpc, hub, admin, store, faucet, actors["Alice"], actors["Bob"])
+        await cli_epilogue(hub, datadir / "bob")
     finally:
         await trio.to_thread.run_sync(stop_hub, hub_dir)
         if store == "postgres":
             await trio.to_thread.run_sync(drop_postgres_schema, hub_dir)
+
+
+async def cli_epilogue(hub: HubEndpoint, bob_dir: Path) -> None:
+    """Bob's client process has stopped: the `chanhub` CLI (one process, one command)
+    reads the same store and sees what the story did."""
+    output = await trio.to_thread.run_sync(
+        lambda: run_chanhub(bob_dir, hub, "--json", "history"))
+    history = json.loads(output)
+    received = [p for p in history if p["direction"] == "received"
+                and p["state"] == "succeeded"]
+    refunds = [p for p in history if p["direction"] == "sent" and p["refund_of_payment_id"]
+               and p["state"] == "succeeded"]
+    check(len(received) == INVOICES and len(refunds) == 1,
+          f"`chanhub history` lists {len(received)} received and {len(refunds)} refunds")
+    say(f"Bob's `chanhub --json history` (the CLI, run on his store now that his client "
+        f"process has stopped): {len(received)} payments received, {len(refunds)} refund sent")
 
 
 async def hub_wallet_sat(admin: AdminTransport, *, at_least_sat: int = 0) -> int:
@@ -525,13 +549,13 @@ async def hub_story(rpc: BitcoinRpc, hub: HubEndpoint, admin: AdminTransport, st
           - ledger.bob_hub_msat % 1000, f"the hub's outputs hold {hub_outputs_sat} sat")
 
     def went(spent: dict[str, int]) -> str:
-        return "; ".join(f"{msat(v)} to {k}" for k, v in spent.items() if v)
+        return "; ".join(f"{amount(v)} to {k}" for k, v in spent.items() if v)
 
     say("\nthe story in figures (each checked against the chain, to the satoshi):")
     say(f"  Alice: {sat(WALLET_SAT)} -> {sat(alice_final_sat)} in her wallet: "
         f"{went(alice_went)}")
     say(f"  Bob: nothing on chain -> {sat(bob_final_sat)} in his wallet: "
-        f"{msat((INVOICES - 1) * INVOICE_MSAT)} from Alice, net of the refund, less "
+        f"{amount((INVOICES - 1) * INVOICE_MSAT)} from Alice, net of the refund, less "
         f"{went(bob_went)}")
     say(f"  the hub: its two close outputs hold {sat(hub_outputs_sat)}: the "
         f"{sat(INBOUND_SAT)} it put into Bob's channel plus {msat(ledger.hub_fees_msat)} of "
