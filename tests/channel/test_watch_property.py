@@ -35,6 +35,7 @@ from channel.sweep import (
     sweep_to_local,
 )
 from channel.tx import OutPoint, Tx
+from channel.watch import GoOnChain
 from regtest.node import Node
 from regtest.pytest_plugin import ManualClock
 from tests.channel.test_consensus import (
@@ -47,7 +48,7 @@ from tests.channel.test_consensus import (
     height,
     open_channel,
 )
-from tests.channel.test_watch import WatchDriver, htlc_of
+from tests.channel.test_watch import WatchDriver, events, htlc_of
 
 PEER_DEST = scripts.p2wpkh(bytes.fromhex("03" + "22" * 32))
 LATEST = 3
@@ -136,7 +137,7 @@ def fees_of(txs: dict[bytes, Tx], known: dict[OutPoint, int]) -> int:
 
 STEPS = st.lists(st.sampled_from(
     ["mine", "mine", "mine_empty", "reorg1", "reorg2", "forgetful_reorg", "peer_close",
-     "force_close", "peer"]), max_size=20)
+     "force_close", "peer", "fee_spike", "fee_drop"]), max_size=20)
 
 
 @settings(max_examples=40)
@@ -199,6 +200,12 @@ def run_scenario(node: Any, close: int | None, knows_preimage: bool, steps: list
             peer.try_send(node, ours_tx)  # the driver's Channel.fail(): our latest
         elif step == "peer":
             peer_turn()
+        elif step == "fee_spike":
+            d.watch.set_feerate(50_000)
+        elif step == "fee_drop":
+            d.watch.set_feerate(253)
+        if events(d.outputs, GoOnChain) and d.watch_closing() is None:
+            peer.try_send(node, ours_tx)  # the driver calls Channel.fail()
     if close is not None:
         peer.close(node, close)
     d.mine()
