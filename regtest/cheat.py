@@ -222,6 +222,34 @@ async def publish_old_commitment(rpc: BitcoinRpc, backup_file: Path, key_source:
 # The chain: reorgs and mining that leaves transactions out
 
 
+def funding_candidates(channel_id: bytes) -> list[tuple[str, int]]:
+    """The (txid, output index) pairs a channel id can come from: BOLT #2 xors the
+    funding output index into the last two bytes of the funding txid (internal order).
+    The harness's channels have at most two outputs in their funding transaction, so
+    two candidates remain; the chain tells which one exists."""
+    out = []
+    for index in (0, 1):
+        mask = index.to_bytes(2, "big")
+        txid = channel_id[:30] + bytes(a ^ b for a, b in zip(channel_id[30:], mask,
+                                                              strict=True))
+        out.append((txid[::-1].hex(), index))
+    return out
+
+
+async def funding_txid(rpc: BitcoinRpc, channel_id: bytes) -> str:
+    """The txid of the channel's funding transaction, found on the node."""
+    from channel.chain import ChainError
+
+    for txid, index in funding_candidates(channel_id):
+        try:
+            tx = await rpc.getrawtransaction_verbose(txid)
+        except ChainError:
+            continue
+        if len(tx["vout"]) > index:
+            return txid
+    raise HarnessError(f"no funding transaction of channel {channel_id.hex()} on the node")
+
+
 @dataclass(frozen=True)
 class Reorg:
     old_tip: str

@@ -370,7 +370,10 @@ def client_open(name: str, amount_sat: int, datadir: Path) -> None:
     hub, node = _running_hub(network), _endpoint(datadir)
     channel_id = _harness_call(lambda: harness.open_client_channel(
         client_dir, hub, node, amount_sat))
-    click.echo(f"{name}: channel {channel_id.hex()} open ({amount_sat} sat)")
+    funding = _harness_call(lambda: _with_rpc(
+        datadir, lambda rpc: cheat.funding_txid(rpc, channel_id)))
+    click.echo(f"{name}: channel {channel_id.hex()} open ({amount_sat} sat), "
+               f"funding tx {funding}")
 
 
 @main.group("link")

@@ -110,6 +110,15 @@ def test_a_tester_replays_a_breach_a_cut_a_kill_and_a_reorg(network_dir: Path) -
     assert old.txid in _call(network, "getrawmempool")
     assert _call(network, "getrawtransaction", old.txid, True).get("confirmations", 0) == 0
 
+    # -- and a deeper one takes the funding transaction out, and the breach with it ------
+    funding = _call(network, "getrawtransaction", old.txid, True)["vin"][0]["txid"]
+    assert funding in {txid for txid, _ in cheat.funding_candidates(old.channel_id)}
+    depth = _call(network, "getrawtransaction", funding, True)["confirmations"]
+    reorged = _cli(network_dir, "reorg", str(depth), "--exclude", funding).output
+    assert f"left out (in the mempool): {funding}" in reorged
+    assert f"left out (in the mempool): {old.txid}" in reorged
+    assert {funding, old.txid} <= set(_call(network, "getrawmempool"))
+
     # -- errors: one line, exit 1 -------------------------------------------------------
     unknown = CliRunner().invoke(regtest_cli, ["client", "kill", "mallory",
                                                "--datadir", str(network_dir)])
