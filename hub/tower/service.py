@@ -64,9 +64,10 @@ T = TypeVar("T")
 
 NODE_KEY_FILE = "tower.key"
 CHAIN_STATE_KEY = "chain"
-#: A kit for a commitment with BOLT #2's maximum of 483 HTLCs: combined penalties
-#: (~77 kB), one penalty per output (~125 kB), a second-stage penalty per HTLC
-#: (~110 kB); 512 KiB leaves room and stays under gRPC's 1 MiB message bound.
+#: A kit for a commitment near BOLT #2's maximum of 483 HTLCs measures 428,746 bytes
+#: sealed (482 HTLCs: one combined penalty, 483 single-output penalties, 482
+#: second-stage penalties; docs/tower.md); 512 KiB holds it and stays under gRPC's
+#: 1 MiB message bound.
 DEFAULT_MAX_BLOB_BYTES = 512 * 1024
 DEFAULT_MAX_APPOINTMENTS = 100_000
 
