@@ -243,15 +243,23 @@ class ChannelWatch:
         c = build_commitment(static, Side.LOCAL, local.commitment_number, point,
                              local.local_msat, local.remote_msat, local.htlcs,
                              local.feerate_per_kw)
-        signed = finalize_holder_commitment(static, secrets, c, local.remote_commitment_signature)
         finalizers: dict[int, Callable[[bytes | None], Tx]] = {
             index: functools.partial(finalize_holder_htlc_tx, static, secrets, c, index, sig)
             for (index, _), sig in zip(c.htlc_outputs, local.remote_htlc_signatures,
                                        strict=True)
         }
-        data = LocalData(c, signed, finalizers)
+        data = LocalData(c, finalizers)
         self._local_cache = (local, data)
         return data
+
+    def local_commitment_tx(self) -> Tx | None:
+        """Our latest commitment, fully signed: what ``Channel.fail()`` broadcasts, for
+        a driver that has the watch's state but lost the channel's."""
+        data = self._local_data()
+        if data is None or self.local is None:
+            return None
+        return finalize_holder_commitment(self.static, self.secrets, data.commitment,
+                                          self.local.remote_commitment_signature)
 
     def _remote_built(self) -> list[Commitment]:
         built = []

@@ -85,7 +85,6 @@ class LocalData:
     """Our latest commitment, built: what resolving our own close needs."""
 
     commitment: Commitment
-    signed_tx: Tx
     htlc_txs: dict[int, Callable[[bytes | None], Tx]]  # output index -> finalizer
 
 

@@ -418,6 +418,8 @@ def test_own_close_sweeps_after_the_delay_and_htlc_txs_at_their_heights(node: An
     d.set_remotes(3)
     d.watch.add_preimage(PREIMAGE_OFFERED_BY_REMOTE)
     _, tx, _ = channel.signed_local_commitment(3)
+    signed = d.watch.local_commitment_tx()
+    assert signed is not None and signed.serialize() == tx.serialize()
     publish(node, tx)
     out = d.mine()
     confirmed_at = height(node)
