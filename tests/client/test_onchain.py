@@ -4,6 +4,7 @@ delayed to_local comes back into the wallet, refused by the node one block early
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import trio
 
 from channel.chain import BitcoinRpc
 from channel.chain.services import ChainServices
-from channel.commitment import commitment_number_from_tx
+from channel.commitment import Side, commitment_number_from_tx
 from channel.sweep import sweep_to_local
 from channel.tx import Tx
 from client.node import ClientNode
@@ -220,4 +221,49 @@ async def test_force_close_sweeps_to_local_into_the_wallet(
         assert not chain.tracker.is_watched(commitment_txid)
         nursery.cancel_scope.cancel()
     client.close()
+    world.hub.close()
+
+
+async def test_to_local_worth_less_than_its_fee_is_left_alone(
+        regtest_node: Node, regtest_rpc: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        autojump_clock: Any) -> None:
+    world = World(regtest_node, tmp_path, sqlite_url(tmp_path / "hub.sqlite"))
+    async with BitcoinRpc(regtest_rpc.url, cookie_file=Path(regtest_rpc.cookie_path),
+                          timeout_s=None) as rpc, trio.open_nursery() as nursery:
+        await world.start_hub(nursery)
+        bob = world.open_client("bob")  # funded by the faucet, pushes half to the hub
+        await world.start_client(nursery, bob)
+        await world.open_channel(bob, FUNDING_SAT, 500_000_000)
+        client, chain = await funded_client(world, sqlite_url(tmp_path / "alice.sqlite"), rpc)
+        await world.start_client(nursery, client)
+        await synced(chain, regtest_node)
+        driver = client.open_channel(200_000)
+        await until(lambda: driver.channel.state is ChannelState.AWAIT_CHANNEL_READY
+                    and regtest_node.call("getrawmempool") != [])
+        await world.hub.sessions[client.node_id].idle()
+        regtest_node.mine(world.hub.settings.minimum_depth)
+        await synced(chain, regtest_node)
+        assert await world.hub.check_fundings(world.gettxout) == 1
+        await until(lambda: is_normal(driver))
+        paid = await client.pay(idempotency_key="most", bolt11=await bob.add_invoice(
+            95_000_000, "most of it"))
+        assert (await client.wait_payment(paid["payment_id"]))["state"] == "succeeded"
+        await until(lambda: driver.channel.latest_view(Side.LOCAL).local_msat < 110_000_000)
+        after_pay = chain.wallet.balance().confirmed_sat
+
+        # a fee market where sweeping ~103,000 sat would cost ~120,000 sat
+        chain.fee_estimator.fallback_sat_per_kw = 250_000
+        caplog.set_level(logging.WARNING, "protocol.driver.onchain")
+        driver.fail("test: force close")
+        await until(lambda: len(regtest_node.call("getrawmempool")) == 1)
+        [commitment_txid] = regtest_node.call("getrawmempool")
+        regtest_node.mine(driver.channel.static.remote.to_self_delay + 2)
+        await synced(chain, regtest_node)
+        await until(lambda: f"to_local of {commitment_txid} not swept" in caplog.text)
+        assert not chain.tracker.is_watched(commitment_txid)
+        assert regtest_node.call("getrawmempool") == []  # left alone: nothing broadcast
+        assert chain.wallet.balance().confirmed_sat == after_pay
+        nursery.cancel_scope.cancel()
+    client.close()
+    bob.close()
     world.hub.close()
