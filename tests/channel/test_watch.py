@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from channel import scripts
 from channel.chain.block import Block
 from channel.commitment import (
     ChannelParty,
@@ -796,3 +797,45 @@ def test_watch_set_gives_each_watch_its_transactions(node: Any) -> None:
     assert {type(r.event) for r in events(out["a"], Reversed)} == {ChannelClosedOnChain,
                                                                   PreimageLearned}
     assert watches.take_outputs() == {}
+
+
+# -- the other closes: cooperative, a commitment we hold no data for --------------------------
+
+
+def test_cooperative_close_is_reported_and_claims_nothing(node: Any) -> None:
+    from channel.closing import build_closing_tx, finalize_closing_tx, sign_closing_tx
+
+    channel = open_channel(node)
+    d = WatchDriver(node, channel)
+    d.set_local(3)
+    d.set_remotes(3)
+    remote_spk = scripts.p2wpkh(channel.remote.basepoints().payment_basepoint)
+    tx = build_closing_tx(channel.static, 600_000, 399_000, DEST, remote_spk)
+    remote_tx = build_closing_tx(channel.remote_static, 399_000, 600_000, remote_spk, DEST)
+    signed = finalize_closing_tx(channel.static, tx, sign_closing_tx(channel.static,
+                                                                     channel.local, tx),
+                                 sign_closing_tx(channel.remote_static, channel.remote,
+                                                 remote_tx))
+    publish(node, signed)
+    out = d.mine()
+    assert [(e.kind, e.commitment_number) for e in events(out, ChannelClosedOnChain)] == [
+        ("cooperative", -1)]
+    assert broadcasts(out) == []
+    assert broadcasts(d.mine(10)) == []
+
+
+def test_a_commitment_we_hold_no_data_for_still_gives_us_to_remote(node: Any) -> None:
+    """Data loss: the peer closes with a commitment newer than anything we have; with
+    the static remote key our to_remote needs no per-commitment point."""
+    channel = open_channel(node)
+    d = WatchDriver(node, channel)
+    d.set_remotes(4)
+    _, tx, _ = channel.signed_remote_commitment(7)
+    publish(node, tx)
+    out = d.mine()
+    assert [(e.kind, e.commitment_number) for e in events(out, ChannelClosedOnChain)] == [
+        ("unknown", 7)]
+    assert [b.label for b in broadcasts(out)] == ["to_remote"]
+    d.mine()
+    assert [e.label for e in events(d.outputs, ClaimConfirmed)] == ["to_remote"]
+    assert d.refused == []
