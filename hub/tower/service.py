@@ -179,6 +179,10 @@ class TowerService:
                 tip = await checkpoint_at(source, await self.rpc.getblockcount())
                 broadcaster = RpcBroadcaster(self.rpc, tip_height=tip.height,
                                              confirm_depth=settings.confirm_depth)
+                # Stored now, not at the first new block: a tower stopped before any
+                # block came must resume here, not at a later tip past a breach.
+                await store.put_json(CHAIN_STATE_KEY, {"tip": tip.to_json(),
+                                                       "broadcaster": broadcaster.to_json()})
             else:
                 tip = BlockRef.from_json(saved["tip"])
                 broadcaster = RpcBroadcaster.from_json(self.rpc, saved["broadcaster"],

@@ -270,3 +270,36 @@ async def test_a_tower_down_loses_no_appointment(world: World, tmp_path: Path) -
     info = await again.get_info()
     assert info.registered and info.quota.used_appointments == 1
     await again.aclose()
+
+
+async def test_a_tower_that_was_down_catches_up_and_punishes(
+        regtest_node: Node, regtest_rpc: Any, tmp_path: Path, autojump_clock: Any) -> None:
+    """The tower stops (its chain position is stored); the cheater publishes and three
+    blocks pass; the restarted tower scans them from where it stopped and punishes."""
+    settings = TowerSettings(tmp_path / "tower", listen_port=0)
+    async with BitcoinRpc(regtest_rpc.url, cookie_file=Path(regtest_rpc.cookie_path),
+                          timeout_s=None) as rpc, open_grpc_bridge() as bridge:
+        pair = TwoPartyChannel(rpc, label="tower restart", to_self_delay=TO_SELF_DELAY)
+        _, revoked_tx, _ = await breach_with_htlcs(pair)
+        async with trio.open_nursery() as nursery:
+            tower = TowerService(settings, rpc, bridge, run_follower=False)
+            await nursery.start(tower.run)
+            world = World(rpc, regtest_node, bridge, tower, tmp_path)
+            await deliver(world, pair, new_node_secret())
+            stopped_at = tower.follower.tip.height  # type: ignore[union-attr]
+            nursery.cancel_scope.cancel()
+
+        await pair.broadcast(revoked_tx)
+        await pair.mine(3)
+        assert regtest_node.call("getrawmempool") == []
+
+        async with trio.open_nursery() as nursery:
+            again = TowerService(settings, rpc, bridge, run_follower=False)
+            await nursery.start(again.run)  # its first sync catches up
+            assert again.follower is not None and again.follower.tip.height == stopped_at + 3
+            mempool = regtest_node.call("getrawmempool")
+            assert len(mempool) == 1
+            penalty = Tx.parse(bytes.fromhex(regtest_node.call("getrawtransaction", mempool[0])))
+            assert {i.outpoint.txid for i in penalty.inputs} == {revoked_tx.txid()}
+            assert len(penalty.inputs) == 3
+            nursery.cancel_scope.cancel()
