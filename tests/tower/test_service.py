@@ -1,7 +1,7 @@
 """The tower's gRPC service on loopback with TLS: every call but the challenge needs a
 node-key session; a per-client quota refuses (RESOURCE_EXHAUSTED) and stores nothing;
 a re-sent locator replaces and costs no quota; malformed appointments are refused;
-the store survives a restart of the tower."""
+the store (SQLite and PostgreSQL) survives a restart of the tower."""
 
 from __future__ import annotations
 
@@ -32,9 +32,10 @@ def appointment(n: int, blob_bytes: int = 100) -> tower_pb2.Appointment:
 
 
 async def running(bridge: GrpcBridge, rpc: BitcoinRpc, data_dir: Path,
-                  nursery: trio.Nursery) -> TowerService:
+                  nursery: trio.Nursery, store_url: str | None = None) -> TowerService:
     tower = TowerService(TowerSettings(data_dir, listen_port=0, max_appointments_per_client=QUOTA,
-                                       max_blob_bytes=1_000), rpc, bridge, run_follower=False)
+                                       max_blob_bytes=1_000, store_url=store_url),
+                         rpc, bridge, run_follower=False)
     await nursery.start(tower.run)
     return tower
 
@@ -112,9 +113,9 @@ async def test_every_call_needs_a_node_key_session(rpc: BitcoinRpc, regtest_node
 
 
 async def test_quota_refuses_and_stores_nothing(rpc: BitcoinRpc, regtest_node: Node,
-                                                tmp_path: Path) -> None:
+                                                tmp_path: Path, store_url: str) -> None:
     async with open_grpc_bridge() as bridge, trio.open_nursery() as nursery:
-        tower = await running(bridge, rpc, tmp_path / "tower", nursery)
+        tower = await running(bridge, rpc, tmp_path / "tower", nursery, store_url)
         secret = new_node_secret()
         transport = await connect(bridge, tower, secret)
         details = await refused(grpc.StatusCode.FAILED_PRECONDITION,
@@ -162,7 +163,7 @@ async def test_quota_refuses_and_stores_nothing(rpc: BitcoinRpc, regtest_node: N
 
     # a restarted tower has the same identity, accounts and appointments
     async with open_grpc_bridge() as bridge, trio.open_nursery() as nursery:
-        again = await running(bridge, rpc, tmp_path / "tower", nursery)
+        again = await running(bridge, rpc, tmp_path / "tower", nursery, store_url)
         assert again.node_id == tower.node_id
         assert again.tls.fingerprint_sha256 == tower.tls.fingerprint_sha256
         transport = await connect(bridge, again, secret)
