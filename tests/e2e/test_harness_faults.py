@@ -10,11 +10,18 @@ store restored in place.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
+import trio
+
+from channel.chain import BitcoinRpc
+from protocol.driver.crypto import WrongKey
 from regtest import cheat
 from regtest.harness import (
     ClientEndpoint,
+    HarnessError,
     HubEndpoint,
     NodeEndpoint,
     client_state,
@@ -107,3 +114,22 @@ def test_every_fault_on_one_channel(regtest_faults: Faults,
     [restored] = cheat.stored_commitments(alice.datadir / cheat.CLIENT_STORE_FILE,
                                           cheat.client_key_source())
     assert (restored.commitment_number, restored.txid) == (0, alice_zero.txid)
+
+
+@pytest.mark.parametrize("hub_store", ["postgres"])
+def test_a_postgres_hub_store_is_backed_up_as_its_channel_tables(
+        hub_process: HubEndpoint, hub_store: str) -> None:
+    backup = cheat.backup_hub(hub_process, "empty")
+    # the copy carries the key check: opening it with the hub's key file works (a wrong
+    # key would raise), and a hub with no channel has nothing to publish
+    assert cheat.stored_commitments(backup, cheat.hub_key_source(hub_process.datadir)) == []
+    with pytest.raises(HarnessError, match="no signed commitment"):
+        trio.run(_publish_empty, hub_process, backup)
+    with pytest.raises(WrongKey):
+        cheat.stored_commitments(backup, cheat.client_key_source())
+
+
+async def _publish_empty(hub: HubEndpoint, backup: Path) -> None:
+    # no RPC call is made before the refusal, so no node is needed
+    rpc = BitcoinRpc("http://127.0.0.1:1/", username="u", password="p")
+    await cheat.publish_old_commitment(rpc, backup, cheat.hub_key_source(hub.datadir))
