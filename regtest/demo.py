@@ -69,7 +69,7 @@ from regtest.harness import (
     stop_hub,
     stop_node,
 )
-from regtest.story import ActorDied, ClientActor, open_actors
+from regtest.story import ActorDied, ClientActor, find_exception, open_actors
 from regtest.twoparty import TwoPartyChannel
 
 FEERATE_PER_KW = 2_500  # 10 sat/vB: comfortably above the node's relay minimum
@@ -612,16 +612,10 @@ async def story(endpoint: NodeEndpoint, datadir: Path, store: str) -> None:
 
 
 def known_failure(exc: BaseException) -> Exception | None:
-    """The failed check (or dead process, or refused call) behind `exc`, which trio's
-    nurseries may have wrapped in exception groups; None for anything else (a bug)."""
-    if isinstance(exc, DemoCheckFailed | ActorDied | HarnessError | RpcError | ChanhubError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = known_failure(inner)
-            if found is not None:
-                return found
-    return None
+    """The failed check (or dead process, or refused call) behind `exc`; None for
+    anything else (a bug: its traceback is the report)."""
+    return find_exception(exc, (DemoCheckFailed, ActorDied, HarnessError, RpcError,
+                                ChanhubError))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -130,6 +130,20 @@ class ClientActor:
         return await self.process.wait()
 
 
+def find_exception(exc: BaseException, types: tuple[type[Exception], ...]
+                   ) -> Exception | None:
+    """The first exception of `types` in `exc`, which trio's nurseries may have wrapped
+    in exception groups; None if there is none."""
+    if isinstance(exc, types):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = find_exception(inner, types)
+            if found is not None:
+                return found
+    return None
+
+
 def sdk_error(error_type: str, message: str) -> Exception:
     """The `client.errors` exception named `error_type` (an `ActorRefused` otherwise)."""
     from client import errors
@@ -202,17 +216,20 @@ async def start_actor(name: str, datadir: Path, *, hub_target: str, tls_cert_fil
     with trio.move_on_after(timeout_s):
         line = await reader.readline()
     try:
+        if not line:
+            raise ValueError("no start-up line")
         hello = json.loads(line)
         identity = ActorIdentity(name, bytes.fromhex(hello["node_id"]),
                                  bytes.fromhex(hello["hub_node_id"]),
                                  int(hello["base_fee_msat"]), int(hello["fee_ppm"]),
                                  int(hello["height"]))
     except (ValueError, KeyError):
+        exited = process.poll() is not None
         process.kill()
         await process.wait()
-        raise ActorDied(f"{name} did not come online within {timeout_s:.0f} s "
-                        f"(code {process.poll()}); last log lines:\n{log_tail(log_file)}"
-                        ) from None
+        why = (f"exited during start-up (code {process.returncode})" if exited
+               else f"did not come online within {timeout_s:.0f} s")
+        raise ActorDied(f"{name} {why}; last log lines:\n{log_tail(log_file)}") from None
     return ClientActor(name, process, log_file, identity, reader)
 
 
@@ -485,7 +502,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    trio.run(_actor_main, args)
+    from client.errors import ChanhubError
+
+    try:
+        trio.run(_actor_main, args)
+    except Exception as exc:
+        error = find_exception(exc, (ChanhubError,))
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr, flush=True)  # one line, as the CLI
+        return 1
     return 0
 
 

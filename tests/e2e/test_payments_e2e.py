@@ -4,8 +4,10 @@ process running the SDK on its own store, keys, wallet and chain view
 (`regtest.story` actors). A paid invoice; then each refusal with its typed error
 (re-raised here from the client process) and nothing changed on either side: an
 invoice paid twice, the same idempotency key twice, more than the balance, more than
-the hub can carry to the payee, an expired invoice, a payee offline (the payment
-fails back in seconds, and the invoice is still payable once the payee is back).
+the hub can carry to the payee, an expired invoice (by the payee's clock: refused at
+the payee; by the payer's: refused before it leaves), a payee offline (the payment
+fails back in seconds, and the invoice is still payable once the payee is back). And
+an actor that cannot reach its hub is one clear error, not a hang.
 
 The clients' clocks are their wall clocks; an invoice is made to expire by moving the
 payee's clock forward (`advance_clock`), not by waiting. Deadlines are real time:
@@ -22,9 +24,10 @@ import pytest
 import trio
 
 from client import errors
+from hub.tls import load_or_create_tls
 from protocol.routing import forwarding_fee_msat
-from regtest.harness import HubEndpoint, NodeEndpoint
-from regtest.story import ClientActor, open_actors, start_actor
+from regtest.harness import HubEndpoint, NodeEndpoint, free_port
+from regtest.story import ActorDied, ClientActor, open_actors, start_actor
 
 PASSPHRASE = "chanhub e2e client"
 SCRYPT_N = 2**10  # throwaway test stores: cheap key derivation
@@ -137,6 +140,11 @@ def test_a_paid_invoice_and_every_refusal_changes_nothing(
             with pytest.raises(errors.PaymentRefused, match="expired"):
                 await alice.call("pay", invoice=expiring, idempotency_key="expired")
             await unchanged()
+            # ... and by Alice's clock too: refused before anything leaves
+            await alice.call("advance_clock", seconds=120)
+            with pytest.raises(errors.InvoiceError, match="expired"):
+                await alice.call("pay", invoice=expiring, idempotency_key="expired here")
+            await unchanged()
             later = (await bob.call("invoices", count=1, amount_msat=INVOICE_MSAT))[0]
 
         # Bob offline (his process stopped): the payment fails back, typed, in seconds
@@ -166,3 +174,23 @@ def test_a_paid_invoice_and_every_refusal_changes_nothing(
             await scenario()
 
     trio.run(bounded)
+
+
+def test_an_actor_that_cannot_reach_its_hub_is_one_clear_error(
+        node_process: NodeEndpoint, tmp_path: Path) -> None:
+    # A real certificate, pinned, of a hub that is not running
+    load_or_create_tls(tmp_path / "tls.cert", tmp_path / "tls.key")
+
+    async def start() -> None:
+        with trio.fail_after(SCENARIO_TIMEOUT_S):
+            await start_actor("carol", tmp_path / "carol", hub_target=f"127.0.0.1:{free_port()}",
+                              tls_cert_file=tmp_path / "tls.cert", rpc_url=node_process.url,
+                              cookie_file=node_process.cookie_file, passphrase=PASSPHRASE,
+                              scrypt_n=SCRYPT_N)
+
+    with pytest.raises(ActorDied) as died:
+        trio.run(start)
+    message = str(died.value)
+    assert message.startswith("carol exited during start-up (code 1)"), message
+    assert message.splitlines()[-1].startswith("error: hub: unavailable"), message
+    assert "Traceback" not in message
