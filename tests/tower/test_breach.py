@@ -303,3 +303,36 @@ async def test_a_tower_that_was_down_catches_up_and_punishes(
             assert {i.outpoint.txid for i in penalty.inputs} == {revoked_tx.txid()}
             assert len(penalty.inputs) == 3
             nursery.cancel_scope.cancel()
+
+
+async def test_a_reorg_that_forgets_the_breach_and_the_penalty(world: World) -> None:
+    """The breach and the tower's penalty confirm; a reorg takes both blocks away and
+    the node forgets both. The tower keeps its penalty; when the cheater publishes
+    again, the tower's broadcaster resends it and it confirms."""
+    pair = TwoPartyChannel(world.rpc, label="tower reorg", to_self_delay=TO_SELF_DELAY)
+    _, revoked_tx, _ = await breach_with_htlcs(pair)
+    await deliver(world, pair, new_node_secret())
+    await pair.broadcast(revoked_tx)
+    await world.mine(pair)
+    breach_block = world.node.call("getbestblockhash")
+    (penalty_txid,) = world.node.call("getrawmempool")
+    await world.mine(pair)
+    assert world.node.call("gettxout", penalty_txid, 0) is not None
+
+    world.node.call("invalidateblock", breach_block)
+    with world.node.lock:
+        world.node.mempool.clear()
+    miner = await world.rpc.getnewaddress()
+    for _ in range(3):
+        await world.rpc.call("generateblock", miner, [])
+    await world.tower.sync()
+    assert world.node.call("getrawmempool") == []  # resent, refused: the breach is gone
+    assert world.tower.broadcaster is not None
+    assert [p.txid for p in world.tower.broadcaster.pending()] == [penalty_txid]
+
+    await pair.broadcast(revoked_tx)
+    await world.mine(pair)
+    assert world.node.call("getrawmempool") == [penalty_txid]
+    await world.mine(pair)
+    assert world.node.call("getrawmempool") == []
+    assert world.node.call("gettxout", penalty_txid, 0)["confirmations"] == 1
