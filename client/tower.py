@@ -37,7 +37,9 @@ Theory of operation
    appointment in the outbox oldest first and deletes each once the tower
    acknowledged it; on failure it retries with a doubling delay (at most
    ``max_retry_seconds``). RESOURCE_EXHAUSTED (quota full) keeps the appointment
-   and is logged: the operator of the tower must raise the quota.
+   and is logged: the operator of the tower must raise the quota. One the tower will
+   never take (above its ``max_blob_bytes``, or INVALID_ARGUMENT) is set aside
+   (renamed ``.refused``, logged) so that it does not block the ones after it.
 """
 
 from __future__ import annotations
@@ -240,6 +242,7 @@ class Outbox:
     temporary name, fsynced, then renamed, so a crash leaves a whole file or none."""
 
     SUFFIX = ".appointment"
+    REFUSED_SUFFIX = ".refused"  # one the tower will never take (too large, malformed)
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -276,6 +279,9 @@ class Outbox:
         for path in self.paths():
             out.append((path, tower_pb2.Appointment.FromString(path.read_bytes())))
         return out
+
+    def set_aside(self, path: Path) -> None:
+        os.replace(path, path.with_suffix(self.REFUSED_SUFFIX))
 
     def remove(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -353,7 +359,19 @@ class TowerClient:
         try:
             transport = await self._connected()
             for path, appointment in await trio.to_thread.run_sync(self.outbox.pending):
-                quota = await transport.call("SendAppointment", appointment)
+                limit = self.quota.max_blob_bytes if self.quota is not None else 0
+                if limit and len(appointment.encrypted_blob) > limit:
+                    await self._set_aside(path, f"{len(appointment.encrypted_blob)} bytes, "
+                                                f"above the tower's {limit}")
+                    continue
+                try:
+                    quota = await transport.call("SendAppointment", appointment)
+                except RpcStatusError as exc:
+                    if exc.code != grpc.StatusCode.INVALID_ARGUMENT:
+                        raise
+                    # Refused for what it is, not for now: it would block the rest.
+                    await self._set_aside(path, exc.details)
+                    continue
                 self.quota = TowerQuota.from_proto(quota)
                 await trio.to_thread.run_sync(self.outbox.remove, path)
                 sent += 1
@@ -367,6 +385,11 @@ class TowerClient:
             raise TowerError(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
         self.last_error = None
         return sent
+
+    async def _set_aside(self, path: Path, why: str) -> None:
+        log.error("tower %s will never take appointment %s (%s): kept as %s", self.target,
+                  path.name, why, path.with_suffix(Outbox.REFUSED_SUFFIX).name)
+        await trio.to_thread.run_sync(self.outbox.set_aside, path)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:

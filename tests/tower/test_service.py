@@ -15,6 +15,7 @@ import trio
 
 from channel.chain import BitcoinRpc
 from channel.keys import pubkey_from_secret
+from client.tower import TowerClient
 from client.transport import HubPin, HubTransport
 from hub.tower import TowerService, TowerSettings
 from proto import client_pb2, tower_pb2, tower_pb2_grpc
@@ -171,4 +172,25 @@ async def test_quota_refuses_and_stores_nothing(rpc: BitcoinRpc, regtest_node: N
         assert info.registered and info.quota.used_appointments == QUOTA
         assert again.watcher is not None and bytes([2]) * 16 in again.watcher.locators
         await transport.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_appointment_the_tower_never_takes_does_not_block_the_rest(
+        rpc: BitcoinRpc, regtest_node: Node, tmp_path: Path) -> None:
+    async with open_grpc_bridge() as bridge, trio.open_nursery() as nursery:
+        tower = await running(bridge, rpc, tmp_path / "tower", nursery)
+        client = TowerClient(bridge, f"127.0.0.1:{tower.port}", node_secret=new_node_secret(),
+                             pin=HubPin(cert_pem=tower.tls.cert_pem),
+                             outbox_dir=tmp_path / "outbox", call_timeout_seconds=None)
+        await client.enqueue(appointment(1, blob_bytes=1_001))  # above max_blob_bytes
+        await client.enqueue(tower_pb2.Appointment(locator=b"\x02" * 15, nonce=b"\x00" * 12,
+                                                   encrypted_blob=b"\x00" * 20))  # malformed
+        await client.enqueue(appointment(3))
+        assert await client.flush() == 1
+        assert len(client.outbox) == 0
+        refused_files = sorted(p.name for p in (tmp_path / "outbox").glob("*.refused"))
+        assert len(refused_files) == 2
+        assert tower.store is not None
+        assert len(await tower.store.appointments_for(bytes([3]) * 16)) == 1
+        await client.aclose()
         nursery.cancel_scope.cancel()
