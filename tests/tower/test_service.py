@@ -22,6 +22,7 @@ from proto import client_pb2, tower_pb2, tower_pb2_grpc
 from protocol.driver.grpc_bridge import GrpcBridge, RpcStatusError, open_grpc_bridge
 from protocol.driver.wire_auth import SESSION_METADATA_KEY
 from regtest.node import Node
+from tests.driver.parties import until
 from tests.wire.hubfixture import new_node_secret
 
 QUOTA = 2
@@ -193,4 +194,21 @@ async def test_an_appointment_the_tower_never_takes_does_not_block_the_rest(
         assert tower.store is not None
         assert len(await tower.store.appointments_for(bytes([3]) * 16)) == 1
         await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_client_service_delivers_what_is_queued_while_it_runs(
+        rpc: BitcoinRpc, regtest_node: Node, tmp_path: Path) -> None:
+    async with open_grpc_bridge() as bridge, trio.open_nursery() as nursery:
+        tower = await running(bridge, rpc, tmp_path / "tower", nursery)
+        client = TowerClient(bridge, f"127.0.0.1:{tower.port}", node_secret=new_node_secret(),
+                             pin=HubPin(cert_pem=tower.tls.cert_pem),
+                             outbox_dir=tmp_path / "outbox", call_timeout_seconds=None)
+        await nursery.start(client.run)
+        await client.enqueue(appointment(1))
+        await until(lambda: client.sent == 1)
+        await client.enqueue(appointment(2))
+        await until(lambda: client.sent == 2)
+        assert len(client.outbox) == 0 and client.quota is not None
+        assert client.quota.used_appointments == 2
         nursery.cancel_scope.cancel()
