@@ -163,6 +163,7 @@ class StoredCommitment:
     peer_node_id: bytes
     state: str
     commitment_number: int
+    htlc_outputs: int  # HTLCs in flight with an output on that commitment
     raw_tx: bytes | None  # None: nothing signed to publish (not funded, data loss...)
     txid: str | None
 
@@ -193,13 +194,16 @@ def stored_commitments(backup_file: Path, key_source: KeySource) -> list[StoredC
 def _commitment_of(stored: StoredChannel) -> StoredCommitment:
     channel = Channel.restore(stored.snapshot)
     number = channel.d.local_ctn
+    # a channel not funded yet has no commitment signed by the peer to build
+    htlcs = (len(channel.build_local(number).htlc_outputs)
+             if channel.d.local_commit_signature else 0)
     broadcasts = [a for a in channel.fail(CHEAT_REASON) if isinstance(a, Broadcast)]
     if not broadcasts:
         return StoredCommitment(stored.channel_id, stored.peer_node_id, stored.state, number,
-                                None, None)
+                                htlcs, None, None)
     tx = broadcasts[0]
     return StoredCommitment(stored.channel_id, stored.peer_node_id, stored.state, number,
-                            tx.raw_tx, tx.txid[::-1].hex())
+                            htlcs, tx.raw_tx, tx.txid[::-1].hex())
 
 
 async def publish_old_commitment(rpc: BitcoinRpc, backup_file: Path, key_source: KeySource,

@@ -9,7 +9,7 @@
 Faults and cheats on a network (TEST-ONLY; docs/testing-scenarios.md):
 
     chanhub-regtest client stop|kill|start|pause|resume NAME
-    chanhub-regtest client open NAME AMOUNT_SAT
+    chanhub-regtest client open|inbound NAME AMOUNT_SAT
     chanhub-regtest link cut NAME [--refuse-for SECONDS] | refuse NAME | accept NAME | status NAME
     chanhub-regtest cheat backup PARTY LABEL       (PARTY: hub or a client's name)
     chanhub-regtest cheat publish PARTY LABEL [--channel ID] [--mine N]
@@ -374,6 +374,24 @@ def client_open(name: str, amount_sat: int, datadir: Path) -> None:
         datadir, lambda rpc: cheat.funding_txid(rpc, channel_id)))
     click.echo(f"{name}: channel {channel_id.hex()} open ({amount_sat} sat), "
                f"funding tx {funding}")
+
+
+@client_group.command("inbound")
+@click.argument("name")
+@click.argument("amount_sat", type=click.IntRange(1))
+@datadir_option
+def client_inbound(name: str, amount_sat: int, datadir: Path) -> None:
+    """A channel of AMOUNT_SAT the hub funds toward the client (faucet -> hub wallet)."""
+    network = _network(datadir)
+    client_dir = _client_dir(network, name)
+    hub, node = _running_hub(network), _endpoint(datadir)
+
+    def inbound() -> bytes:
+        harness.fund_hub_wallet(hub, node, amount_sat + 100_000)
+        return harness.request_client_inbound(client_dir, hub, node, amount_sat)
+
+    channel_id = _harness_call(inbound)
+    click.echo(f"{name}: channel {channel_id.hex()} open, {amount_sat} sat receivable")
 
 
 @main.group("link")

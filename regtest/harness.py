@@ -36,8 +36,10 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from channel.chain import BitcoinRpc
 from channel.keys import pubkey_from_secret
@@ -638,6 +640,84 @@ def open_client_channel(datadir: Path, hub: HubEndpoint, node: NodeEndpoint, amo
     if client is not None:
         start_client(datadir, hub, node)
     return channel_id
+
+
+def run_chanhubctl(hub: HubEndpoint, *args: str, timeout_s: float = 60.0) -> Any:
+    """Run one `chanhubctl --json` command on `hub` as its operator; its JSON answer, or
+    a `HarnessError` with its one-line error."""
+    done = subprocess.run(
+        [sys.executable, "-m", "hub.ctl", "--rpcserver", hub.target,
+         "--tls-cert", str(hub.tls_cert_file),
+         "--admin-credential", str(hub.admin_credential_file), "--json", *args],
+        capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL,
+        check=False)
+    if done.returncode != 0:
+        raise HarnessError(f"chanhubctl {' '.join(args)}: {done.stderr.strip() or done.stdout}")
+    return json.loads(done.stdout)
+
+
+def _until(condition: Callable[[], bool], *, timeout_s: float, what: str) -> None:
+    """Poll a real process's state every 0.2 s until `condition()`; HarnessError after
+    `timeout_s` (chanhubd and the clients follow the node once a second)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise HarnessError(f"{what} did not happen within {timeout_s:.0f} s")
+        time.sleep(0.2)  # bounded polling of a real subprocess
+
+
+def fund_hub_wallet(hub: HubEndpoint, node: NodeEndpoint, amount_sat: int, *,
+                    timeout_s: float = 60.0) -> int:
+    """The faucet pays `amount_sat` to the hub's wallet (`chanhubctl wallet address`), one
+    block is mined, and this returns the hub's confirmed balance once it has seen it."""
+    import trio
+
+    def confirmed() -> int:
+        return int(run_chanhubctl(hub, "wallet", "balance").get("confirmed_sat", 0))
+
+    before = confirmed()
+    address = str(run_chanhubctl(hub, "wallet", "address")["address"])
+    trio.run(_faucet_pays, node, address, amount_sat)
+    _until(lambda: confirmed() >= before + amount_sat, timeout_s=timeout_s,
+           what="the hub's wallet seeing its coins")
+    return confirmed()
+
+
+def request_client_inbound(datadir: Path, hub: HubEndpoint, node: NodeEndpoint,
+                           amount_sat: int, *, timeout_s: float = 120.0) -> bytes:
+    """The client of `datadir` asks the hub for a channel of `amount_sat` the hub funds
+    (`chanhub inbound`: what the client can then receive); the hub's wallet must hold
+    it (`fund_hub_wallet`). Once the hub broadcast its funding, one block is mined; this
+    returns the channel id once it is open. A serving client is stopped for the
+    one-shot commands and started again after."""
+    import trio
+
+    client = running_client(datadir)
+    if client is not None:
+        stop_client(datadir)
+    key = os.urandom(8).hex()
+    order = ["--json", "inbound", str(amount_sat), "--idempotency-key", key]
+    started = json.loads(run_chanhub(datadir, hub, *order, "--no-wait", node=node,
+                                     timeout_s=timeout_s))
+    if started["state"] == "failed":
+        raise HarnessError(f"the hub refused inbound: {started['failure_reason']}")
+
+    async def mempool() -> list[str]:
+        async with node.rpc() as rpc:
+            return await rpc.getrawmempool()
+
+    _until(lambda: bool(trio.run(mempool)), timeout_s=timeout_s,
+           what="the hub broadcasting the inbound funding")
+    trio.run(_mine_one, node)
+    done = json.loads(run_chanhub(datadir, hub, *order, node=node, timeout_s=timeout_s))
+    if done["state"] != "completed":
+        raise HarnessError(f"inbound order {done['order_id']}: {done['state']} "
+                           f"{done.get('failure_reason', '')}")
+    if client is not None:
+        start_client(datadir, hub, node)
+    return bytes.fromhex(str(done["channel_id"]))
 
 
 async def _faucet_pays(node: NodeEndpoint, address: str, amount_sat: int) -> None:

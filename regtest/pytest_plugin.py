@@ -19,7 +19,8 @@ Register with `pytest_plugins = ["regtest.pytest_plugin"]` (tests/conftest.py).
   can drop).
 - `regtest_faults`: a `Faults` helper over those processes, to replay the dispute
   scenarios (docs/testing-scenarios.md): open a client's channel, back up a party's
-  store and publish its old commitment, cut/refuse/accept a client's link, pause,
+  store and publish its old commitment, inbound liquidity toward a client, invoices
+  and payments in the background, cut/refuse/accept a client's link, pause,
   resume, kill and restart a client, reorg the chain, mine leaving transactions out.
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -42,12 +44,16 @@ from regtest.harness import (
     HarnessError,
     HubEndpoint,
     NodeEndpoint,
+    chanhub_command,
+    client_env,
     drop_postgres_schema,
     free_port,
+    fund_hub_wallet,
     hub_store_url,
     kill_client,
     open_client_channel,
     pause_client,
+    request_client_inbound,
     resume_client,
     run_chanhub,
     start_client,
@@ -222,6 +228,32 @@ class Faults:
 
     def open_channel(self, client: ClientEndpoint, amount_sat: int) -> bytes:
         return open_client_channel(client.datadir, self.hub, self.node, amount_sat)
+
+    def inbound(self, client: ClientEndpoint, amount_sat: int) -> bytes:
+        """A channel of `amount_sat` the hub funds toward the client (its wallet is
+        funded from the faucet first): what the client can receive."""
+        fund_hub_wallet(self.hub, self.node, amount_sat + 100_000)
+        return request_client_inbound(client.datadir, self.hub, self.node, amount_sat)
+
+    def invoice(self, client: ClientEndpoint, amount_msat: int) -> str:
+        """A BOLT #11 invoice of the client (stopped for the command, started again)."""
+        stop_client(client.datadir)
+        try:
+            return str(json.loads(run_chanhub(client.datadir, self.hub, "--json", "invoice",
+                                              str(amount_msat)))["invoice"])
+        finally:
+            start_client(client.datadir, self.hub, self.node)
+
+    def start_payment(self, payer: ClientEndpoint, bolt11: str, idempotency_key: str
+                      ) -> subprocess.Popen[str]:
+        """Stop the payer's `serve` and run `chanhub --json pay` in the background (it
+        holds the payer's store until the payment ends); `communicate()` it after."""
+        stop_client(payer.datadir)
+        return subprocess.Popen(
+            chanhub_command(payer.datadir, self.hub, "--json", "pay", bolt11,
+                            "--idempotency-key", idempotency_key),
+            env=client_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
 
     def _party(self, party: ClientEndpoint | str) -> tuple[Path, Any]:
         if party == "hub":

@@ -1,0 +1,68 @@
+"""A breach with an HTLC in flight, replayed on real processes with the plugin's
+helper: the payee is frozen (SIGSTOP) while a payment to it is routed, so the payer's
+channel holds the HTLC; a backup taken then holds a commitment with an HTLC output,
+revoked once the payee is resumed and the payment succeeds; the payer publishes it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from regtest import cheat
+from regtest.harness import NodeEndpoint, client_state, running_client
+from regtest.pytest_plugin import ClientFactory, Faults, wait_until
+
+
+def _call(node: NodeEndpoint, method: str, *params: Any) -> Any:
+    import trio
+
+    async def run() -> Any:
+        async with node.rpc() as rpc:
+            return await rpc.call(method, *params)
+
+    return trio.run(run)
+
+
+def test_a_payer_publishes_a_commitment_with_an_htlc_in_flight(
+        regtest_faults: Faults, client_processes: ClientFactory,
+        node_process: NodeEndpoint) -> None:
+    faults = regtest_faults
+    alice = client_processes("alice")
+    bob = client_processes("bob", via_proxy=True)
+    alice_channel = faults.open_channel(alice, 400_000)
+    faults.inbound(bob, 300_000)  # the hub funds a channel toward bob: he can receive
+    bolt11 = faults.invoice(bob, 50_000_000)  # 50,000 sat
+
+    # bob freezes; alice's payment reaches the hub, which cannot get bob to answer
+    bob = running_client(bob.datadir) or bob
+    faults.pause(bob)
+    assert client_state(bob.pid) == "T"
+    payment = faults.start_payment(alice, bolt11, "in-flight")
+    try:
+        def htlc_in_flight() -> bool:
+            [stored] = faults.backup(alice, "in-flight")
+            return stored.htlc_outputs == 1
+
+        wait_until(htlc_in_flight, what="alice's commitment holding the HTLC")
+        [held] = cheat.stored_commitments(cheat.backup_path(alice.datadir, "in-flight"),
+                                          cheat.client_key_source())
+        assert held.channel_id == alice_channel and payment.poll() is None
+    finally:
+        faults.resume(bob)
+    out, err = payment.communicate(timeout=120)
+    assert payment.returncode == 0, err
+    assert json.loads(out)["state"] == "succeeded"
+
+    # the payment settled: the commitment with the HTLC is revoked; alice (stopped since
+    # her payment, her store as the payment left it) publishes it
+    [now] = faults.backup(alice, "settled")
+    assert now.commitment_number > held.commitment_number and now.htlc_outputs == 0
+    [sent] = faults.publish_old_commitment(alice, "in-flight", mine_blocks=1)
+    assert sent.txid == held.txid
+    tx = _call(node_process, "getrawtransaction", held.txid, True)
+    assert tx["confirmations"] == 1
+    # to_local (alice's balance before the payment) and the HTLC output: the hub had
+    # nothing in alice's channel yet, so there is no to_remote
+    values_sat = sorted(round(float(out["value"]) * 100_000_000) for out in tx["vout"])
+    assert len(values_sat) == 2
+    assert 50_000 <= values_sat[0] <= 50_100  # the HTLC: 50,000 sat plus the hub's fee
