@@ -27,11 +27,13 @@ from client.tower import (
     TowerClient,
     TowerError,
     TowerWatchHook,
+    appointment_for_watch,
 )
 from client.transport import HubPin
 from hub.tower import TowerService, TowerSettings
 from proto import tower_pb2
 from protocol import Broadcast, Channel, Watch
+from protocol.driver.appointment import open_sealed
 from protocol.driver.grpc_bridge import GrpcBridge, open_grpc_bridge
 from regtest.node import Node
 from regtest.twoparty import Party, TwoPartyChannel, derived_secret
@@ -336,3 +338,27 @@ async def test_a_reorg_that_forgets_the_breach_and_the_penalty(world: World) -> 
     await world.mine(pair)
     assert world.node.call("getrawmempool") == []
     assert world.node.call("gettxout", penalty_txid, 0)["confirmations"] == 1
+
+
+async def test_the_second_stage_txids_are_the_cheaters_real_ones(world: World) -> None:
+    """The kit's second-stage txids, computed by the client alone, are those of the
+    HTLC-timeout and HTLC-success transactions the cheater can sign from its backup."""
+    pair = TwoPartyChannel(world.rpc, label="tower txids", to_self_delay=TO_SELF_DELAY)
+    cheater, revoked_tx, b_preimage = await breach_with_htlcs(pair)
+    watch = next(w for w in revoked_watches(pair.b) if w.txid == revoked_tx.txid())
+    appointment = appointment_for_watch(pair.b.channel, watch,
+                                        destination_script_pubkey=pair.b.wallet_script,
+                                        penalty_feerate_per_kw=PENALTY_FEERATE)
+    opened = open_sealed(revoked_tx.txid(), appointment.nonce, appointment.encrypted_blob)
+    assert opened is not None
+    kit = tower_pb2.JusticeKit.FromString(opened)
+    commitment = cheater.build_local(cheater.d.local_ctn)
+    real = set()
+    for position, (index, htlc) in enumerate(commitment.htlc_outputs):
+        signature = cheater.d.local_htlc_signatures[position]
+        preimage = b_preimage if htlc.offered_by is Side.REMOTE else None  # success/timeout
+        real.add(finalize_holder_htlc_tx(cheater.static, cheater.secrets, commitment, index,
+                                         signature, preimage).txid())
+    assert {bytes(s.htlc_txid) for s in kit.second_stage_penalties} == real
+    assert len(real) == 2
+    assert len(kit.penalty_txs) == 1 and len(kit.output_penalty_txs) == 3
