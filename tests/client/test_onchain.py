@@ -51,6 +51,33 @@ async def funded_client(world: World, url: str, rpc: BitcoinRpc) -> tuple[Client
     return client, chain
 
 
+async def start_client(world: World, nursery: trio.Nursery, client: ClientNode) -> trio.Event:
+    """``World.start_client``, with an event set once ``client.run`` has really ended
+    (its writer thread included), so a "crash" can close the store safely after."""
+    ended = trio.Event()
+    scope = world.run_scopes[client.node_id] = trio.CancelScope()
+
+    async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with scope:
+                await client.run(task_status=task_status)
+        finally:
+            ended.set()
+
+    await nursery.start(run)
+    await world.connect(nursery, client)
+    await client.ready()
+    return ended
+
+
+async def crash(world: World, client: ClientNode, ended: trio.Event) -> None:
+    """The process dies: links and tasks cancelled, nothing finished, store closed."""
+    world.scopes[client.node_id].cancel()
+    world.run_scopes[client.node_id].cancel()
+    await until(ended.is_set)
+    client.close()
+
+
 def fee_of(node: Node, tx: Tx) -> int:
     """Inputs minus outputs, the inputs' amounts from the node."""
     spent = 0
@@ -74,7 +101,7 @@ async def test_crash_after_funding_signed_keeps_the_funding_tx(
                           timeout_s=None) as rpc, trio.open_nursery() as nursery:
         await world.start_hub(nursery)
         client, chain = await funded_client(world, client_url, rpc)
-        await world.start_client(nursery, client)
+        ended = await start_client(world, nursery, client)
         await synced(chain, regtest_node)
         assert client.onchain is not None
         died = trio.Event()
@@ -89,10 +116,7 @@ async def test_crash_after_funding_signed_keeps_the_funding_tx(
         assert driver.channel.state is ChannelState.AWAIT_CHANNEL_READY
         funding_txid = driver.channel.d.funding_txid[::-1].hex()
         assert regtest_node.call("getrawmempool") == []  # never broadcast
-        world.scopes[client.node_id].cancel()
-        world.run_scopes[client.node_id].cancel()
-        await trio.sleep(0)
-        client.close()
+        await crash(world, client, ended)
 
         again = ClientNode.open(client_url, TEST_PASSPHRASE, world.terms())
         chain = await again.attach_chain(rpc, poll_interval_s=0.5)
@@ -123,7 +147,7 @@ async def test_crash_before_the_outpoint_is_stored_releases_the_coins(
                           timeout_s=None) as rpc, trio.open_nursery() as nursery:
         await world.start_hub(nursery)
         client, chain = await funded_client(world, client_url, rpc)
-        await world.start_client(nursery, client)
+        ended = await start_client(world, nursery, client)
         await synced(chain, regtest_node)
         assert client.onchain is not None
         died = trio.Event()
@@ -141,10 +165,7 @@ async def test_crash_before_the_outpoint_is_stored_releases_the_coins(
         client.open_channel(FUNDING_SAT)
         await until(died.is_set)
         assert chain.wallet.balance().reserved_sat == FAUCET_SAT
-        world.scopes[client.node_id].cancel()
-        world.run_scopes[client.node_id].cancel()
-        await trio.sleep(0)
-        client.close()
+        await crash(world, client, ended)
 
         again = ClientNode.open(client_url, TEST_PASSPHRASE, world.terms())
         chain = await again.attach_chain(rpc, poll_interval_s=0.5)
