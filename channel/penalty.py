@@ -104,7 +104,7 @@ def revoked_commitment_outputs(
         else:
             wscript = htlc_scripts.received(h.payment_hash, h.cltv_expiry)
             kind = "received_htlc"
-        outpoint, amount_sat = checked_htlc_output(revoked_tx, index, wscript, h)
+        outpoint, amount_sat = checked_htlc_output(revoked_tx, index, wscript, h, txid=txid)
         found.append(
             SpendableOutput(
                 outpoint, amount_sat, wscript, privkey, (keys.revocation_pubkey, wscript),

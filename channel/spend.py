@@ -90,13 +90,16 @@ def build_spend_tx(
 
 
 def checked_htlc_output(
-    tx: Tx, output_index: int, witness_script: bytes, htlc: CommitmentHtlc
+    tx: Tx, output_index: int, witness_script: bytes, htlc: CommitmentHtlc,
+    *, txid: bytes | None = None,
 ) -> tuple[OutPoint, int]:
     """The outpoint and amount of ``tx``'s output ``output_index``, after checking that
     it is this HTLC's: its script pays ``witness_script`` and its amount is the HTLC's
     (BOLT #3: amount_msat rounded down to the satoshi). The amount is what tells two
     HTLCs of one script apart when their indexes are mixed up; two of one script
-    and one amount are interchangeable outputs, kept apart by their distinct indexes."""
+    and one amount are interchangeable outputs, kept apart by their distinct indexes.
+    ``txid`` is ``tx.txid()`` when the caller has it: hashing a commitment with a
+    thousand outputs once per HTLC made a penalty quadratic."""
     if not 0 <= output_index < len(tx.outputs):
         raise TransactionError(
             f"transaction {tx.txid_hex()} has no output {output_index} (htlc {htlc.htlc_id})"
@@ -111,4 +114,4 @@ def checked_htlc_output(
             f"output {output_index} of {tx.txid_hex()} pays {out.amount_sat} sat, "
             f"htlc {htlc.htlc_id} is {htlc.amount_msat} msat"
         )
-    return OutPoint(tx.txid(), output_index), out.amount_sat
+    return OutPoint(tx.txid() if txid is None else txid, output_index), out.amount_sat

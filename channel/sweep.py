@@ -228,6 +228,7 @@ def remote_htlc_claim_outputs(
     privkey = derive_privkey(secrets.htlc_basepoint_secret, remote_per_commitment_point)
     spends = []
     locktime = 0
+    txid = remote_commitment_tx.txid()
     for index, htlc, preimage in claims:
         if preimage is not None:
             if htlc.offered_by is not Side.REMOTE:
@@ -252,7 +253,8 @@ def remote_htlc_claim_outputs(
             sequence = SEQUENCE_LOCKTIME_ENABLED  # a final sequence would disable nLockTime
             description = f"htlc {htlc.htlc_id} after timeout"
             locktime = max(locktime, htlc.cltv_expiry)
-        outpoint, amount_sat = checked_htlc_output(remote_commitment_tx, index, wscript, htlc)
+        outpoint, amount_sat = checked_htlc_output(remote_commitment_tx, index, wscript, htlc,
+                                                   txid=txid)
         spends.append(
             SpendableOutput(
                 outpoint, amount_sat, wscript, privkey, witness,

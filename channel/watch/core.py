@@ -48,7 +48,7 @@ from channel.watch.claims import (
     sign_claim,
     target_feerate,
 )
-from channel.watch.resolve import ChainView, LocalData, Resolver
+from channel.watch.resolve import ChainView, KeptTx, LocalData, Resolver
 from channel.watch.types import (
     STICKY_EVENTS,
     URGENT_CLAIM_BLOCKS,
@@ -103,7 +103,7 @@ class ChannelWatch:
         self.revoked: dict[bytes, RevokedCommitment] = {}
         self.preimages: dict[bytes, bytes] = {}
         # height -> (block hash, relevant txs in block order)
-        self.blocks: dict[int, tuple[str, list[Tx]]] = {}
+        self.blocks: dict[int, tuple[str, list[KeptTx]]] = {}
         # funding tx and funding spends ever confirmed, by txid: announced again if a
         # reorg takes them out
         self.seen: dict[bytes, Tx] = {}
@@ -183,9 +183,9 @@ class ChannelWatch:
     def _levels(self) -> dict[bytes, int]:
         funding = self.static.funding_outpoint
         levels: dict[bytes, int] = {}
-        for _, (_, block_txs) in sorted(self.blocks.items()):
-            for tx in block_txs:
-                levels[tx.txid()] = self._level(tx, levels, funding, True)
+        for _, (_, kept) in sorted(self.blocks.items()):
+            for k in kept:
+                levels[k.txid] = self._level(k.tx, levels, funding, False, k.txid)
         return levels
 
     def interest(self) -> tuple[OutPoint, bytes | None, set[bytes]]:
@@ -198,7 +198,7 @@ class ChannelWatch:
         awaited = None if funding.txid in levels else funding.txid
         return funding, awaited, {txid for txid, level in levels.items() if 1 <= level <= 2}
 
-    def _relevant(self, txs: Sequence[Tx]) -> list[Tx]:
+    def _relevant(self, txs: Sequence[Tx]) -> list[KeptTx]:
         funding = self.static.funding_outpoint
         levels = self._levels()
         # Hashing every transaction of every block for every channel is the cost of a
@@ -208,18 +208,18 @@ class ChannelWatch:
         for tx in txs:
             level = self._level(tx, levels, funding, look_for_funding)
             if level >= 0:
-                txid = tx.txid()
-                levels[txid] = level
-                kept.append(tx)
+                k = KeptTx.of(tx)
+                levels[k.txid] = level
+                kept.append(k)
                 if level <= 1:
-                    self.seen[txid] = tx
+                    self.seen[k.txid] = tx
         return kept
 
     @staticmethod
     def _level(tx: Tx, levels: dict[bytes, int], funding: OutPoint,
-               look_for_funding: bool) -> int:
+               look_for_funding: bool, txid: bytes | None = None) -> int:
         """0 funding tx, 1 its spend, 2 and 3 the spends below; -1 not ours."""
-        if look_for_funding and tx.txid() == funding.txid:
+        if (txid or (tx.txid() if look_for_funding else None)) == funding.txid:
             return 0
         best = -1
         for txin in tx.inputs:
@@ -376,8 +376,8 @@ class ChannelWatch:
             "remotes": [codec.remote_to_json(r) for r in self.remotes.values()],
             "revoked": [codec.revoked_to_json(r) for r in self.revoked.values()],
             "preimages": [p.hex() for p in self.preimages.values()],
-            "blocks": [[h, block_hash, [tx.serialize().hex() for tx in txs]]
-                       for h, (block_hash, txs) in sorted(self.blocks.items())],
+            "blocks": [[h, block_hash, [k.tx.serialize().hex() for k in kept]]
+                       for h, (block_hash, kept) in sorted(self.blocks.items())],
             "seen": [tx.serialize().hex() for tx in self.seen.values()],
             "sent": {k: [s.tx.serialize().hex(), s.feerate_per_kw] for k, s in self.sent.items()},
             "announced": {k: v.hex() for k, v in self.announced.items()},
@@ -407,7 +407,7 @@ class ChannelWatch:
             for p in data["preimages"]:
                 watch.add_preimage(bytes.fromhex(p))
             for h, block_hash, txs in data["blocks"]:
-                watch.blocks[int(h)] = (str(block_hash), [codec.tx(t) for t in txs])
+                watch.blocks[int(h)] = (str(block_hash), [KeptTx.of(codec.tx(t)) for t in txs])
             for raw in data["seen"]:
                 tx = codec.tx(raw)
                 watch.seen[tx.txid()] = tx

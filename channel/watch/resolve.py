@@ -61,22 +61,39 @@ from channel.watch.types import (
 
 
 @dataclass(frozen=True, slots=True)
+class KeptTx:
+    """A transaction the watch keeps, with its txid computed once: a commitment with
+    a thousand HTLC outputs takes milliseconds to hash, and every evaluation needs it."""
+
+    txid: bytes
+    tx: Tx
+
+    @classmethod
+    def of(cls, tx: Tx) -> KeptTx:
+        return cls(tx.txid(), tx)
+
+
+@dataclass(frozen=True, slots=True)
 class Confirmed:
     tx: Tx
     height: int
+    txid: bytes
+
+    def txid_hex(self) -> str:
+        return self.txid[::-1].hex()
 
 
 class ChainView:
     """The confirmed channel transactions: by txid, and which one spends an outpoint."""
 
-    def __init__(self, blocks: Iterable[tuple[int, list[Tx]]]) -> None:
+    def __init__(self, blocks: Iterable[tuple[int, list[KeptTx]]]) -> None:
         self.by_txid: dict[bytes, Confirmed] = {}
         self.spent_by: dict[OutPoint, Confirmed] = {}
-        for height, txs in sorted(blocks, key=lambda b: b[0]):
-            for tx in txs:
-                c = Confirmed(tx, height)
-                self.by_txid[tx.txid()] = c
-                for txin in tx.inputs:
+        for height, kept in sorted(blocks, key=lambda b: b[0]):
+            for k in kept:
+                c = Confirmed(k.tx, height, k.txid)
+                self.by_txid[k.txid] = c
+                for txin in k.tx.inputs:
                     self.spent_by[txin.outpoint] = c
 
 
@@ -127,13 +144,12 @@ class Resolver:
         )
 
     def confirmed_ours(self, spender: Confirmed, label: str) -> None:
-        tx = spender.tx
-        self.out.event(f"claim:{tx.txid_hex()}", ClaimConfirmed(
-            label, tx.txid(), spender.height, sum(o.amount_sat for o in tx.outputs)))
+        self.out.event(f"claim:{spender.txid_hex()}", ClaimConfirmed(
+            label, spender.txid, spender.height, sum(o.amount_sat for o in spender.tx.outputs)))
 
     def lost(self, spender: Confirmed, label: str) -> None:
-        self.out.event(f"lost:{spender.tx.txid_hex()}:{label}",
-                       OutputLost(label, spender.tx.txid(), spender.height))
+        self.out.event(f"lost:{spender.txid_hex()}:{label}",
+                       OutputLost(label, spender.txid, spender.height))
 
     def scan_preimages(self, spender: Confirmed, htlcs: Iterable[CommitmentHtlc]) -> None:
         """BOLT #5: extract the preimage of an HTLC we offered from the peer's claim."""
@@ -146,7 +162,7 @@ class Resolver:
                 if payment_hash in ours:
                     self.out.event(
                         f"preimage:{payment_hash.hex()}",
-                        PreimageLearned(payment_hash, item, spender.tx.txid(), spender.height),
+                        PreimageLearned(payment_hash, item, spender.txid, spender.height),
                     )
 
     def claim(self, label: str, valid_height: int, deadline_height: int,
@@ -203,8 +219,7 @@ class Resolver:
                     side is Side.LOCAL, htlc_id, h.payment_hash, deadline))
 
     def closed(self, spender: Confirmed) -> None:
-        tx, height = spender.tx, spender.height
-        txid = tx.txid()
+        tx, height, txid = spender.tx, spender.height, spender.txid
         number = commitment_number_from_tx(self.static, tx) if is_commitment_shaped(tx) else -1
 
         def report(kind: str) -> None:
