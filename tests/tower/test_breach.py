@@ -362,3 +362,41 @@ async def test_the_second_stage_txids_are_the_cheaters_real_ones(world: World) -
     assert {bytes(s.htlc_txid) for s in kit.second_stage_penalties} == real
     assert len(real) == 2
     assert len(kit.penalty_txs) == 1 and len(kit.output_penalty_txs) == 3
+
+
+async def test_a_restarted_tower_keeps_its_breaches_and_pending_penalties(
+        regtest_node: Node, regtest_rpc: Any, tmp_path: Path, autojump_clock: Any) -> None:
+    """The tower found the breach and sent its penalty, then restarts; the node has
+    meanwhile forgotten the penalty. The restarted tower still knows the breach (its
+    kit reopened from the store) and sends the penalty again at the next block."""
+    settings = TowerSettings(tmp_path / "tower", listen_port=0)
+    async with BitcoinRpc(regtest_rpc.url, cookie_file=Path(regtest_rpc.cookie_path),
+                          timeout_s=None) as rpc, open_grpc_bridge() as bridge:
+        pair = TwoPartyChannel(rpc, label="tower restart breach", to_self_delay=TO_SELF_DELAY)
+        _, revoked_tx, _ = await breach_with_htlcs(pair)
+        async with trio.open_nursery() as nursery:
+            tower = TowerService(settings, rpc, bridge, run_follower=False)
+            await nursery.start(tower.run)
+            await deliver(World(rpc, regtest_node, bridge, tower, tmp_path), pair,
+                          new_node_secret())
+            await pair.broadcast(revoked_tx)
+            await pair.mine(1)
+            await tower.sync()
+            (penalty_txid,) = regtest_node.call("getrawmempool")
+            nursery.cancel_scope.cancel()
+
+        with regtest_node.lock:
+            regtest_node.mempool.clear()
+        async with trio.open_nursery() as nursery:
+            again = TowerService(settings, rpc, bridge, run_follower=False)
+            await nursery.start(again.run)
+            assert again.watcher is not None
+            assert [b.txid for b in again.watcher.breaches.values()] == [revoked_tx.txid()]
+            assert regtest_node.call("getrawmempool") == []
+            await pair.mine(1)
+            await again.sync()
+            assert regtest_node.call("getrawmempool") == [penalty_txid]
+            await pair.mine(1)
+            await again.sync()
+            assert regtest_node.call("gettxout", penalty_txid, 0)["confirmations"] == 1
+            nursery.cancel_scope.cancel()
