@@ -181,9 +181,7 @@ class TowerWatcher:
 
     async def best_block_updated(self, tip: BlockRef) -> None:
         self.tip = tip
-        found, self._found = self._found, []
-        early, self._early = self._early, []
-        self._found_txids = set()
+        found, early = list(self._found), list(self._early)
         for txid, height in found:
             for stored in await self.store.appointments_for(locator(txid)):
                 key = (txid, stored.client_node_id)
@@ -197,6 +195,11 @@ class TowerWatcher:
                     self.breaches[key] = breach
                     for spender, spent_height in early:
                         self._note(breach, spender, spender.txid(), spent_height)
+        # Forgotten only now: if the store failed above, the next step tries again
+        # (breaches already opened are skipped by their key).
+        del self._found[:len(found)]
+        del self._early[:len(early)]
+        self._found_txids = {t for t, _ in self._found}
         for breach in self.breaches.values():
             await self._act(breach)
         await self.store.put_json(self.STATE_KEY,
