@@ -134,6 +134,7 @@ class TowerService:
         self._bridge: GrpcBridge | None = bridge
         # Tests drive the chain by hand (``sync``) instead of the follower's polling.
         self.run_follower = run_follower
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.node_secret = load_or_create_node_key(settings.data_dir / NODE_KEY_FILE)
         self.node_id = pubkey_from_secret(self.node_secret)
         self.tls: TlsIdentity = load_or_create_tls(settings.data_dir / "tls.cert",
@@ -167,7 +168,6 @@ class TowerService:
 
     async def _run(self, task_status: trio.TaskStatus[TowerStarted]) -> None:
         settings = self.settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = self.store = await trio.to_thread.run_sync(
             TowerStore.open, settings.effective_store_url)
         server: grpc.aio.Server | None = None
