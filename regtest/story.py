@@ -51,6 +51,17 @@ from typing import Any
 
 import trio
 
+from channel.chain.rpc import BitcoinRpc
+from channel.commitment import Side
+from client import errors
+from client.node import ClientNode, node_secret_of, save_hub_terms
+from client.sdk import AsyncHubClient, GrpcLinks, open_grpc_client, terms_of
+from client.transport import HubPin
+from protocol import ChannelState
+from protocol.driver.crypto import Passphrase
+from protocol.driver.db import sqlite_url
+from protocol.driver.grpc_bridge import open_grpc_bridge
+
 ACTOR_LOG_FILE = "actor.log"
 PASSPHRASE_ENV = "CHANHUB_PASSPHRASE"
 DEFAULT_CALL_TIMEOUT_S = 120.0
@@ -112,7 +123,8 @@ class ClientActor:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             line = b""
         if not line:
-            raise ActorDied(f"{self.name} exited during {op} (code {self.process.poll()}); "
+            raise ActorDied(f"{self.name} exited during {op} (code "
+                            f"{await exit_code(self.process)}); "
                             f"last log lines:\n{log_tail(self.log_file)}")
         answer = json.loads(line)
         if "error" in answer:
@@ -128,6 +140,14 @@ class ClientActor:
             return await self.process.wait()
         self.process.kill()
         return await self.process.wait()
+
+
+async def exit_code(process: trio.Process, timeout_s: float = 10.0) -> int | None:
+    """The exit status of a process whose stdout just ended (it closes stdout a moment
+    before it is reaped); None if it is still running after `timeout_s`."""
+    with trio.move_on_after(timeout_s):
+        return await process.wait()
+    return None
 
 
 def find_exception(exc: BaseException, types: tuple[type[Exception], ...]
@@ -146,8 +166,6 @@ def find_exception(exc: BaseException, types: tuple[type[Exception], ...]
 
 def sdk_error(error_type: str, message: str) -> Exception:
     """The `client.errors` exception named `error_type` (an `ActorRefused` otherwise)."""
-    from client import errors
-
     cls = getattr(errors, error_type, None)
     if isinstance(cls, type) and issubclass(cls, errors.ChanhubError):
         return cls(message)
@@ -212,7 +230,7 @@ async def start_actor(name: str, datadir: Path, *, hub_target: str, tls_cert_fil
             env={**os.environ, PASSPHRASE_ENV: passphrase}, start_new_session=True)
     assert process.stdout is not None
     reader = _LineReader(process.stdout)
-    line = b""
+    line = None
     with trio.move_on_after(timeout_s):
         line = await reader.readline()
     try:
@@ -223,12 +241,12 @@ async def start_actor(name: str, datadir: Path, *, hub_target: str, tls_cert_fil
                                  bytes.fromhex(hello["hub_node_id"]),
                                  int(hello["base_fee_msat"]), int(hello["fee_ppm"]),
                                  int(hello["height"]))
-    except (ValueError, KeyError):
-        exited = process.poll() is not None
+    except (ValueError, KeyError, TypeError):
+        # EOF on stdout (b"") is the actor exiting; no line at all (None) is a hang.
+        why = (f"exited during start-up (code {await exit_code(process)})" if line == b""
+               else f"did not come online within {timeout_s:.0f} s")
         process.kill()
         await process.wait()
-        why = (f"exited during start-up (code {process.returncode})" if exited
-               else f"did not come online within {timeout_s:.0f} s")
         raise ActorDied(f"{name} {why}; last log lines:\n{log_tail(log_file)}") from None
     return ClientActor(name, process, log_file, identity, reader)
 
@@ -282,17 +300,23 @@ def _jsonable(value: Any) -> Any:
 
 
 class Actor:
-    """The commands an actor answers; each `op_<name>` takes the command's args."""
+    """The commands an actor answers: `commands` names each one (no dispatch by
+    attribute name: the table is the protocol); each takes the command's args."""
 
-    def __init__(self, client: Any, clock_offset_s: list[int]) -> None:
-        from client.sdk import AsyncHubClient
-
-        self.client: AsyncHubClient = client
+    def __init__(self, client: AsyncHubClient, clock_offset_s: list[int]) -> None:
+        self.client = client
         self.clock_offset_s = clock_offset_s
-
-    def handler(self, op: str) -> Callable[..., Awaitable[Any]] | None:
-        method = getattr(self, "op_" + op, None)
-        return method if callable(method) else None
+        self.commands: dict[str, Callable[..., Awaitable[Any]]] = {
+            "info": self.op_info, "wallet_address": self.op_wallet_address,
+            "wallet_balance": self.op_wallet_balance, "sync": self.op_sync,
+            "open": self.op_open, "wait_open": self.op_wait_open,
+            "request_inbound": self.op_request_inbound, "channels": self.op_channels,
+            "ready": self.op_ready, "balance": self.op_balance,
+            "invoices": self.op_invoices, "pay": self.op_pay, "pay_many": self.op_pay_many,
+            "refund": self.op_refund, "payments": self.op_payments,
+            "events": self.op_events, "close": self.op_close,
+            "advance_clock": self.op_advance_clock,
+        }
 
     async def op_info(self) -> dict[str, Any]:
         node = self.client.node
@@ -321,8 +345,6 @@ class Actor:
 
     async def op_wait_open(self, channel_id: str) -> dict[str, Any]:
         """Wait until the channel is open (minimum depth seen by both sides) and up."""
-        from protocol import ChannelState
-
         node = self.client.node
         while True:
             driver = self._driver(channel_id)
@@ -336,13 +358,9 @@ class Actor:
         for driver in self.client.node.session.drivers:
             if driver.channel_id.hex() == channel_id:
                 return driver
-        from client import errors
-
         raise errors.NoChannel(f"no channel {channel_id}")
 
     def _channel(self, channel_id: bytes) -> dict[str, Any]:
-        from channel.commitment import Side
-
         driver = self._driver(channel_id.hex())
         d = driver.channel.d
         view = driver.channel.latest_view(Side.LOCAL)
@@ -383,8 +401,6 @@ class Actor:
                           in_flight: int = 10) -> dict[str, Any]:
         """Pay every invoice (at most `in_flight` at once). Returns the payments (or
         each one's error) in invoice order and the seconds it took."""
-        from client import errors
-
         await self.client.ready()
         results: list[Any] = [None] * len(invoices)
         limiter = trio.CapacityLimiter(in_flight)
@@ -420,8 +436,6 @@ class Actor:
     async def op_close(self, channel_id: str, force: bool = False) -> dict[str, Any]:
         """Close one channel: cooperatively (return once the closing tx is agreed and
         broadcast), or force (our latest commitment broadcast)."""
-        from protocol import ChannelState
-
         await self.client.ready()
         await self.client.close_channel(channel_id=bytes.fromhex(channel_id), force=force)
         driver = self._driver(channel_id)
@@ -435,15 +449,13 @@ class Actor:
 
 
 async def _serve_commands(actor: Actor) -> None:
-    from client import errors
-
     stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
     reader = _LineReader(stdin)
     while line := await reader.readline():
         request = json.loads(line)
         if request["op"] == "stop":
             break
-        handler = actor.handler(request["op"])
+        handler = actor.commands.get(request["op"])
         answer: dict[str, Any]
         if handler is None:
             answer = {"error": {"type": "UnknownCommand", "message": request["op"]}}
@@ -457,14 +469,6 @@ async def _serve_commands(actor: Actor) -> None:
 
 
 async def _actor_main(args: argparse.Namespace) -> None:
-    from channel.chain.rpc import BitcoinRpc
-    from client.node import ClientNode, node_secret_of, save_hub_terms
-    from client.sdk import GrpcLinks, open_grpc_client, terms_of
-    from client.transport import HubPin
-    from protocol.driver.crypto import Passphrase
-    from protocol.driver.db import sqlite_url
-    from protocol.driver.grpc_bridge import open_grpc_bridge
-
     key_source = Passphrase(os.environ[PASSPHRASE_ENV], scrypt_n=args.scrypt_n)
     store_url = sqlite_url(args.data_dir / "client.sqlite")
     pin = HubPin.from_cert_file(args.tls_cert)
@@ -502,12 +506,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from client.errors import ChanhubError
-
     try:
         trio.run(_actor_main, args)
     except Exception as exc:
-        error = find_exception(exc, (ChanhubError,))
+        error = find_exception(exc, (errors.ChanhubError,))
         if error is None:
             raise
         print(f"error: {error}", file=sys.stderr, flush=True)  # one line, as the CLI
