@@ -48,12 +48,13 @@ from channel.watch.claims import (
     sign_claim,
     target_feerate,
 )
-from channel.watch.resolve import ChainView, KeptTx, LocalData, Resolver
+from channel.watch.resolve import ChainView, KeptTx, LocalData, Resolver, htlc_deadlines
 from channel.watch.types import (
     STICKY_EVENTS,
     URGENT_CLAIM_BLOCKS,
     Broadcast,
     ClaimUneconomical,
+    GoOnChain,
     LocalCommitment,
     RemoteCommitment,
     Reversed,
@@ -112,6 +113,8 @@ class ChannelWatch:
         self.reported: dict[str, WatchEvent] = {}
         self._local_cache: tuple[LocalCommitment, LocalData] | None = None
         self._remote_cache: dict[int, tuple[RemoteCommitment, Commitment]] = {}
+        self._deadlines_cache: tuple[tuple[Any, ...], list[tuple[int, str, GoOnChain]]] | None = (
+            None)
 
     # -- channel data ---------------------------------------------------------------------
 
@@ -236,7 +239,7 @@ class ChannelWatch:
         local = self.local
         if local is None:
             return None
-        if self._local_cache is not None and self._local_cache[0] == local:
+        if self._local_cache is not None and self._local_cache[0] is local:
             return self._local_cache[1]
         static, secrets = self.static, self.secrets
         point = secrets.per_commitment_point(local.commitment_number)
@@ -252,6 +255,18 @@ class ChannelWatch:
         self._local_cache = (local, data)
         return data
 
+    def _deadlines(self, local: LocalData | None,
+                   remotes: list[Commitment]) -> list[tuple[int, str, GoOnChain]]:
+        # Keyed by the very objects (kept alive by the key), compared by identity:
+        # the builders' caches hand back the same ones while the data is unchanged.
+        key = (len(self.preimages), local, *remotes)
+        cached = self._deadlines_cache
+        if cached is None or len(cached[0]) != len(key) or cached[0][0] != key[0] or any(
+                a is not b for a, b in zip(cached[0][1:], key[1:], strict=True)):
+            cached = (key, htlc_deadlines(local, remotes, self.preimages, self.config))
+            self._deadlines_cache = cached
+        return cached[1]
+
     def local_commitment_tx(self) -> Tx | None:
         """Our latest commitment, fully signed: what ``Channel.fail()`` broadcasts, for
         a driver that has the watch's state but lost the channel's."""
@@ -265,7 +280,7 @@ class ChannelWatch:
         built = []
         for number, r in sorted(self.remotes.items()):
             cached = self._remote_cache.get(number)
-            if cached is None or cached[0] != r:
+            if cached is None or cached[0] is not r:
                 c = build_commitment(self.static, Side.REMOTE, r.commitment_number,
                                      r.per_commitment_point, r.local_msat, r.remote_msat,
                                      r.htlcs, r.feerate_per_kw)
@@ -282,10 +297,11 @@ class ChannelWatch:
 
     def _evaluate(self) -> list[WatchOutput]:
         chain = ChainView((h, txs) for h, (_, txs) in self.blocks.items())
+        local, remotes = self._local_data(), self._remote_built()
         resolution = Resolver(
             self.static, self.secrets, self.config, self.destination_script_pubkey,
-            self.tip_height, chain, self._local_data(), self._remote_built(), self.revoked,
-            self._secret_for, self.preimages,
+            self.tip_height, chain, local, remotes, self.revoked, self._secret_for,
+            self.preimages, self._deadlines(local, remotes),
         ).resolve()
         claims = list(resolution.claims)
         # A funding tx or funding spend that confirmed and left the chain: send again.

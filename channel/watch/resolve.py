@@ -121,6 +121,35 @@ def is_commitment_shaped(tx: Tx) -> bool:
             and tx.inputs[0].sequence >> 24 == 0x80)
 
 
+def htlc_deadlines(
+    local: LocalData | None, remotes: Iterable[Commitment], preimages: dict[bytes, bytes],
+    config: WatchConfig,
+) -> list[tuple[int, str, GoOnChain]]:
+    """BOLT #2 "cltv_expiry_delta Selection": when to go on chain for each HTLC still
+    in a commitment: one we offered ``grace`` blocks after its expiry, one we can
+    fulfill ``deadline`` blocks before its expiry (the preimage must confirm before
+    the peer can time it out). Sorted by height; HTLCs trimmed from every commitment
+    have no output to go on chain for. Computed when the channel data changes, not
+    per block."""
+    htlcs: dict[tuple[str, int], CommitmentHtlc] = {}
+    for c in ([local.commitment] if local is not None else []) + list(remotes):
+        for _, h in c.htlc_outputs:
+            htlcs[(h.offered_by.value, h.htlc_id)] = h
+    found = []
+    for (side, htlc_id), h in sorted(htlcs.items()):
+        ours = h.offered_by is Side.LOCAL
+        if ours:
+            deadline = h.cltv_expiry + config.offered_htlc_grace_blocks
+        elif h.payment_hash in preimages:
+            deadline = h.cltv_expiry - config.fulfilled_htlc_deadline_blocks
+        else:
+            continue
+        found.append((deadline, f"go_on_chain:{side}:{htlc_id}",
+                      GoOnChain(ours, htlc_id, h.payment_hash, deadline)))
+    found.sort(key=lambda d: (d[0], d[1]))
+    return found
+
+
 @dataclass
 class Resolver:
     static: ChannelStatic
@@ -134,6 +163,7 @@ class Resolver:
     revoked: dict[bytes, RevokedCommitment]
     secret_for: Callable[[int], bytes | None]
     preimages: dict[bytes, bytes]  # payment hash -> preimage
+    deadlines: list[tuple[int, str, GoOnChain]]  # htlc_deadlines(), by height
     out: Resolution = field(default_factory=Resolution)
 
     # -- helpers -------------------------------------------------------------------------
@@ -196,27 +226,10 @@ class Resolver:
         return self.out
 
     def stuck_htlcs(self) -> None:
-        """BOLT #2 "cltv_expiry_delta Selection": go on chain for an HTLC we offered
-        ``grace`` blocks after its expiry, and for one we can fulfill ``deadline``
-        blocks before its expiry (the preimage must confirm before the peer's timeout)."""
-        htlcs: dict[tuple[Side, int], CommitmentHtlc] = {}
-        if self.local is not None:
-            for _, h in self.local.commitment.htlc_outputs:
-                htlcs[(h.offered_by, h.htlc_id)] = h
-        for r in self.remotes:
-            for _, h in r.htlc_outputs:
-                htlcs[(h.offered_by, h.htlc_id)] = h
-        for (side, htlc_id), h in sorted(htlcs.items(), key=lambda kv: (kv[0][0].value,
-                                                                       kv[0][1])):
-            if side is Side.LOCAL:
-                deadline = h.cltv_expiry + self.config.offered_htlc_grace_blocks
-            elif h.payment_hash in self.preimages:
-                deadline = h.cltv_expiry - self.config.fulfilled_htlc_deadline_blocks
-            else:
-                continue
-            if self.tip_height >= deadline:
-                self.out.event(f"go_on_chain:{side.value}:{htlc_id}", GoOnChain(
-                    side is Side.LOCAL, htlc_id, h.payment_hash, deadline))
+        for deadline, key, event in self.deadlines:
+            if self.tip_height < deadline:
+                break
+            self.out.event(key, event)
 
     def closed(self, spender: Confirmed) -> None:
         tx, height, txid = spender.tx, spender.height, spender.txid
