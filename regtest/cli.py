@@ -3,7 +3,8 @@
     chanhub-regtest node start|stop|status
     chanhub-regtest mine N [--address ADDRESS]
     chanhub-regtest fund ADDRESS AMOUNT_BTC [--confirm]
-    chanhub-regtest up --clients N [--store sqlite|postgres] [--channel-sat SAT] [--no-proxy]
+    chanhub-regtest up --clients N [--store sqlite|postgres] [--channel-sat SAT]
+                       [--inbound-sat SAT] [--no-proxy]
     chanhub-regtest down | status
 
 Faults and cheats on a network (TEST-ONLY; docs/testing-scenarios.md):
@@ -224,6 +225,8 @@ def fund(address: str, amount_btc: str, confirm: bool, datadir: Path) -> None:
               show_default=True, help="How many clients to start.")
 @click.option("--channel-sat", type=click.IntRange(0), default=0, show_default=True,
               help="Open a channel of this size from each client to the hub (0: none).")
+@click.option("--inbound-sat", type=click.IntRange(0), default=0, show_default=True,
+              help="Have the hub open a channel of this size toward each client (0: none).")
 @click.option("--proxy/--no-proxy", default=True, show_default=True,
               help="Route each client's link through its own proxy (`link cut` needs it).")
 @click.option("--store", type=click.Choice(["sqlite", "postgres"]), default="sqlite",
@@ -232,13 +235,13 @@ def fund(address: str, amount_btc: str, confirm: bool, datadir: Path) -> None:
 @click.option("--hub-application", default=None, metavar="MODULE:FUNCTION",
               help="chanhubd's --application (default: chanhubd's own).")
 @datadir_option
-def up(client_count: int, channel_sat: int, proxy: bool, store: str,
+def up(client_count: int, channel_sat: int, inbound_sat: int, proxy: bool, store: str,
        hub_application: str | None, datadir: Path) -> None:
     """Start the node, a hub and N funded clients, each a separate process."""
     try:
         started = regtest_network.up(datadir, clients=client_count, store=store,
                                      hub_application=hub_application, proxy=proxy,
-                                     channel_sat=channel_sat)
+                                     channel_sat=channel_sat, inbound_sat=inbound_sat)
     except HarnessError as exc:
         raise click.ClickException(str(exc)) from exc
     for line in regtest_network.describe(started):

@@ -9,7 +9,9 @@ directory: store, TLS files, admin credential, key file) and `clients/<name>/`
 first coins, starts the hub on the node, then each client (`chanhub serve`,
 `regtest.harness.start_client`, following the node's chain itself), funds each
 client's wallet from the faucet and mines so the coins confirm; with
-`channel_sat`, each client then opens a channel of that size to the hub. By
+`channel_sat`, each client then opens a channel of that size to the hub, and with
+`inbound_sat` the hub (its wallet funded from the faucet) opens one of that size
+toward each client, so clients can pay each other. By
 default each client reaches the hub through its own link proxy
 (`regtest/proxy.py`), so a tester can cut that client's link
 (`chanhub-regtest link cut NAME`). What was started is written to `network.json`
@@ -30,8 +32,10 @@ from regtest.harness import (
     HubEndpoint,
     NodeEndpoint,
     free_port,
+    fund_hub_wallet,
     hub_store_url,
     open_client_channel,
+    request_client_inbound,
     running_client,
     running_hub,
     running_node,
@@ -113,10 +117,10 @@ def up(datadir: Path, *, clients: int, store: str = "sqlite",
        client_funds_sat: int = DEFAULT_CLIENT_FUNDS_SAT,
        hub_options: dict[str, str] | None = None, node_port: int | None = None,
        hub_application: str | None = None, proxy: bool = True,
-       channel_sat: int = 0) -> Network:
+       channel_sat: int = 0, inbound_sat: int = 0) -> Network:
     """Start node, hub and `clients` funded clients (each behind its link proxy unless
-    `proxy` is False; each with a channel of `channel_sat` if not 0); see the module
-    docstring."""
+    `proxy` is False; each with a channel of `channel_sat` it funds if not 0, and one of
+    `inbound_sat` the hub funds toward it if not 0); see the module docstring."""
     import trio
 
     datadir.mkdir(parents=True, exist_ok=True)
@@ -146,6 +150,10 @@ def up(datadir: Path, *, clients: int, store: str = "sqlite",
             for name in network.client_names:
                 open_client_channel(network.client_dir(name), hub, node, channel_sat,
                                     fund_sat=0)
+        if inbound_sat and network.client_names:
+            fund_hub_wallet(hub, node, len(network.client_names) * (inbound_sat + 100_000))
+            for name in network.client_names:
+                request_client_inbound(network.client_dir(name), hub, node, inbound_sat)
     except BaseException:
         down(datadir)
         raise
