@@ -86,11 +86,17 @@ class ChannelWatch:
         *,
         config: WatchConfig | None = None,
         tip_height: int = 0,
+        revoked_lookup: Callable[[bytes], RevokedCommitment | None] | None = None,
     ) -> None:
         """``revocations`` is the channel's live store of the peer's secrets
         (``Channel.revocations``): read when a revoked commitment confirms, never
         copied into the watch's state. ``destination_script_pubkey`` is the owner's
-        wallet script every claim pays to."""
+        wallet script every claim pays to.
+
+        ``revoked_lookup`` (by txid) is for a driver that keeps the
+        ``Watch("revoked_commitment")`` records in its own store, as it must anyway:
+        a channel gets one per update, and the watch's JSON then holds none of them
+        (only those given to ``add_revoked_commitment``)."""
         self.static = static
         self.secrets = secrets
         self.revocations = revocations
@@ -102,6 +108,7 @@ class ChannelWatch:
         self.local: LocalCommitment | None = None
         self.remotes: dict[int, RemoteCommitment] = {}
         self.revoked: dict[bytes, RevokedCommitment] = {}
+        self.revoked_lookup = revoked_lookup
         self.preimages: dict[bytes, bytes] = {}
         # height -> (block hash, relevant txs in block order)
         self.blocks: dict[int, tuple[str, list[KeptTx]]] = {}
@@ -289,6 +296,12 @@ class ChannelWatch:
             built.append(cached[1])
         return built
 
+    def _revoked_for(self, txid: bytes) -> RevokedCommitment | None:
+        record = self.revoked.get(txid)
+        if record is None and self.revoked_lookup is not None:
+            record = self.revoked_lookup(txid)
+        return record
+
     def _secret_for(self, commitment_number: int) -> bytes | None:
         try:
             return self.revocations.get_commitment_secret(commitment_number)
@@ -300,7 +313,7 @@ class ChannelWatch:
         local, remotes = self._local_data(), self._remote_built()
         resolution = Resolver(
             self.static, self.secrets, self.config, self.destination_script_pubkey,
-            self.tip_height, chain, local, remotes, self.revoked, self._secret_for,
+            self.tip_height, chain, local, remotes, self._revoked_for, self._secret_for,
             self.preimages, self._deadlines(local, remotes),
         ).resolve()
         claims = list(resolution.claims)
@@ -401,16 +414,19 @@ class ChannelWatch:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], secrets: ChannelSecrets,
-                  revocations: RevocationStore) -> ChannelWatch:
-        """Inverse of ``to_json``; raises ValueError on malformed data."""
+    def from_json(
+        cls, data: dict[str, Any], secrets: ChannelSecrets, revocations: RevocationStore,
+        revoked_lookup: Callable[[bytes], RevokedCommitment | None] | None = None,
+    ) -> ChannelWatch:
+        """Inverse of ``to_json`` (the live inputs passed again, as to the
+        constructor); raises ValueError on malformed data."""
         try:
             if data.get("version") != codec.VERSION:
                 raise ValueError(f"unsupported watch state version {data.get('version')!r}")
             watch = cls(codec.static_from_json(data["static"]), secrets, revocations,
                         bytes.fromhex(data["destination_script_pubkey"]),
                         config=codec.config_from_json(data["config"]),
-                        tip_height=int(data["tip_height"]))
+                        tip_height=int(data["tip_height"]), revoked_lookup=revoked_lookup)
             watch.tip_hash = str(data["tip_hash"])
             watch.feerate_per_kw = int(data["feerate_per_kw"])
             if data["local"] is not None:

@@ -160,7 +160,7 @@ class Resolver:
     chain: ChainView
     local: LocalData | None
     remotes: list[Commitment]
-    revoked: dict[bytes, RevokedCommitment]
+    revoked_for: Callable[[bytes], RevokedCommitment | None]  # by txid
     secret_for: Callable[[int], bytes | None]
     preimages: dict[bytes, bytes]  # payment hash -> preimage
     deadlines: list[tuple[int, str, GoOnChain]]  # htlc_deadlines(), by height
@@ -347,7 +347,7 @@ class Resolver:
         if secret is None:
             return False
         tx = spender.tx
-        record = self.revoked.get(tx.txid())
+        record = self.revoked_for(spender.txid)
         outputs: list[SpendableOutput] | None = None
         for htlc_outputs in ((record.htlc_outputs,) if record is not None else ()) + ((),):
             try:

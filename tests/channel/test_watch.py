@@ -282,6 +282,28 @@ def test_penalty_takes_to_local_and_htlcs_both_ways(node: Any) -> None:
     assert broadcasts(d.mine(3)) == []
 
 
+def test_penalty_with_the_records_kept_by_the_driver(node: Any) -> None:
+    """A driver that stores the Watch("revoked_commitment") records itself passes a
+    lookup: the watch's JSON holds none of them, and the penalty still takes the HTLCs."""
+    channel = open_channel(node)
+    _, tx, _ = channel.signed_remote_commitment(1)
+    records = {tx.txid(): RevokedCommitment(1, tx.txid(), channel.remote_htlc_outputs(1),
+                                            None, 0)}
+    d = WatchDriver(node, channel)
+    d.watch = ChannelWatch(channel.static, channel.local, d.revocations, DEST,
+                           tip_height=d.tip, revoked_lookup=records.get)
+    d.revoke_up_to(1)
+    assert d.watch.to_json()["revoked"] == []
+    publish(node, tx)
+    (penalty,) = broadcasts(d.mine(), "penalty")
+    assert len(penalty.tx.inputs) == 3  # to_local and both HTLCs
+    restored = ChannelWatch.from_json(json.loads(json.dumps(d.watch.to_json())),
+                                      channel.local, d.revocations, records.get)
+    assert restored.poll() == []
+    d.mine()
+    assert d.refused == []
+
+
 def test_second_stage_penalty_takes_the_cheaters_htlc_tx(node: Any) -> None:
     channel = open_channel(node)
     d = WatchDriver(node, channel)
