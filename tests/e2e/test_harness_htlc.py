@@ -1,7 +1,9 @@
 """A breach with an HTLC in flight, replayed on real processes with the plugin's
 helper: the payee is frozen (SIGSTOP) while a payment to it is routed, so the payer's
-channel holds the HTLC; a backup taken then holds a commitment with an HTLC output,
-revoked once the payee is resumed and the payment succeeds; the payer publishes it."""
+channel holds the HTLC; a backup taken then holds a commitment with an HTLC output.
+The payer's link is cut mid-payment (and refused while the payee resumes and
+fulfills); once it is back the payment succeeds, which revokes the backup's
+commitment; the payer publishes it."""
 
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ def test_a_payer_publishes_a_commitment_with_an_htlc_in_flight(
         regtest_faults: Faults, client_processes: ClientFactory,
         node_process: NodeEndpoint) -> None:
     faults = regtest_faults
-    alice = client_processes("alice")
-    bob = client_processes("bob", via_proxy=True)
+    alice = client_processes("alice", via_proxy=True)
+    bob = client_processes("bob")
     alice_channel = faults.open_channel(alice, 400_000)
     faults.inbound(bob, 300_000)  # the hub funds a channel toward bob: he can receive
     bolt11 = faults.invoice(bob, 50_000_000)  # 50,000 sat
@@ -47,8 +49,16 @@ def test_a_payer_publishes_a_commitment_with_an_htlc_in_flight(
         [held] = cheat.stored_commitments(cheat.backup_path(alice.datadir, "in-flight"),
                                           cheat.client_key_source())
         assert held.channel_id == alice_channel and payment.poll() is None
+        # and alice's link is cut mid-payment, and refused: bob's preimage reaches the
+        # hub while alice is away; once she is back the payment settles, once
+        faults.refuse_links(alice)
+        faults.cut_link(alice)
+        wait_until(lambda: faults.link_status(alice)["open"] == 0, what="alice's link cut")
     finally:
         faults.resume(bob)
+    cut = faults.accept_links(alice)
+    wait_until(lambda: faults.link_status(alice)["forwarded"] > cut["forwarded"],
+               what="alice reconnecting")
     out, err = payment.communicate(timeout=120)
     assert payment.returncode == 0, err
     assert json.loads(out)["state"] == "succeeded"
