@@ -247,7 +247,8 @@ class Outbox:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._next = 1 + max((self._sequence(p) for p in self.paths()), default=0)
+        taken = [*self.paths(), *directory.glob("*" + self.REFUSED_SUFFIX)]
+        self._next = 1 + max((self._sequence(p) for p in taken), default=0)
 
     @staticmethod
     def _sequence(path: Path) -> int:
