@@ -27,6 +27,8 @@ Public API (see docs/dev/channel-api.md for the contract):
   second-stage HTLC transactions with the revocation key (BOLT #5).
 - ``sweep``: our to_local and second-stage outputs after the delay, HTLC outputs of
   the peer's commitment by preimage or after timeout (BOLT #5).
+- ``watch``: ``ChannelWatch``, the pure BOLT #5 watch object of one channel, and
+  ``WatchSet`` for many (docs/dev/watch-api.md).
 - ``errors``: ``ChannelError`` > ``InvalidSignature``, ``ShachainError``,
   ``TransactionError``.
 """
