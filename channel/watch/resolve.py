@@ -270,17 +270,25 @@ class Resolver:
         self.claim("to_remote", spender.height, spender.height + RELAXED_DEADLINE_BLOCKS,
                    [output])
 
+    def own_output(self, output: SpendableOutput, confirmed_height: int, delay: int,
+                   label: str) -> None:
+        """A delayed output of our own close: swept by us, or (had we published a
+        revoked state) taken by the peer with the revocation key, or still to claim."""
+        taken = self.chain.spent_by.get(output.outpoint)
+        if taken is None:
+            self.delayed_claim(output, confirmed_height, delay, label)
+        elif self.is_ours(taken.tx):
+            self.confirmed_ours(taken, label)
+        else:
+            self.lost(taken, label)
+
     def local_close(self, spender: Confirmed, local: LocalData) -> None:
         c = local.commitment
         delay = self.static.remote.to_self_delay  # the peer's demand on our outputs
         n = c.commitment_number
         if c.to_local_index is not None:
             output = own_delayed_output(self.static, self.secrets, spender.tx, n, "to_local")
-            taken = self.chain.spent_by.get(output.outpoint)
-            if taken is not None:
-                self.confirmed_ours(taken, "to_local")
-            else:
-                self.delayed_claim(output, spender.height, delay, "to_local")
+            self.own_output(output, spender.height, delay, "to_local")
         htlcs = [h for _, h in c.htlc_outputs]
         for index, h in c.htlc_outputs:
             ours_offered = h.offered_by is Side.LOCAL
@@ -292,11 +300,7 @@ class Resolver:
                         and second.outputs[0].script_pubkey == c.second_stage_script_pubkey):
                     self.confirmed_ours(taken, label)
                     out = own_delayed_output(self.static, self.secrets, second, n, "second_stage")
-                    swept = self.chain.spent_by.get(out.outpoint)
-                    if swept is not None:
-                        self.confirmed_ours(swept, f"second_stage {h.htlc_id}")
-                    else:
-                        self.delayed_claim(out, taken.height, delay, f"second_stage {h.htlc_id}")
+                    self.own_output(out, taken.height, delay, f"second_stage {h.htlc_id}")
                 else:
                     self.lost(taken, label)
                     self.scan_preimages(taken, htlcs)
