@@ -183,6 +183,19 @@ class OnchainWallet:
     def is_mine(self, script_pubkey: bytes) -> bool:
         return script_pubkey in self._scripts
 
+    def mark_used(self, script_pubkey: bytes) -> bool:
+        """A script of ours handed out (a channel's close script, say) whose index
+        advance may not have been persisted: move past it, so the look-ahead covers
+        the ones handed out after it. False if it is not within the look-ahead."""
+        found = self._scripts.get(script_pubkey)
+        if found is None:
+            return False
+        chain, index = found
+        if index >= self._next_index[chain]:
+            self._next_index[chain] = index + 1
+            self._derive_lookahead()
+        return True
+
     @property
     def tip(self) -> BlockRef:
         return BlockRef(self._tip_height, self._hashes[self._tip_height])

@@ -30,13 +30,14 @@ peer's commitment, penalties and HTLC outputs belong to the BOLT #5 watch
 (``channel/watch.py``), which is meant to replace ``ToLocalSweeper``.
 
 ``restore()`` runs once before the follower, so the watches it adds see the blocks the
-follower replays. It finishes what a crash interrupted: a funding tx signed for a
-channel that has the peer's signature but was never broadcast goes out now; a channel
-restored before both first commitments were signed cannot be completed (BOLT #2
-forgets it on disconnect; nothing of the opening is retransmitted) and is failed,
-which releases its coins, as are coins reserved for a channel whose outpoint was never
-stored; a funding already deep enough is confirmed; a commitment
-already ``to_self_delay`` deep is swept.
+follower replays. It finishes what a crash interrupted: the wallet looks past every
+close script the channels hold (handed out after the last stored bundle, perhaps); a
+funding tx signed for a channel that has the peer's signature but was never
+broadcast goes out now; a channel restored before both first commitments were signed
+cannot be completed (BOLT #2 forgets it on disconnect; nothing of the opening is
+retransmitted) and is failed, which releases its coins, as are coins reserved for a
+channel whose outpoint was never stored; a funding already deep enough is confirmed;
+a commitment already ``to_self_delay`` deep is swept.
 """
 
 from __future__ import annotations
@@ -188,6 +189,14 @@ class ChannelsOnChain:
     async def restore(self) -> None:
         """Before the follower runs (see the module docstring)."""
         wallet, tracker = self.chain.wallet, self.chain.tracker
+        # Close scripts handed out since the last bundle was stored: the wallet must
+        # look past them all (in index order each one extends the look-ahead).
+        close_scripts = {d.channel.d.close_script for d in self.drivers()} - {b""}
+        while close_scripts:
+            marked = {s for s in close_scripts if wallet.mark_used(s)}
+            if not marked:
+                break
+            close_scripts -= marked
         referenced: set[str] = set()
         for driver in list(self.drivers()):
             d = driver.channel.d
