@@ -64,20 +64,23 @@ from channel.spend import SpendableOutput, build_spend_tx
 from channel.tx import OutPoint, Tx
 from channel.watch.claims import split_by_weight
 from channel.watch.types import MAX_STANDARD_TX_WEIGHT
-from client.transport import HubPin, HubTransport
+from client.errors import ChanhubError
+from client.transport import HubIdentityMismatch, HubPin, HubTransport
 from proto import tower_pb2, tower_pb2_grpc
 from protocol import Channel, Watch
 from protocol.driver.appointment import seal
 from protocol.driver.driver import ChannelDriver
 from protocol.driver.grpc_bridge import GrpcBridge, RpcStatusError
+from protocol.driver.wire_auth import PinMismatch
 
 log = logging.getLogger(__name__)
 
 JUSTICE_KIT_VERSION = 1
 
 
-class TowerError(Exception):
-    """The tower refused or could not be reached (``code`` is the gRPC status)."""
+class TowerError(ChanhubError):
+    """The tower refused or could not be reached (``code`` is the gRPC status; a
+    certificate or node id other than the pinned ones is UNAUTHENTICATED)."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(f"tower: {details} ({code.name})")
@@ -236,6 +239,13 @@ class TowerWatchHook:
 # -- delivery --------------------------------------------------------------------------
 
 
+def _connect_error(exc: Exception) -> TowerError:
+    if isinstance(exc, PinMismatch | HubIdentityMismatch):
+        return TowerError(grpc.StatusCode.UNAUTHENTICATED, f"not the pinned tower: {exc}")
+    # OSError: fetching the certificate to compare with a pinned fingerprint failed
+    return TowerError(grpc.StatusCode.UNAVAILABLE, str(exc))
+
+
 class Outbox:
     """Appointments not yet acknowledged by the tower: one file each in ``directory``
     (``<sequence>-<locator hex>.appointment``), oldest first. Files are written to a
@@ -352,6 +362,9 @@ class TowerClient:
         except RpcStatusError as exc:
             await self._drop_connection()
             raise TowerError(exc.code, exc.details) from None
+        except (PinMismatch, HubIdentityMismatch, OSError) as exc:
+            await self._drop_connection()
+            raise _connect_error(exc) from None
 
     async def flush(self) -> int:
         """Send every appointment of the outbox now; returns how many were sent.
@@ -381,9 +394,9 @@ class TowerClient:
             if exc.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
                 await self._drop_connection()
             raise TowerError(exc.code, exc.details) from None
-        except OSError as exc:  # a pin that cannot be fetched: the tower is not there
+        except (PinMismatch, HubIdentityMismatch, OSError) as exc:
             await self._drop_connection()
-            raise TowerError(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+            raise _connect_error(exc) from None
         self.last_error = None
         return sent
 

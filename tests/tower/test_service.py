@@ -15,7 +15,7 @@ import trio
 
 from channel.chain import BitcoinRpc
 from channel.keys import pubkey_from_secret
-from client.tower import TowerClient
+from client.tower import TowerClient, TowerError
 from client.transport import HubPin, HubTransport
 from hub.tower import TowerService, TowerSettings
 from proto import client_pb2, tower_pb2, tower_pb2_grpc
@@ -211,4 +211,25 @@ async def test_the_client_service_delivers_what_is_queued_while_it_runs(
         await until(lambda: client.sent == 2)
         assert len(client.outbox) == 0 and client.quota is not None
         assert client.quota.used_appointments == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_tower_that_is_not_the_pinned_one_gets_nothing(
+        rpc: BitcoinRpc, regtest_node: Node, tmp_path: Path) -> None:
+    async with open_grpc_bridge() as bridge, trio.open_nursery() as nursery:
+        tower = await running(bridge, rpc, tmp_path / "tower", nursery)
+        wrong_node_id = pubkey_from_secret(new_node_secret())
+        for n, (pin, node_id) in enumerate([
+                (HubPin(cert_pem=tower.tls.cert_pem), wrong_node_id),
+                (HubPin.from_fingerprint("ab" * 32), tower.node_id)]):
+            client = TowerClient(bridge, f"127.0.0.1:{tower.port}",
+                                 node_secret=new_node_secret(), pin=pin,
+                                 outbox_dir=tmp_path / f"outbox{n}",
+                                 expected_tower_node_id=node_id, call_timeout_seconds=None)
+            await client.enqueue(appointment(1))
+            with pytest.raises(TowerError, match="not the pinned tower") as error:
+                await client.flush()
+            assert error.value.code == grpc.StatusCode.UNAUTHENTICATED
+            assert len(client.outbox) == 1
+        assert tower.store is not None and await tower.store.appointments_for(b"\x01" * 16) == []
         nursery.cancel_scope.cancel()
