@@ -60,12 +60,17 @@ log = logging.getLogger(__name__)
 # Another schedule: CHANHUB_CRASH_SEED=<n> (the figures name the seed of each run).
 SEED = int(os.environ.get("CHANHUB_CRASH_SEED", "20261203"))
 PAYMENTS = 200
-KILLS = 24
-WINDOW = 6  # payments in flight at once
+KILLS = 20  # the issue asks for at least 20; each costs a chanhubd start (imports: 1-5 s)
+WINDOW = 8  # payments in flight at once (so every kill catches several mid-way)
 CLIENTS = ("alice", "bob", "carol", "dave")
 FAUCET_SAT = 3_000_000
 FUNDING_SAT = 2_000_000
 PUSH_MSAT = 800_000_000  # the hub's side of each channel: what it can forward to that client
+# Above the dust limit of an HTLC at 2,500 sat/kw (about 2,200 sat): the channel caps
+# its dust exposure at 5,000,000 msat, and a window of dust HTLCs would reach that
+# (the SDK then refuses the payment before recording it, a case this test is not about).
+MIN_AMOUNT_MSAT = 3_000_000
+MAX_AMOUNT_MSAT = 12_000_000
 STAGES = ("queued", "at_payee", "resolved")
 UNKNOWN_PAYEE = pubkey_from_secret(hashlib.sha256(b"a node the hub never met").digest())
 PASSPHRASE = Passphrase("crash test client", scrypt_n=2**10)
@@ -106,7 +111,8 @@ def plan(rng: random.Random) -> tuple[list[PaymentSpec], dict[int, str]]:
         payer = rng.choice(CLIENTS)
         unknown = rng.random() < 0.08
         payee = None if unknown else rng.choice([c for c in CLIENTS if c != payer])
-        specs.append(PaymentSpec(index, payer, payee, rng.randrange(1_000_000, 9_000_000),
+        amount_msat = rng.randrange(MIN_AMOUNT_MSAT, MAX_AMOUNT_MSAT)
+        specs.append(PaymentSpec(index, payer, payee, amount_msat,
                                  spontaneous=unknown or rng.random() < 0.25))
     points = sorted(rng.sample(range(5, PAYMENTS - 5), KILLS))
     return specs, {k: rng.choice(STAGES) for k in points}
@@ -451,7 +457,9 @@ def check_outcomes(specs: list[PaymentSpec], parties: dict[str, Party], forwards
                 f"{spec.key}: succeeded at the payer, {hub_states} at the hub"
             assert at_hub[0].fee_msat == row["fee_msat"]
         else:
-            assert not received, f"{spec.key}: failed at the payer, received by the payee"
+            assert not received, (f"{spec.key} ({spec}): failed at the payer "
+                                  f"({row['failure_code']}, {row['failure_message']!r}), "
+                                  f"received by the payee; at the hub {at_hub}")
             # a forward the hub never stored (the HTLC never reached it) is no record
             assert all(s == client_pb2.PAYMENT_STATE_FAILED for s in hub_states), \
                 f"{spec.key}: failed at the payer, {hub_states} at the hub"
