@@ -35,6 +35,7 @@ import contextlib
 import json
 import signal
 import socket
+import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +98,7 @@ class LinkProxy:
         # polite goodbye.
         with contextlib.suppress(OSError):
             client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                     b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                                     struct.pack("ii", 1, 0))
         await client.aclose()
 
     async def control(self, command: str) -> dict[str, Any]:
@@ -134,20 +135,23 @@ class LinkProxy:
             answer = await self.control(data.decode(errors="replace").strip())
             await stream.send_all(json.dumps(answer).encode() + b"\n")
 
-    async def run(self, listen_port: int, control_path: Path) -> None:
+    async def run(self, listen_port: int, control_path: Path, *,
+                  task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on 127.0.0.1:`listen_port` (0: ephemeral) and on the control socket;
+        `task_status.started(port)` once both listen."""
         listeners = await trio.open_tcp_listeners(listen_port, host="127.0.0.1")
         control_path.unlink(missing_ok=True)
         control_socket = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
         await control_socket.bind(str(control_path))
         control_socket.listen()
         control_path.chmod(0o600)
-        port = listeners[0].socket.getsockname()[1]
-        print(json.dumps({"port": port, "control": str(control_path)}), flush=True)
+        port = int(listeners[0].socket.getsockname()[1])
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(trio.serve_listeners, self.handle_client, listeners)
             nursery.start_soon(trio.serve_listeners, self.serve_control,
                                [trio.SocketListener(control_socket)])
+            task_status.started(port)
 
 
 async def _pump(source: trio.SocketStream, sink: trio.SocketStream,
@@ -269,8 +273,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     host, _, port = args.upstream.rpartition(":")
     proxy = LinkProxy(host or "127.0.0.1", int(port))
+
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            listening = await nursery.start(proxy.run, args.listen_port, args.control)
+            # the start-up line start_proxy waits for
+            print(json.dumps({"port": listening, "control": str(args.control)}), flush=True)
+
     with contextlib.suppress(KeyboardInterrupt):
-        trio.run(proxy.run, args.listen_port, args.control)
+        trio.run(serve)
 
 
 if __name__ == "__main__":
