@@ -17,12 +17,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from channel.chain.rpc import BitcoinRpc
 from hub.config import ConfigError, HubConfig
-from hub.daemon import HubApplication
+from hub.daemon import HubApplication, Service
 from hub.node import HubNode, HubSettings
 from hub.tls import TlsIdentity
+from hub.tower import TowerService, TowerSettings
 from protocol.driver.crypto import KeyFile, KeySource, Passphrase
 
 log = logging.getLogger(__name__)
@@ -60,8 +62,11 @@ async def open_application(config: HubConfig, tls: TlsIdentity
         node = HubNode.open(settings, height=_no_height, broadcaster=_NoBroadcaster())
         try:
             await node.attach_chain(rpc, poll_interval_s=POLL_SECONDS)
+            services: list[Service] = [node]
+            if config.tower:
+                services.append(tower_service(config, rpc))
             yield HubApplication(hub_node_id=node.hub_node_id, hub_service=node,
-                                 admin_service=node.admin, services=[node])
+                                 admin_service=node.admin, services=services)
         finally:
             node.close()
 
@@ -75,3 +80,13 @@ class _NoBroadcaster:
 
     async def broadcast(self, raw_tx: bytes, txid: bytes, reason: str) -> None:
         raise AssertionError("the hub broadcasts through its chain once attached")
+
+
+def tower_service(config: HubConfig, rpc: BitcoinRpc) -> TowerService:
+    """``chanhubd --tower``: the watchtower beside the hub, on the hub's chain, with its
+    own listener, node key and store under ``<data dir>/tower`` (docs/tower.md)."""
+    host, _, port = config.tower_listen.rpartition(":")
+    return TowerService(TowerSettings(
+        config.path(Path("tower")), listen_host=host.strip("[]"), listen_port=int(port),
+        max_appointments_per_client=config.tower_max_appointments_per_client,
+        poll_interval_s=POLL_SECONDS), rpc)

@@ -70,6 +70,8 @@ class HubConfig:
     link_window_frames: int = 8
     shutdown_grace_seconds: int = 5
     tower: bool = False
+    tower_listen: str = "127.0.0.1:9814"
+    tower_max_appointments_per_client: int = 100_000
     log_level: str = "info"
 
     def path(self, value: Path) -> Path:
@@ -125,7 +127,10 @@ HELP: dict[str, str] = {
     "max_messages_per_frame": "Most protocol messages in one peer-link frame.",
     "link_window_frames": "Frames in flight per peer link and direction (backpressure).",
     "shutdown_grace_seconds": "On SIGTERM, seconds in-flight calls get to finish.",
-    "tower": "Run the watchtower (comes with a later issue; must stay off).",
+    "tower": "Also run the watchtower for the hub's clients (docs/tower.md): its own "
+             "TLS listener, node key and store under <data dir>/tower.",
+    "tower_listen": "host:port of the watchtower's gRPC listener (TLS), with tower.",
+    "tower_max_appointments_per_client": "The watchtower's quota of appointments per client.",
     "log_level": "debug, info, warning or error.",
 }
 
@@ -185,9 +190,11 @@ def _validate(config: HubConfig) -> HubConfig:
         check_cltv_expiry_delta(config.cltv_expiry_delta_blocks)
     except PolicyError as exc:
         raise ConfigError(str(exc)) from None
-    host, sep, port = config.listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"listen: {config.listen!r} is not host:port")
+    for name in ("listen", "tower_listen"):
+        value = getattr(config, name)
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ConfigError(f"{name}: {value!r} is not host:port")
     if config.min_channel_size_sat > config.max_channel_size_sat:
         raise ConfigError("min_channel_size_sat is above max_channel_size_sat")
     if config.min_htlc_msat > config.max_htlc_msat:
@@ -202,8 +209,8 @@ def _validate(config: HubConfig) -> HubConfig:
         raise ConfigError("set passphrase_file or key_file, not both")
     if config.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: {config.log_level!r} is not debug/info/warning/error")
-    if config.tower:
-        raise ConfigError("tower: the watchtower is not available yet")
+    if config.tower_max_appointments_per_client < 1:
+        raise ConfigError("tower_max_appointments_per_client must be >= 1")
     return config
 
 

@@ -16,10 +16,11 @@ from channel.chain import BitcoinRpc
 from channel.keys import pubkey_from_secret
 from client.tower import TowerClient
 from client.transport import HubPin
+from hub.app import tower_service
 from hub.config import HubConfig
 from hub.daemon import Daemon, HubApplication
 from hub.tls import TlsIdentity
-from hub.tower import TowerService, TowerSettings
+from hub.tower import TowerService
 from protocol.driver.grpc_bridge import open_grpc_bridge
 from regtest.node import Node
 from tests.driver.parties import until
@@ -36,13 +37,14 @@ async def test_the_hub_daemon_runs_a_tower_for_its_clients(
         async def factory(config: HubConfig, tls: TlsIdentity
                           ) -> AsyncIterator[HubApplication]:
             hub_node_id = pubkey_from_secret(new_node_secret())
-            tower = TowerService(TowerSettings(config.path(Path("tower")), listen_port=0,
-                                               poll_interval_s=0.5), rpc)
+            tower = tower_service(config, rpc)  # what hub/app.py runs with config.tower
             towers.append(tower)
             yield HubApplication(hub_node_id, RecordingHubService(hub_node_id),
                                  RecordingAdminService(), [tower])
 
-        daemon = Daemon(HubConfig(data_dir=tmp_path / "hub", listen="127.0.0.1:0"), factory)
+        daemon = Daemon(HubConfig(data_dir=tmp_path / "hub", listen="127.0.0.1:0", tower=True,
+                                  tower_listen="127.0.0.1:0",
+                                  tower_max_appointments_per_client=7), factory)
         async with trio.open_nursery() as nursery:
             await nursery.start(daemon.run)
             (tower,) = towers
@@ -56,6 +58,8 @@ async def test_the_hub_daemon_runs_a_tower_for_its_clients(
                                      call_timeout_seconds=None)
                 info = await client.get_info()
                 assert info.registered and info.chain == "regtest"
+                assert info.quota.max_appointments == 7  # the hub's tower_* options
+                assert tower.settings.data_dir == tmp_path / "hub" / "tower"
                 # the tower follows the chain by itself inside the hub
                 regtest_node.mine(2)
                 assert tower.follower is not None

@@ -57,7 +57,7 @@ def test_toml_then_environment_then_flags(tmp_path: Path) -> None:
     ("", {"CHANHUB_TOWER": "maybe"}, {}, "not a boolean"),
     ("", {}, {"listen": "nowhere"}, "host:port"),
     ("", {}, {"max_accepted_htlcs": "484"}, "483"),
-    ("", {}, {"tower": True}, "watchtower"),
+    ("", {}, {"tower": True, "tower_listen": "nowhere"}, "tower_listen"),
 ])
 def test_bad_options_are_refused_with_their_name(tmp_path: Path, toml: str,
                                                  environ: dict[str, str],
