@@ -226,13 +226,19 @@ class ClientNode:
             min_depth=1, persist=self._persist_chain, poll_interval_s=poll_interval_s)
         self._broadcaster.target = self.chain.broadcaster.for_driver()
         self.onchain = ChannelsOnChain(self.chain, lambda: self.session.drivers,
-                                       self._persist_chain, on_change=self._changed)
+                                       self._persist_chain, on_change=self._changed,
+                                       settle=self._settle_offline)
         if self.funder is None:
             self.funder = self.onchain.fund
         if state is None:
             with self.db.engine.begin() as conn:
                 ledger.meta_write(CHAIN_STATE, json.dumps(self.chain.to_json()))(conn)
         return self.chain
+
+    async def _settle_offline(self, driver: ChannelDriver) -> None:
+        """Run what is queued now when the hub is not connected (a force close)."""
+        if not self.session.connected:
+            await self.session.idle()
 
     def _wallet_seed(self) -> bytes:
         return hmac.new(self._seed, b"chanhub client onchain wallet", "sha256").digest()

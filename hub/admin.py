@@ -82,7 +82,10 @@ class AdminApi:
                             ) -> client_pb2.CloseChannelResponse:
         for driver in self.node.drivers.values():
             if driver.channel_id == bytes(request.channel_id):
-                return self.node.close_channel(driver, request.force)
+                response = self.node.close_channel(driver, request.force)
+                if request.force:  # the commitment goes out now, client online or not
+                    await self.node.settle_offline(driver)
+                return response
         raise NotFound(f"no channel {bytes(request.channel_id).hex()}")
 
     def _chain(self) -> ChainServices:

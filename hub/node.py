@@ -215,11 +215,19 @@ class HubNode:
         self.ctx.broadcaster = chain.broadcaster.for_driver()
         self.onchain = ChannelsOnChain(
             chain, lambda: list(self.drivers.values()), self._persist_chain,
-            funding_depth=lambda d: self.inbound.funding_depth(d) or self.settings.minimum_depth)
+            funding_depth=lambda d: self.inbound.funding_depth(d) or self.settings.minimum_depth,
+            settle=self.settle_offline)
         if state is None:
             with self.db.engine.begin() as conn:  # before the writer runs: written directly
                 _settings_write(CHAIN_STATE, json.dumps(chain.to_json()))(conn)
         return chain
+
+    async def settle_offline(self, driver: ChannelDriver) -> None:
+        """Run what is queued on ``driver`` now if its client is not connected (a force
+        close must reach the chain without waiting for the client)."""
+        session = self.sessions.get(driver.peer_node_id)
+        if session is not None and not session.connected:
+            await session.idle()
 
     async def _persist_chain(self, bundle: dict[str, Any]) -> None:
         await self.writer.write(_settings_write(CHAIN_STATE, json.dumps(bundle)))

@@ -16,6 +16,9 @@ channel and sends ``funding_created``). ``FundingSigned``: the peer holds a sign
 we can close with, so the tx is broadcast (rebroadcast until confirmed). A channel
 that fails before that releases the coins.
 
+An agreed close (``Watch("closing")``) whose funding output is still unspent at its
+``deadline_height`` is force closed (``best_block_updated``, a tip listener).
+
 Funding, both roles (``Watch("funding")``): the tracker watches the funding txid with
 the expected output (script and amount, BOLT #2's fundee check) to the channel's
 ``minimum_depth``, and the funding outpoint for its spend. ``TxConfirmed`` ->
@@ -53,6 +56,7 @@ from channel.chain.confirmations import (
     TxConfirmed,
     TxMismatch,
 )
+from channel.chain.interfaces import BlockRef
 from channel.chain.services import ChainServices
 from channel.chain.wallet import WalletError
 from channel.errors import TransactionError
@@ -98,15 +102,21 @@ class ChannelsOnChain:
 
     def __init__(self, chain: ChainServices, drivers: Callable[[], Iterable[ChannelDriver]],
                  persist: Persist, *, on_change: Callable[[], None] | None = None,
-                 funding_depth: Callable[[ChannelDriver], int] | None = None) -> None:
+                 funding_depth: Callable[[ChannelDriver], int] | None = None,
+                 settle: Callable[[ChannelDriver], Awaitable[None]] | None = None) -> None:
         """``funding_depth``: the confirmations the owner itself waits for before
         ``funding_confirmed()`` (the larger of it and the channel's ``minimum_depth``
-        counts: a funder may wait longer than its fundee asked)."""
+        counts: a funder may wait longer than its fundee asked). ``settle(driver)``:
+        execute what a command queued on the driver now even if its peer is offline
+        (``PeerSession.idle``), so a force close decided here is broadcast at once."""
         self.chain = chain
         self.drivers = drivers
         self._persist = persist
         self.on_change = on_change
         self._funding_depth = funding_depth
+        self._settle = settle
+        self.closing_deadlines: dict[bytes, int] = {}  # channel_key -> deadline height
+        chain.follower.add_tip_listener(self)
         self.sweeper = ToLocalSweeper(self)
 
     async def save(self) -> None:
@@ -127,6 +137,30 @@ class ChannelsOnChain:
         if watch.kind == "funding":
             self._watch_funding(driver)
             await self.save()
+        elif watch.kind == "closing" and watch.deadline_height is not None:
+            self.closing_deadlines[driver.channel_key] = watch.deadline_height
+
+    async def best_block_updated(self, tip: BlockRef) -> None:
+        """An agreed close not mined by its deadline (a fee too low to relay, a peer
+        that never broadcast it): force close, our latest commitment is still valid
+        while the funding output is unspent (``Watch("closing")``)."""
+        for key, deadline in list(self.closing_deadlines.items()):
+            driver = next((d for d in self.drivers() if d.channel_key == key), None)
+            outpoint = funding_outpoint_of(driver) if driver is not None else None
+            if driver is None or outpoint is None or \
+                    driver.channel.state is not ChannelState.CLOSED or \
+                    self.chain.tracker.spender(outpoint) is not None:
+                del self.closing_deadlines[key]  # closed on chain (or not ours to watch)
+            elif tip.height >= deadline:
+                del self.closing_deadlines[key]
+                log.warning("%r: the agreed close is not mined by height %d: force close",
+                            driver, deadline)
+                driver.fail("the cooperative close did not confirm in time")
+                await self._settle_now(driver)
+
+    async def _settle_now(self, driver: ChannelDriver) -> None:
+        if self._settle is not None:
+            await self._settle(driver)
 
     async def fund(self, driver: ChannelDriver, needed: FundingNeeded) -> None:
         """Sign the funding tx (coins reserved, nothing broadcast), persist the bundle
@@ -207,7 +241,13 @@ class ChannelsOnChain:
                             "failed", driver)
                 driver.fail("restarted during the opening")
                 await self.release_funding(driver)
+                await self._settle_now(driver)
                 continue
+            if driver.channel.state is ChannelState.CLOSED:
+                for stored in driver.ctx.store.load_watches(driver.channel_key):
+                    watch = Watch.from_record(stored.record)
+                    if watch.kind == "closing" and watch.deadline_height is not None:
+                        self.closing_deadlines[driver.channel_key] = watch.deadline_height
             if funding_outpoint_of(driver) is None or not d.local_commit_signature:
                 continue
             tx = wallet.unbroadcast_tx(_hex(d.funding_txid))

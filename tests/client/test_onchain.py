@@ -18,6 +18,7 @@ from channel.sweep import sweep_to_local
 from channel.tx import Tx
 from client.node import ClientNode
 from protocol.actions import FundingNeeded, FundingSigned
+from protocol.config import CLOSING_CONFIRM_DEADLINE_BLOCKS
 from protocol.driver.db import sqlite_url
 from protocol.driver.driver import ChannelDriver
 from protocol.table import ChannelState
@@ -25,6 +26,7 @@ from regtest.node import Node
 from tests.client.world import World, is_normal
 from tests.driver.conftest import TEST_PASSPHRASE
 from tests.driver.parties import until
+from tests.hub.parties import NullBroadcaster
 
 FAUCET_SAT = 2_000_000
 FUNDING_SAT = 1_000_000
@@ -287,4 +289,49 @@ async def test_to_local_worth_less_than_its_fee_is_left_alone(
         nursery.cancel_scope.cancel()
     client.close()
     bob.close()
+    world.hub.close()
+
+
+async def test_agreed_close_not_mined_by_its_deadline_is_forced(
+        regtest_node: Node, regtest_rpc: Any, tmp_path: Path, autojump_clock: Any) -> None:
+    """Issue 11, finding 5: a closing tx nobody broadcast (or no node relays) must not
+    freeze the funds: at the watch's deadline our latest commitment goes out."""
+    world = World(regtest_node, tmp_path, sqlite_url(tmp_path / "hub.sqlite"))
+    async with BitcoinRpc(regtest_rpc.url, cookie_file=Path(regtest_rpc.cookie_path),
+                          timeout_s=None) as rpc, trio.open_nursery() as nursery:
+        await world.start_hub(nursery)
+        client, chain = await funded_client(world, sqlite_url(tmp_path / "alice.sqlite"), rpc)
+        await world.start_client(nursery, client)
+        await synced(chain, regtest_node)
+        assert client.onchain is not None
+        driver = client.open_channel(FUNDING_SAT)
+        await until(lambda: driver.channel.state is ChannelState.AWAIT_CHANNEL_READY
+                    and regtest_node.call("getrawmempool") != [])
+        await world.hub.sessions[client.node_id].idle()
+        regtest_node.mine(world.hub.settings.minimum_depth)
+        await synced(chain, regtest_node)
+        assert await world.hub.check_fundings(world.gettxout) == 1
+        await until(lambda: is_normal(driver))
+
+        to_chain = client._broadcaster.target
+        client._broadcaster.target = NullBroadcaster()  # the closing tx never leaves
+        driver.shutdown()
+        await until(lambda: driver.channel.state is ChannelState.CLOSED
+                    and driver.channel_key in client.onchain.closing_deadlines)
+        client._broadcaster.target = to_chain
+        deadline = client.onchain.closing_deadlines[driver.channel_key]
+        assert deadline == chain.tip.height + CLOSING_CONFIRM_DEADLINE_BLOCKS
+        regtest_node.mine(deadline - 1 - chain.tip.height)
+        await synced(chain, regtest_node)
+        assert driver.channel.state is ChannelState.CLOSED
+        assert regtest_node.call("getrawmempool") == []
+        regtest_node.mine(1)
+        await synced(chain, regtest_node)
+        await until(lambda: driver.channel.state is ChannelState.FAILED
+                    and len(regtest_node.call("getrawmempool")) == 1)
+        [commitment_txid] = regtest_node.call("getrawmempool")
+        assert client.onchain.sweeper.is_our_commitment(driver, mempool_tx(regtest_node,
+                                                                         commitment_txid))
+        nursery.cancel_scope.cancel()
+    client.close()
     world.hub.close()

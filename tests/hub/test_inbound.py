@@ -135,7 +135,9 @@ async def test_hub_funds_inbound_channel_then_a_payment_arrives(
         assert result["state"] == ledger.SUCCEEDED
         assert alice.balance_msat() == 100_000_000
 
-        # the hub force-closes that channel: its to_local comes back into its wallet
+        # alice goes offline; the hub force-closes her channel (broadcast at once, not
+        # when she is back) and its to_local comes back into the hub's wallet
+        await world.disconnect(alice)
         hub_driver = hub.drivers[hub.inbound.orders[order.order_id].channel_key or b""]
         before = (await hub.admin.get_wallet_balance()).confirmed_sat
         await hub.admin.close_channel(client_pb2.CloseChannelRequest(
