@@ -36,7 +36,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -600,12 +600,32 @@ def open_client_channel(datadir: Path, hub: HubEndpoint, node: NodeEndpoint, amo
     once the channel is open."""
     import trio
 
-    client = running_client(datadir)
     address = (datadir / CLIENT_WALLET_FILE).read_text()
     if fund_sat != 0:
         trio.run(_faucet_pays, node, address, fund_sat or amount_sat + 100_000)
-    if client is not None:
+    with client_offline(datadir, hub, node):
+        return _open(datadir, hub, node, amount_sat, timeout_s)
+
+
+@contextlib.contextmanager
+def client_offline(datadir: Path, hub: HubEndpoint, node: NodeEndpoint) -> Iterator[None]:
+    """One-shot `chanhub` commands need the client's store, which `chanhub serve` holds:
+    stop a serving client for the block and start it again after (also when the block
+    failed, so a refused command leaves the client as it found it)."""
+    was_serving = running_client(datadir) is not None
+    if was_serving:
         stop_client(datadir)
+    try:
+        yield
+    finally:
+        if was_serving:
+            start_client(datadir, hub, node)
+
+
+def _open(datadir: Path, hub: HubEndpoint, node: NodeEndpoint, amount_sat: int,
+          timeout_s: float) -> bytes:
+    import trio
+
     command = chanhub_command(datadir, hub, "--json", "open", str(amount_sat), node=node)
     log_file = datadir / CLIENT_LOG_FILE
     with log_file.open("ab") as log:
@@ -636,10 +656,7 @@ def open_client_channel(datadir: Path, hub: HubEndpoint, node: NodeEndpoint, amo
     if opening.returncode != 0:
         raise HarnessError(f"chanhub open exited (code {opening.returncode}); last log "
                            f"lines:\n{_file_tail(log_file)}")
-    channel_id = bytes.fromhex(json.loads(out)["channel_id"])
-    if client is not None:
-        start_client(datadir, hub, node)
-    return channel_id
+    return bytes.fromhex(json.loads(out)["channel_id"])
 
 
 def run_chanhubctl(hub: HubEndpoint, *args: str, timeout_s: float = 60.0) -> Any:
@@ -692,11 +709,14 @@ def request_client_inbound(datadir: Path, hub: HubEndpoint, node: NodeEndpoint,
     it (`fund_hub_wallet`). Once the hub broadcast its funding, one block is mined; this
     returns the channel id once it is open. A serving client is stopped for the
     one-shot commands and started again after."""
+    with client_offline(datadir, hub, node):
+        return _inbound(datadir, hub, node, amount_sat, timeout_s)
+
+
+def _inbound(datadir: Path, hub: HubEndpoint, node: NodeEndpoint, amount_sat: int,
+             timeout_s: float) -> bytes:
     import trio
 
-    client = running_client(datadir)
-    if client is not None:
-        stop_client(datadir)
     key = os.urandom(8).hex()
     order = ["--json", "inbound", str(amount_sat), "--idempotency-key", key]
     started = json.loads(run_chanhub(datadir, hub, *order, "--no-wait", node=node,
@@ -715,8 +735,6 @@ def request_client_inbound(datadir: Path, hub: HubEndpoint, node: NodeEndpoint,
     if done["state"] != "completed":
         raise HarnessError(f"inbound order {done['order_id']}: {done['state']} "
                            f"{done.get('failure_reason', '')}")
-    if client is not None:
-        start_client(datadir, hub, node)
     return bytes.fromhex(str(done["channel_id"]))
 
 

@@ -46,6 +46,7 @@ from regtest.harness import (
     NodeEndpoint,
     chanhub_command,
     client_env,
+    client_offline,
     drop_postgres_schema,
     free_port,
     fund_hub_wallet,
@@ -237,12 +238,9 @@ class Faults:
 
     def invoice(self, client: ClientEndpoint, amount_msat: int) -> str:
         """A BOLT #11 invoice of the client (stopped for the command, started again)."""
-        stop_client(client.datadir)
-        try:
+        with client_offline(client.datadir, self.hub, self.node):
             return str(json.loads(run_chanhub(client.datadir, self.hub, "--json", "invoice",
                                               str(amount_msat)))["invoice"])
-        finally:
-            start_client(client.datadir, self.hub, self.node)
 
     def start_payment(self, payer: ClientEndpoint, bolt11: str, idempotency_key: str
                       ) -> subprocess.Popen[str]:
@@ -291,8 +289,7 @@ class Faults:
         its own invoice, which the hub cannot forward (no liquidity toward the payee:
         the client's side holds it all), so the HTLC is added and failed back. Every
         backup taken before then holds a revoked commitment. Returns the CLI's error."""
-        stop_client(client.datadir)  # one-shot commands need the store
-        try:
+        with client_offline(client.datadir, self.hub, self.node):
             shown = json.loads(run_chanhub(client.datadir, self.hub, "--json", "invoice",
                                            str(amount_msat)))
             try:
@@ -300,10 +297,8 @@ class Faults:
                             "--idempotency-key", f"revoke-{time.monotonic_ns()}")
             except HarnessError as refused:
                 return str(refused)
-            raise AssertionError("the self-payment succeeded: the channel has liquidity "
-                                 "toward the client")
-        finally:
-            start_client(client.datadir, self.hub, self.node)
+        raise AssertionError("the self-payment succeeded: the channel has liquidity "
+                             "toward the client")
 
     # -- links ----------------------------------------------------------------------------
 
