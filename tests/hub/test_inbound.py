@@ -246,6 +246,9 @@ async def test_sdk_request_inbound(regtest_node: Node, regtest_rpc: Any, tmp_pat
         async with AsyncHubClient(alice_node, connect_link, chain_rpc=rpc,
                                   hub_rpc=HubApiOf(hub, alice_node.node_id)) as alice:
             await alice.ready()
+            # the hub's side of the link (its grace wait is in virtual time here)
+            await until(lambda: alice_node.node_id in hub.sessions
+                        and hub.sessions[alice_node.node_id].connected)
             with pytest.raises(errors.InvalidRequest, match="outside"):
                 await alice.request_inbound(10_000_000, idempotency_key="big")
             signed = await alice.request_inbound(INBOUND_SAT, idempotency_key="k", wait=False)
