@@ -13,7 +13,15 @@ import pytest
 
 from channel.commitment import Side
 from proto import peer_pb2
-from protocol.actions import Broadcast, ChannelClosed, HtlcDeadline, Watch
+from protocol.actions import (
+    Broadcast,
+    ChannelClosed,
+    ChannelFailed,
+    HtlcDeadline,
+    Persist,
+    Send,
+    Watch,
+)
 from protocol.config import (
     CLOSING_CONFIRM_DEADLINE_BLOCKS,
     FULFILLED_HTLC_DEADLINE_BLOCKS,
@@ -580,6 +588,8 @@ def test_no_closing_transaction_fails_the_channel_instead_of_raising() -> None:
     step = closing.start_negotiation(a, link_up=True)
     assert a.state is ChannelState.FAILED
     assert any(isinstance(x, Broadcast) for x in step)
+    # ... and tells the peer, whose side of the channel cannot close cooperatively either
+    assert [x.message.WhichOneof("body") for x in step if isinstance(x, Send)] == ["error"]
 
 
 def test_close_when_the_peer_drops_its_own_dust_output() -> None:
@@ -629,6 +639,10 @@ def test_data_loss_proven_by_the_revocation_number_alone() -> None:
     acts = b.handle(msg, height=pair.height)
     assert b.state is ChannelState.FAILED and b.d.data_loss
     assert not any(isinstance(x, Broadcast) for x in acts)
+    (failed,) = [x for x in acts if isinstance(x, ChannelFailed)]
+    # a valid point is passed on to the sweep, and the reason does not call it invalid
+    assert failed.remote_current_point == msg.channel_reestablish.my_current_per_commitment_point
+    assert "not a valid point" not in failed.reason
 
 
 def test_commitment_number_ahead_alone_is_refused_as_unproven() -> None:
@@ -714,3 +728,112 @@ def test_negative_push_is_refused_at_minus_one(push_msat: int, refused: bool) ->
                                           feerate_per_kw=1000))
     else:
         pair.open(push_msat=push_msat, feerate_per_kw=1000)
+
+
+def test_shutdown_repeated_with_another_script_is_refused() -> None:
+    """BOLT #2: a retransmitted shutdown must name the same scriptpubkey."""
+    pair = ChannelPair()
+    pair.do("b", lambda c: c.shutdown())
+    pair.deliver_one(pair.b)
+    assert pair.a.channel.d.remote_shutdown_script is not None
+    again = peer_pb2.PeerMessage()
+    again.shutdown.channel_id = pair.a.channel.channel_id
+    again.shutdown.scriptpubkey = P2WPKH_A
+    before = pair.a.channel.snapshot()
+    with pytest.raises(RemoteProtocolError, match="different scriptpubkey"):
+        pair.a.channel.handle(again, height=pair.height)
+    assert pair.a.channel.snapshot() == before
+
+
+@pytest.mark.parametrize("index", [0x10000, 0x10001])
+def test_funding_output_index_beyond_16_bits_is_refused(index: int) -> None:
+    """The channel_id XORs the output index into two bytes (BOLT #2): 65536 is out."""
+    pair = ChannelPair(open_channel=False)
+    pair.do("a", lambda c: c.open(funding_sat=1_000_000, push_msat=0, feerate_per_kw=1000))
+    pair.deliver_one(pair.a)
+    pair.deliver_one(pair.b)
+    pair.do("a", lambda c: c.funding_outpoint(b"\x11" * 32, 0))
+    msg = pair.a.outbox.popleft()
+    msg.funding_created.funding_output_index = index
+    with pytest.raises(RemoteProtocolError, match="funding_output_index out of range"):
+        pair.b.channel.handle(msg, height=pair.height)
+
+
+def test_retransmitted_updates_keep_their_original_order() -> None:
+    """BOLT #2: after a reconnect the updates a lost commitment_signed covered go again
+    "in the same relative order as initially transmitted": here a's add (newer HTLC)
+    went before a's fail of b's older HTLC, the reverse of the book's HTLC order."""
+    pair = ChannelPair()
+    old_id = pair.add("b", 2_000_000, 1)
+    pair.settle()
+    pair.add("a", 3_000_000, 2)
+    pair.do("a", lambda c: c.fail_htlc(old_id))
+    pair.do("a", lambda c: c.commit())
+    sent = [m.WhichOneof("body") for m in pair.a.outbox]
+    assert sent == ["update_add_htlc", "update_fail_htlc", "commitment_signed"]
+    pair.disconnect()
+    pair.reconnect(exchange=True)
+    again = [m.WhichOneof("body") for m in pair.a.outbox]
+    assert [k for k in again if k in sent] == sent
+    pair.settle()
+    pair.check_same_commitments()
+
+
+def test_one_persist_per_input() -> None:
+    """b's reply to a's shutdown: both the receipt and the reply ask to persist; the
+    dispatcher writes one snapshot, after the whole input."""
+    pair = ChannelPair()
+    pair.do("a", lambda c: c.shutdown())
+    acts = pair.deliver_one(pair.a)
+    assert [type(x) for x in acts if isinstance(x, (Persist, Send))] == [Persist, Send]
+
+
+@pytest.mark.parametrize("funder_msat,accepted", [(896_000, True), (895_999, False)])
+def test_funder_floor_exactly_at_the_fee_of_the_peers_add(funder_msat: int,
+                                                          accepted: bool) -> None:
+    """a (funder) keeps exactly the fee of a commitment with one HTLC (BOLT #3: weight
+    724 + 172 at 1,000 sat/kw: 896 sat). b's add (b's own rules off: it would keep a
+    reserve for a) is acceptable to a at that floor, one msat less is not."""
+    pair = ChannelPair(push_msat=1_000_000_000 - funder_msat)
+    with lax():
+        acts = pair.do("b", lambda c: c.add_htlc(100_000_000, hash_of(preimage_of(1)),
+                                                 HEIGHT + 40, height=HEIGHT))
+    assert isinstance(acts[-1], Send)
+    if accepted:
+        pair.deliver_one(pair.b)
+        assert len(pair.a.channel.d.book.htlcs) == 1
+    else:
+        exc = refused_delivery(pair, "b")
+        assert "could not pay the commitment fee" in exc.message
+
+
+def test_no_channel_ready_before_the_funding_is_confirmed_on_reconnect() -> None:
+    """A reconnect between funding_signed and our own confirmation: channel_reestablish
+    only; channel_ready is (re)sent once we have sent it (``local_ready_sent``)."""
+    pair = ChannelPair(open_channel=False)
+    pair.do("a", lambda c: c.open(funding_sat=1_000_000, push_msat=0, feerate_per_kw=1000))
+    pair.deliver_one(pair.a)
+    pair.deliver_one(pair.b)
+    pair.do("a", lambda c: c.funding_outpoint(b"\x11" * 32, 0))
+    pair.deliver_one(pair.a)  # funding_created
+    pair.deliver_one(pair.b)  # funding_signed
+    assert not pair.a.channel.d.local_ready_sent and not pair.b.channel.d.local_ready_sent
+    pair.disconnect()
+    pair.reconnect(exchange=True)  # what the two reestablishes trigger stays in flight
+    for p in (pair.a, pair.b):
+        assert not any(m.WhichOneof("body") == "channel_ready" for m in p.outbox)
+    assert pair.a.channel.state is pair.b.channel.state is ChannelState.AWAIT_CHANNEL_READY
+
+
+def test_funders_uncommitted_adds_count_against_its_next_add() -> None:
+    """a (funder, 600,000 sat) offers 400,000 sat, not committed yet: a further 300,000
+    sat would overspend it, whatever each amount alone allows (``funder_floor_msat``
+    walks the funder's unsettled adds); 150,000 sat more still fits."""
+    pair = ChannelPair()
+    pair.add("a", 400_000_000, 1)
+    with pytest.raises(LocalProtocolError, match="cannot afford"):
+        pair.do("a", lambda c: c.add_htlc(300_000_000, hash_of(preimage_of(2)), HEIGHT + 40,
+                                          height=HEIGHT))
+    pair.add("a", 150_000_000, 3)
+    pair.settle()
+    assert len(pair.b.channel.received_htlcs()) == 2
