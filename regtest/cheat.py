@@ -13,7 +13,8 @@ the store taken at some moment (`backup_store`) therefore holds the commitment t
 was the party's latest *then*; once the channel moved on, that commitment is
 revoked. `publish_old_commitment` opens the backup (never the live store: the party
 keeps running, or not, as the scenario wants), restores each channel from it, lets
-`Channel.fail` build the signed commitment it would force close with, and sends that
+`protocol.commitments.finalize_local` sign the commitment it would force close with
+(what `Channel.fail` broadcasts), and sends that
 transaction to the node: exactly what a party that restored an old backup and force
 closed would broadcast, with no chance for its protocol to refuse. For a client this
 is the same as stopping it, putting the old store back (`restore_client_store`) and
@@ -47,7 +48,7 @@ from sqlalchemy.engine import make_url
 
 from channel.chain import BitcoinRpc
 from protocol import Channel
-from protocol.actions import Broadcast
+from protocol.commitments import finalize_local
 from protocol.driver.crypto import KeyFile, KeySource, Passphrase
 from protocol.driver.db import Database, sqlite_url
 from protocol.driver.store import (
@@ -71,7 +72,6 @@ from regtest.harness import (
 BACKUP_DIR = "backups"
 CLIENT_STORE_FILE = "client.sqlite"
 HUB_STORE_FILE = "hub.sqlite"  # chanhubd's default store in its data directory
-CHEAT_REASON = "test-only cheat: publishing the commitment of an old backup"
 
 
 # ---------------------------------------------------------------------------
@@ -192,18 +192,19 @@ def stored_commitments(backup_file: Path, key_source: KeySource) -> list[StoredC
 
 
 def _commitment_of(stored: StoredChannel) -> StoredCommitment:
+    """The channel's latest local commitment, signed as its force close would sign it
+    (`protocol.commitments.finalize_local`, what `Channel.fail` broadcasts), in any
+    state: a cheater's backup may hold a channel already failed or closing."""
     channel = Channel.restore(stored.snapshot)
     number = channel.d.local_ctn
-    # a channel not funded yet has no commitment signed by the peer to build
-    htlcs = (len(channel.build_local(number).htlc_outputs)
-             if channel.d.local_commit_signature else 0)
-    broadcasts = [a for a in channel.fail(CHEAT_REASON) if isinstance(a, Broadcast)]
-    if not broadcasts:
+    signature = channel.d.local_commit_signature
+    if not signature:  # not funded yet: no commitment signed by the peer
         return StoredCommitment(stored.channel_id, stored.peer_node_id, stored.state, number,
-                                htlcs, None, None)
-    tx = broadcasts[0]
+                                0, None, None)
+    commitment = channel.build_local(number)
+    tx = finalize_local(channel.static, channel.secrets, commitment, signature)
     return StoredCommitment(stored.channel_id, stored.peer_node_id, stored.state, number,
-                            htlcs, tx.raw_tx, tx.txid[::-1].hex())
+                            len(commitment.htlc_outputs), tx.serialize(), tx.txid_hex())
 
 
 async def publish_old_commitment(rpc: BitcoinRpc, backup_file: Path, key_source: KeySource,

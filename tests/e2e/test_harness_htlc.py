@@ -3,15 +3,25 @@ helper: the payee is frozen (SIGSTOP) while a payment to it is routed, so the pa
 channel holds the HTLC; a backup taken then holds a commitment with an HTLC output.
 The payer's link is cut mid-payment (and refused while the payee resumes and
 fulfills); once it is back the payment succeeds, which revokes the backup's
-commitment; the payer publishes it."""
+commitment; the payer publishes it. Then the payee restores an old store and tries
+`chanhub close --force`: he publishes nothing, the hub closes with its latest."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import pytest
+
 from regtest import cheat
-from regtest.harness import NodeEndpoint, client_state, running_client
+from regtest.harness import (
+    HarnessError,
+    NodeEndpoint,
+    client_state,
+    run_chanhub,
+    running_client,
+    stop_client,
+)
 from regtest.pytest_plugin import ClientFactory, Faults, wait_until
 
 
@@ -32,7 +42,8 @@ def test_a_payer_publishes_a_commitment_with_an_htlc_in_flight(
     alice = client_processes("alice", via_proxy=True)
     bob = client_processes("bob")
     alice_channel = faults.open_channel(alice, 400_000)
-    faults.inbound(bob, 300_000)  # the hub funds a channel toward bob: he can receive
+    bob_channel = faults.inbound(bob, 300_000)  # the hub funds it: bob can receive
+    [bob_before] = faults.backup(bob, "before")
     bolt11 = faults.invoice(bob, 50_000_000)  # 50,000 sat
 
     # bob freezes; alice's payment reaches the hub, which cannot get bob to answer
@@ -76,3 +87,20 @@ def test_a_payer_publishes_a_commitment_with_an_htlc_in_flight(
     values_sat = sorted(round(float(out["value"]) * 100_000_000) for out in tx["vout"])
     assert len(values_sat) == 2
     assert 50_000 <= values_sat[0] <= 50_100  # the HTLC: 50,000 sat plus the hub's fee
+
+    # bob restores his old store and tries to force close from it: reestablish tells him
+    # he is behind, so he publishes nothing (BOLT #2 data loss protection) and the hub
+    # closes with its latest commitment. Publishing an old state needs the harness's
+    # own path (above), not the client's CLI.
+    hub_bob = {c.channel_id: c for c in faults.backup("hub", "latest")}[bob_channel]
+    stop_client(bob.datadir)
+    cheat.restore_client_store(bob.datadir, "before")
+    with pytest.raises(HarnessError, match="no open channel"):
+        run_chanhub(bob.datadir, faults.hub, "close", bob_channel.hex(), "--force",
+                    node=node_process)
+    wait_until(lambda: hub_bob.txid in _call(node_process, "getrawmempool"),
+               what="the hub closing bob's channel with its latest commitment")
+    # his store now marks the channel failed; the harness still reads its commitment
+    [failed] = cheat.stored_commitments(bob.datadir / cheat.CLIENT_STORE_FILE,
+                                        cheat.client_key_source())
+    assert failed.state == "failed" and failed.txid == bob_before.txid
