@@ -371,7 +371,7 @@ def client_open(name: str, amount_sat: int, datadir: Path) -> None:
     network = _network(datadir)
     client_dir = _client_dir(network, name)
     hub, node = _running_hub(network), _endpoint(datadir)
-    channel_id = _harness_call(lambda: harness.open_client_channel(
+    channel_id = _harness_call(lambda: regtest_network.open_client_channel(
         client_dir, hub, node, amount_sat))
     funding = _harness_call(lambda: _with_rpc(
         datadir, lambda rpc: cheat.funding_txid(rpc, channel_id)))
@@ -390,8 +390,8 @@ def client_inbound(name: str, amount_sat: int, datadir: Path) -> None:
     hub, node = _running_hub(network), _endpoint(datadir)
 
     def inbound() -> bytes:
-        harness.fund_hub_wallet(hub, node, amount_sat + 100_000)
-        return harness.request_client_inbound(client_dir, hub, node, amount_sat)
+        regtest_network.fund_hub_wallet(hub, node, amount_sat + 100_000)
+        return regtest_network.request_client_inbound(client_dir, hub, node, amount_sat)
 
     channel_id = _harness_call(inbound)
     click.echo(f"{name}: channel {channel_id.hex()} open, {amount_sat} sat receivable")

@@ -18,24 +18,39 @@ default each client reaches the hub through its own link proxy
 as it goes, so `down` (from any shell) stops exactly what `up` started, clients
 first (and their proxies), then the hub (SIGTERM: it drains), then the node; and a
 failed `up` leaves nothing running (it stops what it started before raising).
+
+The channel helpers at the end (`open_client_channel`, `request_client_inbound`,
+`fund_hub_wallet`, `client_offline`) drive the `chanhub` and `chanhubctl` CLIs of
+running processes, as a tester would; `up`, `chanhub-regtest client open|inbound` and
+the pytest plugin's `regtest_faults` use them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import select
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from regtest.harness import (
+    CLIENT_LOG_FILE,
+    CLIENT_WALLET_FILE,
     ClientEndpoint,
     HarnessError,
     HubEndpoint,
     NodeEndpoint,
+    chanhub_command,
+    client_env,
+    file_tail,
     free_port,
-    fund_hub_wallet,
     hub_store_url,
-    open_client_channel,
-    request_client_inbound,
+    run_chanhub,
     running_client,
     running_hub,
     running_node,
@@ -207,3 +222,158 @@ def describe(network: Network) -> list[str]:
             lines.append(f"        link     via proxy {proxy.target} (cut it: chanhub-regtest "
                          f"link cut {name} --datadir {network.datadir})")
     return lines
+
+
+# ---------------------------------------------------------------------------
+# Channels of harness clients: opened from their wallets, or funded by the hub
+
+
+def open_client_channel(datadir: Path, hub: HubEndpoint, node: NodeEndpoint, amount_sat: int,
+                        *, fund_sat: int | None = None, timeout_s: float = 120.0) -> bytes:
+    """Open a channel of `amount_sat` from the client of `datadir` to the hub, funded
+    from the client's wallet, and return its channel id once both sides use it.
+
+    The faucet sends `fund_sat` (None: the amount plus 100,000 sat for fees; 0: nothing,
+    the wallet has coins already) to the client's wallet and mines it. `chanhub open`
+    needs the client's store, so a serving client is stopped for it and started again
+    after. The command announces on stderr when the funding transaction is broadcast;
+    then one block is mined (the harness's hub uses depth 1) and the command returns
+    once the channel is open."""
+    import trio
+
+    address = (datadir / CLIENT_WALLET_FILE).read_text()
+    if fund_sat != 0:
+        trio.run(_fund, node, [address], fund_sat or amount_sat + 100_000)
+    with client_offline(datadir, hub, node):
+        return _open(datadir, hub, node, amount_sat, timeout_s)
+
+
+@contextlib.contextmanager
+def client_offline(datadir: Path, hub: HubEndpoint, node: NodeEndpoint) -> Iterator[None]:
+    """One-shot `chanhub` commands need the client's store, which `chanhub serve` holds:
+    stop a serving client for the block and start it again after (also when the block
+    failed, so a refused command leaves the client as it found it)."""
+    was_serving = running_client(datadir) is not None
+    if was_serving:
+        stop_client(datadir)
+    try:
+        yield
+    finally:
+        if was_serving:
+            start_client(datadir, hub, node)
+
+
+def _open(datadir: Path, hub: HubEndpoint, node: NodeEndpoint, amount_sat: int,
+          timeout_s: float) -> bytes:
+    import trio
+
+    command = chanhub_command(datadir, hub, "--json", "open", str(amount_sat), node=node)
+    log_file = datadir / CLIENT_LOG_FILE
+    with log_file.open("ab") as log:
+        opening = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, start_new_session=True,
+                                   env=client_env())
+        assert opening.stdout is not None and opening.stderr is not None
+        mined = False
+        # Its progress lines (stderr) are read to the end, so it never writes into a
+        # closed pipe; the block is mined once the funding tx is out.
+        while True:
+            readable, _, _ = select.select([opening.stderr], [], [], timeout_s)
+            if not readable:
+                opening.kill()
+                opening.wait()
+                raise HarnessError(f"chanhub open stalled for {timeout_s:.0f} s; last log "
+                                   f"lines:\n{file_tail(log_file)}")
+            line = opening.stderr.readline()
+            if not line:
+                break
+            log.write(line)
+            log.flush()
+            if not mined and line.startswith((b"broadcast", b"confirming")):
+                trio.run(_mine_faucet, node, 1)
+                mined = True
+        out = opening.stdout.read()
+        opening.wait(timeout=timeout_s)
+    if opening.returncode != 0:
+        raise HarnessError(f"chanhub open exited (code {opening.returncode}); last log "
+                           f"lines:\n{file_tail(log_file)}")
+    return bytes.fromhex(json.loads(out)["channel_id"])
+
+
+def run_chanhubctl(hub: HubEndpoint, *args: str, timeout_s: float = 60.0) -> Any:
+    """Run one `chanhubctl --json` command on `hub` as its operator; its JSON answer, or
+    a `HarnessError` with its one-line error."""
+    done = subprocess.run(
+        [sys.executable, "-m", "hub.ctl", "--rpcserver", hub.target,
+         "--tls-cert", str(hub.tls_cert_file),
+         "--admin-credential", str(hub.admin_credential_file), "--json", *args],
+        capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL,
+        check=False)
+    if done.returncode != 0:
+        raise HarnessError(f"chanhubctl {' '.join(args)}: {done.stderr.strip() or done.stdout}")
+    return json.loads(done.stdout)
+
+
+def _until(condition: Callable[[], bool], *, timeout_s: float, what: str) -> None:
+    """Poll a real process's state every 0.2 s until `condition()`; HarnessError after
+    `timeout_s` (chanhubd and the clients follow the node once a second)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise HarnessError(f"{what} did not happen within {timeout_s:.0f} s")
+        time.sleep(0.2)  # bounded polling of a real subprocess
+
+
+def fund_hub_wallet(hub: HubEndpoint, node: NodeEndpoint, amount_sat: int, *,
+                    timeout_s: float = 60.0) -> int:
+    """The faucet pays `amount_sat` to the hub's wallet (`chanhubctl wallet address`), one
+    block is mined, and this returns the hub's confirmed balance once it has seen it."""
+    import trio
+
+    def confirmed() -> int:
+        return int(run_chanhubctl(hub, "wallet", "balance").get("confirmed_sat", 0))
+
+    before = confirmed()
+    address = str(run_chanhubctl(hub, "wallet", "address")["address"])
+    trio.run(_fund, node, [address], amount_sat)
+    _until(lambda: confirmed() >= before + amount_sat, timeout_s=timeout_s,
+           what="the hub's wallet seeing its coins")
+    return confirmed()
+
+
+def request_client_inbound(datadir: Path, hub: HubEndpoint, node: NodeEndpoint,
+                           amount_sat: int, *, timeout_s: float = 120.0) -> bytes:
+    """The client of `datadir` asks the hub for a channel of `amount_sat` the hub funds
+    (`chanhub inbound`: what the client can then receive); the hub's wallet must hold
+    it (`fund_hub_wallet`). Once the hub broadcast its funding, one block is mined; this
+    returns the channel id once it is open. A serving client is stopped for the
+    one-shot commands and started again after."""
+    with client_offline(datadir, hub, node):
+        return _inbound(datadir, hub, node, amount_sat, timeout_s)
+
+
+def _inbound(datadir: Path, hub: HubEndpoint, node: NodeEndpoint, amount_sat: int,
+             timeout_s: float) -> bytes:
+    import trio
+
+    key = os.urandom(8).hex()
+    order = ["--json", "inbound", str(amount_sat), "--idempotency-key", key]
+    started = json.loads(run_chanhub(datadir, hub, *order, "--no-wait", node=node,
+                                     timeout_s=timeout_s))
+    if started["state"] == "failed":
+        raise HarnessError(f"the hub refused inbound: {started['failure_reason']}")
+
+    async def mempool() -> list[str]:
+        async with node.rpc() as rpc:
+            return await rpc.getrawmempool()
+
+    _until(lambda: bool(trio.run(mempool)), timeout_s=timeout_s,
+           what="the hub broadcasting the inbound funding")
+    trio.run(_mine_faucet, node, 1)
+    done = json.loads(run_chanhub(datadir, hub, *order, node=node, timeout_s=timeout_s))
+    if done["state"] != "completed":
+        raise HarnessError(f"inbound order {done['order_id']}: {done['state']} "
+                           f"{done.get('failure_reason', '')}")
+    return bytes.fromhex(str(done["channel_id"]))

@@ -46,15 +46,11 @@ from regtest.harness import (
     NodeEndpoint,
     chanhub_command,
     client_env,
-    client_offline,
     drop_postgres_schema,
     free_port,
-    fund_hub_wallet,
     hub_store_url,
     kill_client,
-    open_client_channel,
     pause_client,
-    request_client_inbound,
     resume_client,
     run_chanhub,
     start_client,
@@ -63,6 +59,12 @@ from regtest.harness import (
     stop_client,
     stop_hub,
     stop_node,
+)
+from regtest.network import (
+    client_offline,
+    fund_hub_wallet,
+    open_client_channel,
+    request_client_inbound,
 )
 from regtest.node import Node, RpcServer
 
