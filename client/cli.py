@@ -33,6 +33,7 @@ from protocol.driver.crypto import Passphrase
 from protocol.driver.db import sqlite_url
 from protocol.driver.driver import Broadcaster
 from protocol.driver.grpc_bridge import open_grpc_bridge
+from protocol.driver.wire_auth import cert_der, normalize_fingerprint
 
 
 class _NoBroadcaster:
@@ -59,10 +60,24 @@ class Settings:
         return sqlite_url(self.data_dir / "client.sqlite")
 
     def pin(self) -> HubPin:
+        """The hub's pin, checked here so a bad one is one error line, not a traceback."""
         if self.tls_fingerprint:
+            try:
+                normalize_fingerprint(self.tls_fingerprint)
+            except ValueError as exc:
+                raise errors.InvalidRequest(f"--tls-fingerprint: {exc}") from None
             return HubPin.from_fingerprint(self.tls_fingerprint)
         if self.tls_cert:
-            return HubPin.from_cert_file(self.tls_cert)
+            try:
+                pin = HubPin.from_cert_file(self.tls_cert)
+                cert_der(pin.cert_pem or b"")
+            except OSError as exc:
+                raise errors.InvalidRequest(f"--tls-cert {self.tls_cert}: {exc.strerror}"
+                                            ) from None
+            except ValueError:
+                raise errors.InvalidRequest(f"--tls-cert {self.tls_cert}: not a PEM or DER "
+                                            "certificate") from None
+            return pin
         raise errors.InvalidRequest("pin the hub: --tls-cert FILE or --tls-fingerprint HEX")
 
     def open_node(self, height: int = 0) -> ClientNode:

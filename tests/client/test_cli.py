@@ -164,3 +164,20 @@ async def test_cli_wallet_and_open_on_our_own_chain(
             await edge.stop()
             nursery.cancel_scope.cancel()
     world.hub.close()
+
+
+def test_a_bad_pin_is_one_error_line_and_nothing_is_made(tmp_path: Path) -> None:
+    """A certificate file that is not one, a missing file, or a fingerprint that is not
+    64 hex digits: one line and exit 1 (it was a traceback)."""
+    not_a_cert = tmp_path / "bogus.pem"
+    not_a_cert.write_text("x\n")
+    data_dir = tmp_path / "client"
+    cases = [(["--tls-cert", str(not_a_cert)], "not a PEM or DER certificate"),
+             (["--tls-cert", str(tmp_path / "missing.pem")], "No such file"),
+             (["--tls-fingerprint", "zz"], "64 hex digits")]
+    for pin, expected in cases:
+        result = CliRunner().invoke(main, ["--data-dir", str(data_dir), "--hub",
+                                           "127.0.0.1:1", "--passphrase", "x", *pin, "init"])
+        assert result.exit_code == 1, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0]
