@@ -384,7 +384,7 @@ CLIENT_LOG_FILE = "client.log"
 CLIENT_INIT_MARKER = "harness-initialised"
 CLIENT_WALLET_FILE = "wallet.address"  # the address the harness funds the client at
 # `chanhub serve` says it is online with this line on stderr (it prints no JSON
-# start-up line yet); the harness reads stderr up to that line, then lets go.
+# start-up line yet); the harness waits for that line in the client's log (client.log).
 CLIENT_ONLINE_PREFIX = b"online"
 # Harness clients are throwaway test wallets: one known passphrase, given through the
 # environment (never a flag, which `ps` would show).
@@ -493,32 +493,36 @@ def start_client(datadir: Path, hub: HubEndpoint, node: NodeEndpoint, *,
 
 def _spawn_until_stderr_line(command: list[str], *, log_file: Path, prefix: bytes,
                              timeout_s: float) -> subprocess.Popen[bytes]:
-    """Start `command` detached (stdout to `log_file`), copy its stderr into the log
-    until a line starting with `prefix`, then return. EOF first: `HarnessError`."""
-    log = log_file.open("ab")
-    try:
+    """Start `command` detached, its stdout and stderr appended to `log_file`, and
+    return once a line starting with `prefix` appears there; the process exiting
+    first, or the deadline: `HarnessError`. The output goes to the file, not through
+    a pipe of ours, so everything the process writes later is kept (and nothing
+    writes into a closed pipe once this command has exited). A file offers no
+    readiness to wait on: it is polled every 50 ms, with the deadline as its bound."""
+    import time
+
+    offset = log_file.stat().st_size if log_file.exists() else 0
+    with log_file.open("ab") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.PIPE, start_new_session=True,
-                                   env=client_env())
-        assert process.stderr is not None
-        with process.stderr as pipe:
-            while True:
-                readable, _, _ = select.select([pipe], [], [], timeout_s)
-                if not readable:
-                    process.kill()
-                    process.wait()
-                    raise HarnessError(f"chanhub serve was not online within {timeout_s:.0f} s")
-                line = pipe.readline()
-                log.write(line)
-                log.flush()
-                if not line:
-                    process.wait(timeout=timeout_s)
-                    raise HarnessError(f"chanhub serve exited (code {process.returncode}); "
-                                       f"last log lines:\n{file_tail(log_file)}")
-                if line.startswith(prefix):
-                    return process
-    finally:
-        log.close()
+                                   stderr=log, start_new_session=True, env=client_env())
+    deadline = time.monotonic() + timeout_s
+    with log_file.open("rb") as reader:
+        reader.seek(offset)
+        pending = b""
+        while True:
+            exited = process.poll() is not None  # before reading: its last words count
+            pending += reader.read()
+            *lines, pending = pending.split(b"\n")
+            if any(line.startswith(prefix) for line in lines):
+                return process
+            if exited:
+                raise HarnessError(f"chanhub serve exited (code {process.returncode}); "
+                                   f"last log lines:\n{file_tail(log_file)}")
+            if time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                raise HarnessError(f"chanhub serve was not online within {timeout_s:.0f} s")
+            time.sleep(0.05)  # polling a real subprocess's log, bounded by the deadline
 
 
 def running_client(datadir: Path) -> ClientEndpoint | None:
