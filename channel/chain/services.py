@@ -32,11 +32,13 @@ from channel.chain.broadcaster import RpcBroadcaster
 from channel.chain.confirmations import ChainEvent, ConfirmationTracker
 from channel.chain.fees import RpcFeeEstimator
 from channel.chain.follower import ChainFollower, RpcChainSource, checkpoint_at
-from channel.chain.interfaces import BlockRef
+from channel.chain.interfaces import BlockRef, TipListener
 from channel.chain.rpc import BitcoinRpc
 from channel.chain.wallet import OnchainWallet, WalletError
 
 Persist = Callable[[dict[str, Any]], Awaitable[None]]
+
+_CORE_SECTIONS = ("tip", "wallet", "tracker", "broadcaster")
 
 #: A fresh wallet is born this many blocks below the node's tip (see `open`).
 BIRTH_SAFETY_BLOCKS = 6
@@ -65,6 +67,13 @@ class ChainServices:
         self.broadcaster = broadcaster
         self.fee_estimator = fee_estimator
         self._persist = persist
+        # Owners' parts of the bundle (e.g. the channels' watches: protocol/driver/
+        # enforce.py), by key, and what a restored bundle held under those keys.
+        self.sections: dict[str, Callable[[], Any]] = {}
+        self.restored_sections: dict[str, Any] = {}
+        # Tip listeners run after each sync step BEFORE the bundle is stored: what they
+        # act on (and record in their sections) is stored in the same write.
+        self.before_persist: list[TipListener] = []
         self._send_event, self.events = trio.open_memory_channel[ChainEvent](math.inf)
         tracker.on_event = self._send_event.send_nowait
         wallet.broadcaster = broadcaster
@@ -129,7 +138,7 @@ class ChainServices:
                 fee_estimator=fees,
             )
             tracker = ConfirmationTracker(birth.height)
-        return cls(
+        services = cls(
             rpc,
             wallet,
             tracker,
@@ -138,6 +147,11 @@ class ChainServices:
             persist=persist,
             poll_interval_s=poll_interval_s,
         )
+        if state is not None:
+            services.restored_sections = {
+                k: v for k, v in state.items() if k not in _CORE_SECTIONS
+            }
+        return services
 
     @property
     def tip(self) -> BlockRef:
@@ -149,9 +163,12 @@ class ChainServices:
             "wallet": self.wallet.to_json(),
             "tracker": self.tracker.to_json(),
             "broadcaster": self.broadcaster.to_json(),
+            **{key: part() for key, part in self.sections.items()},
         }
 
     async def best_block_updated(self, tip: BlockRef) -> None:
+        for listener in list(self.before_persist):
+            await listener.best_block_updated(tip)
         if self._persist is not None:
             await self._persist(self.to_json())
 

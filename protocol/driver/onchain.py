@@ -24,13 +24,11 @@ the expected output (script and amount, BOLT #2's fundee check) to the channel's
 ``minimum_depth``, and the funding outpoint for its spend. ``TxConfirmed`` ->
 ``driver.funding_confirmed()``; ``TxMismatch`` is logged and never confirms.
 
-A spend of the funding outpoint: the agreed closing tx pays our wallet (the close
-script is a wallet address), so the wallet finds it by itself. Our own latest
-commitment: ``ToLocalSweeper`` watches it to ``to_self_delay`` (the relative lock
-BIP68 puts on ``to_local``), then sweeps ``to_local`` to a fresh wallet address at the
-estimator's fee rate; a sweep worth less than its fee is left alone and logged. The
-peer's commitment, penalties and HTLC outputs belong to the BOLT #5 watch
-(``channel/watch.py``), which is meant to replace ``ToLocalSweeper``.
+A spend of the funding outpoint, and everything after it (our to_local after its
+delay, the peer's commitments, penalties, HTLC outputs, preimages learned on chain,
+HTLCs whose on-chain deadline came): the BOLT #5 watches, driven by ``Enforcer``
+(protocol/driver/enforce.py) from the same follower; the agreed closing tx pays our
+wallet (the close script is a wallet address), so the wallet finds it by itself.
 
 ``restore()`` runs once before the follower, so the watches it adds see the blocks the
 follower replays. It finishes what a crash interrupted: the wallet looks past every
@@ -40,7 +38,7 @@ broadcast goes out now; a channel restored before both first commitments were si
 cannot be completed (BOLT #2 forgets it on disconnect; nothing of the opening is
 retransmitted) and is failed, which releases its coins, as are coins reserved for a
 channel whose outpoint was never stored; a funding already deep enough is confirmed;
-a commitment already ``to_self_delay`` deep is swept.
+the watches are restored from the bundle (or made, for a channel new to them).
 """
 
 from __future__ import annotations
@@ -59,12 +57,11 @@ from channel.chain.confirmations import (
 from channel.chain.interfaces import BlockRef
 from channel.chain.services import ChainServices
 from channel.chain.wallet import WalletError
-from channel.errors import TransactionError
 from channel.funding import funding_output_index
-from channel.sweep import sweep_to_local
 from channel.tx import OutPoint, Tx, TxOut
 from protocol.actions import ChannelFailed, Event, FundingNeeded, FundingSigned, Watch
 from protocol.driver.driver import ChannelDriver
+from protocol.driver.enforce import DriverCallback, Enforcer
 from protocol.table import ChannelState
 
 log = logging.getLogger(__name__)
@@ -103,12 +100,15 @@ class ChannelsOnChain:
     def __init__(self, chain: ChainServices, drivers: Callable[[], Iterable[ChannelDriver]],
                  persist: Persist, *, on_change: Callable[[], None] | None = None,
                  funding_depth: Callable[[ChannelDriver], int] | None = None,
-                 settle: Callable[[ChannelDriver], Awaitable[None]] | None = None) -> None:
+                 settle: Callable[[ChannelDriver], Awaitable[None]] | None = None,
+                 on_preimage: DriverCallback | None = None,
+                 on_report: DriverCallback | None = None) -> None:
         """``funding_depth``: the confirmations the owner itself waits for before
         ``funding_confirmed()`` (the larger of it and the channel's ``minimum_depth``
         counts: a funder may wait longer than its fundee asked). ``settle(driver)``:
         execute what a command queued on the driver now even if its peer is offline
-        (``PeerSession.idle``), so a force close decided here is broadcast at once."""
+        (``PeerSession.idle``), so a force close decided here is broadcast at once.
+        ``on_preimage`` and ``on_report``: the enforcer's (protocol/driver/enforce.py)."""
         self.chain = chain
         self.drivers = drivers
         self._persist = persist
@@ -117,7 +117,8 @@ class ChannelsOnChain:
         self._settle = settle
         self.closing_deadlines: dict[bytes, int] = {}  # channel_key -> deadline height
         chain.follower.add_tip_listener(self)
-        self.sweeper = ToLocalSweeper(self)
+        self.enforcer = Enforcer(chain, drivers, settle=settle, on_preimage=on_preimage,
+                                 on_report=on_report)
 
     async def save(self) -> None:
         await self._persist(self.chain.to_json())
@@ -263,7 +264,7 @@ class ChannelsOnChain:
             if txid not in referenced and tx is not None:
                 log.info("funding tx %s belongs to no channel: coins released", txid)
                 wallet.release(tx)
-        await self.sweeper.restore()
+        self.enforcer.refresh()  # the watches restored from the bundle, new ones made
         await self.save()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -273,7 +274,6 @@ class ChannelsOnChain:
         async for event in self.chain.events:
             if isinstance(event, TxConfirmed):
                 self._funding_deep_enough(event.txid)
-                await self.sweeper.tx_confirmed(event.txid)
             elif isinstance(event, TxMismatch):
                 log.warning("funding %s mined without the agreed output (%s): the channel "
                             "is never confirmed", event.txid, event.reason)
@@ -302,89 +302,6 @@ class ChannelsOnChain:
         txid = event.spending_tx.txid()
         if driver.channel.d.closing_txid == txid:
             log.info("%r: closing tx %s mined (it pays the wallet)", driver, _hex(txid))
-        elif self.sweeper.is_our_commitment(driver, event.spending_tx):
-            await self.sweeper.commitment_mined(driver, event)
         else:
-            log.warning("%r: the funding output was spent by %s, not our commitment nor "
-                        "the agreed close: the BOLT #5 watch handles it", driver, _hex(txid))
-
-
-class ToLocalSweeper:
-    """After OUR commitment confirms: ``to_local`` swept into the wallet once
-    ``to_self_delay`` deep. The one piece the BOLT #5 watch object replaces later.
-
-    Its state is the tracker's: the commitment txid watched to ``to_self_delay`` (added
-    with the block the ``OutpointSpent`` named), and the spender of the funding outpoint
-    (the commitment itself). A sweep done is unwatched; the broadcaster keeps it."""
-
-    def __init__(self, owner: ChannelsOnChain) -> None:
-        self.owner = owner
-
-    @staticmethod
-    def is_our_commitment(driver: ChannelDriver, tx: Tx) -> bool:
-        """Our latest commitment (the one ``fail()`` broadcasts): an older one of ours
-        is revoked and never published by us."""
-        channel = driver.channel
-        return channel.d.local_commit_signature != b"" and \
-            channel.build_local(channel.d.local_ctn).txid == tx.txid()
-
-    async def commitment_mined(self, driver: ChannelDriver, event: OutpointSpent) -> None:
-        channel = driver.channel
-        if channel.build_local(channel.d.local_ctn).to_local_index is None:
-            log.info("%r: our commitment mined; its to_local was trimmed: nothing to sweep",
-                     driver)
-            return
-        delay = channel.static.remote.to_self_delay
-        txid = event.spending_tx.txid_hex()
-        log.info("%r: our commitment %s mined at %d; to_local swept %d blocks deep",
-                 driver, txid, event.height, delay)
-        self.owner.chain.tracker.watch_tx(txid, max(delay, 1),
-                                          included=(event.height, event.block_hash))
-        await self.owner.save()
-
-    def _pending(self) -> list[tuple[ChannelDriver, Tx]]:
-        """Our mined commitments whose to_local is still watched (not swept yet)."""
-        out = []
-        tracker = self.owner.chain.tracker
-        for driver in self.owner.drivers():
-            outpoint = funding_outpoint_of(driver)
-            if outpoint is None:
-                continue
-            spender = tracker.spender(outpoint)
-            if spender is not None and tracker.is_watched(spender.txid_hex()) and \
-                    self.is_our_commitment(driver, spender):
-                out.append((driver, spender))
-        return out
-
-    async def restore(self) -> None:
-        tracker = self.owner.chain.tracker
-        for driver, commitment_tx in self._pending():
-            delay = max(driver.channel.static.remote.to_self_delay, 1)
-            if tracker.depth(commitment_tx.txid_hex()) >= delay:
-                await self._sweep(driver, commitment_tx)
-
-    async def tx_confirmed(self, txid: str) -> None:
-        for driver, commitment_tx in self._pending():
-            if commitment_tx.txid_hex() == txid:
-                await self._sweep(driver, commitment_tx)
-
-    async def _sweep(self, driver: ChannelDriver, commitment_tx: Tx) -> None:
-        chain = self.owner.chain
-        channel = driver.channel
-        feerate = await chain.fee_estimator.feerate_sat_per_kw(CONF_TARGET_BLOCKS)
-        chain.tracker.unwatch_tx(commitment_tx.txid_hex())
-        try:
-            sweep = sweep_to_local(channel.static, channel.secrets, commitment_tx,
-                                   channel.d.local_ctn, chain.wallet.new_script_pubkey(),
-                                   feerate)
-        except TransactionError as exc:  # worth less than its fee: leave it
-            log.warning("%r: to_local of %s not swept: %s", driver, commitment_tx.txid_hex(),
-                        exc)
-            await self.owner.save()
-            return
-        await self.owner.save()  # the destination's key index, before the tx can pay it
-        await chain.broadcaster.broadcast(sweep, label=f"to_local sweep {sweep.txid_hex()}",
-                                          keep_if_refused=True)
-        log.info("%r: to_local swept by %s (%d sat)", driver, sweep.txid_hex(),
-                 sweep.outputs[0].amount_sat)
-        await self.owner.save()
+            log.info("%r: the funding output was spent by %s (the watch resolves it)",
+                     driver, _hex(txid))

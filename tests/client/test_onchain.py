@@ -4,7 +4,6 @@ delayed to_local comes back into the wallet, refused by the node one block early
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -241,15 +240,15 @@ async def test_force_close_sweeps_to_local_into_the_wallet(
         feerate = await chain.fee_estimator.feerate_sat_per_kw(6)
         assert -(-feerate * sweep.weight() // 1000) <= fee_of(regtest_node, sweep) \
             <= -(-feerate * (sweep.weight() + 2) // 1000)
-        assert not chain.tracker.is_watched(commitment_txid)
         nursery.cancel_scope.cancel()
     client.close()
     world.hub.close()
 
 
-async def test_to_local_worth_less_than_its_fee_is_left_alone(
-        regtest_node: Node, regtest_rpc: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-        autojump_clock: Any) -> None:
+async def test_to_local_worth_less_than_its_fee_at_the_estimate_is_swept_at_the_floor(
+        regtest_node: Node, regtest_rpc: Any, tmp_path: Path, autojump_clock: Any) -> None:
+    """The watch's rule (docs/dev/watch-api.md, Fees): a claim the estimate would
+    leave dust falls back to the relay floor rather than staying on chain."""
     world = World(regtest_node, tmp_path, sqlite_url(tmp_path / "hub.sqlite"))
     async with BitcoinRpc(regtest_rpc.url, cookie_file=Path(regtest_rpc.cookie_path),
                           timeout_s=None) as rpc, trio.open_nursery() as nursery:
@@ -276,16 +275,26 @@ async def test_to_local_worth_less_than_its_fee_is_left_alone(
 
         # a fee market where sweeping ~103,000 sat would cost ~120,000 sat
         chain.fee_estimator.fallback_sat_per_kw = 250_000
-        caplog.set_level(logging.WARNING, "protocol.driver.onchain")
         driver.fail("test: force close")
         await until(lambda: len(regtest_node.call("getrawmempool")) == 1)
         [commitment_txid] = regtest_node.call("getrawmempool")
-        regtest_node.mine(driver.channel.static.remote.to_self_delay + 2)
+        assert client.onchain is not None
+        assert client.onchain.enforcer.our_commitment_txid(driver) == \
+            bytes.fromhex(commitment_txid)[::-1]
+        regtest_node.mine(1)  # a sync step: the watches read the estimate after each
         await synced(chain, regtest_node)
-        await until(lambda: f"to_local of {commitment_txid} not swept" in caplog.text)
-        assert not chain.tracker.is_watched(commitment_txid)
-        assert regtest_node.call("getrawmempool") == []  # left alone: nothing broadcast
-        assert chain.wallet.balance().confirmed_sat == after_pay
+        regtest_node.mine(driver.channel.static.remote.to_self_delay - 1)
+        await synced(chain, regtest_node)
+        await until(lambda: len(regtest_node.call("getrawmempool")) == 1)
+        [sweep_txid] = regtest_node.call("getrawmempool")
+        sweep = mempool_tx(regtest_node, sweep_txid)
+        assert sweep.inputs[0].outpoint.txid_hex() == commitment_txid
+        # the floor, 253 sat/kw, on its weight (the signature up to 2 bytes shorter)
+        assert -(-253 * sweep.weight() // 1000) <= fee_of(regtest_node, sweep) \
+            <= -(-253 * (sweep.weight() + 2) // 1000)
+        regtest_node.mine(1)
+        await synced(chain, regtest_node)
+        assert chain.wallet.balance().confirmed_sat == after_pay + sweep.outputs[0].amount_sat
         nursery.cancel_scope.cancel()
     client.close()
     bob.close()
@@ -303,7 +312,8 @@ async def test_agreed_close_not_mined_by_its_deadline_is_forced(
         client, chain = await funded_client(world, sqlite_url(tmp_path / "alice.sqlite"), rpc)
         await world.start_client(nursery, client)
         await synced(chain, regtest_node)
-        assert client.onchain is not None
+        onchain = client.onchain
+        assert onchain is not None
         driver = client.open_channel(FUNDING_SAT)
         await until(lambda: driver.channel.state is ChannelState.AWAIT_CHANNEL_READY
                     and regtest_node.call("getrawmempool") != [])
@@ -317,9 +327,9 @@ async def test_agreed_close_not_mined_by_its_deadline_is_forced(
         client._broadcaster.target = NullBroadcaster()  # the closing tx never leaves
         driver.shutdown()
         await until(lambda: driver.channel.state is ChannelState.CLOSED
-                    and driver.channel_key in client.onchain.closing_deadlines)
+                    and driver.channel_key in onchain.closing_deadlines)
         client._broadcaster.target = to_chain
-        deadline = client.onchain.closing_deadlines[driver.channel_key]
+        deadline = onchain.closing_deadlines[driver.channel_key]
         assert deadline == chain.tip.height + CLOSING_CONFIRM_DEADLINE_BLOCKS
         regtest_node.mine(deadline - 1 - chain.tip.height)
         await synced(chain, regtest_node)
@@ -330,8 +340,8 @@ async def test_agreed_close_not_mined_by_its_deadline_is_forced(
         await until(lambda: driver.channel.state is ChannelState.FAILED
                     and len(regtest_node.call("getrawmempool")) == 1)
         [commitment_txid] = regtest_node.call("getrawmempool")
-        assert client.onchain.sweeper.is_our_commitment(driver, mempool_tx(regtest_node,
-                                                                         commitment_txid))
+        assert onchain.enforcer.our_commitment_txid(driver) == \
+            bytes.fromhex(commitment_txid)[::-1]
         nursery.cancel_scope.cancel()
     client.close()
     world.hub.close()

@@ -145,15 +145,19 @@ async def test_hub_funds_inbound_channel_then_a_payment_arrives(
         await until(lambda: len(regtest_node.call("getrawmempool")) == 1)
         [commitment_txid] = regtest_node.call("getrawmempool")
         assert hub.onchain is not None
-        assert hub.onchain.sweeper.is_our_commitment(hub_driver, Tx.parse(bytes.fromhex(
-            regtest_node.call("getrawtransaction", commitment_txid))))
+        assert hub.onchain.enforcer.our_commitment_txid(hub_driver) == \
+            bytes.fromhex(commitment_txid)[::-1]
         delay = hub_driver.channel.static.remote.to_self_delay
         regtest_node.mine(delay)  # the commitment is delay deep: the sweep may go out
         await synced(hub_chain, regtest_node)
-        await until(lambda: commitment_txid not in regtest_node.call("getrawmempool")
-                    and len(regtest_node.call("getrawmempool")) == 1)
-        [sweep_txid] = regtest_node.call("getrawmempool")
-        sweep = Tx.parse(bytes.fromhex(regtest_node.call("getrawtransaction", sweep_txid)))
+
+        def hub_sweeps() -> list[Tx]:  # alice's own watch sweeps her to_remote too
+            txs = [Tx.parse(bytes.fromhex(regtest_node.call("getrawtransaction", txid)))
+                   for txid in regtest_node.call("getrawmempool")]
+            return [tx for tx in txs if hub_chain.wallet.is_mine(tx.outputs[0].script_pubkey)]
+
+        await until(lambda: len(hub_sweeps()) == 1)
+        [sweep] = hub_sweeps()
         assert sweep.inputs[0].outpoint.txid_hex() == commitment_txid
         regtest_node.mine(1)
         await synced(hub_chain, regtest_node)
