@@ -103,11 +103,21 @@ def test_a_tester_replays_a_breach_a_cut_a_kill_and_a_reorg(network_dir: Path) -
         in published
     assert _call(network, "getrawtransaction", old.txid, True)["confirmations"] == 1
 
+    # the hub's watch sees the revoked commitment and broadcasts its penalty (what the
+    # cheat is for: the reaction is the watch's, the scenario the harness's)
+    def penalty() -> list[str]:
+        return [t for t in _call(network, "getrawmempool")
+                if any(i.get("txid") == old.txid
+                       for i in _call(network, "getrawtransaction", t, True)["vin"])]
+
+    [penalty_txid] = wait_until(penalty, what="the hub's penalty of alice's breach")
+
     # -- a reorg takes the breach out of the chain again ---------------------------------
     assert old.txid is not None
     reorged = _cli(network_dir, "reorg", "1", "--exclude", old.txid).output
     assert f"left out (in the mempool): {old.txid}" in reorged
-    assert old.txid in _call(network, "getrawmempool")
+    assert f"left out (in the mempool): {penalty_txid}" in reorged  # it spends the breach
+    assert {old.txid, penalty_txid} <= set(_call(network, "getrawmempool"))
     assert _call(network, "getrawtransaction", old.txid, True).get("confirmations", 0) == 0
 
     # -- and a deeper one takes the funding transaction out, and the breach with it ------

@@ -42,6 +42,12 @@ def _call(node: NodeEndpoint, method: str, *params: Any) -> Any:
     return trio.run(run)
 
 
+def _spenders(node: NodeEndpoint, txid: str | None) -> list[str]:
+    """Mempool transactions spending an output of `txid`."""
+    return [t for t in _call(node, "getrawmempool")
+            if any(i.get("txid") == txid for i in _call(node, "getrawtransaction", t, True)["vin"])]
+
+
 def _reconnected(faults: Faults, alice: ClientEndpoint, forwarded_before: int) -> bool:
     status = faults.link_status(alice)
     return bool(status["forwarded"] > forwarded_before and status["open"] >= 1)
@@ -107,6 +113,10 @@ def test_every_fault_on_one_channel(regtest_faults: Faults,
     # txid with the output index xored into its last two bytes)
     spent = confirmed["vin"][0]
     assert (spent["txid"], spent["vout"]) in cheat.funding_candidates(channel_id)
+    # alice's own watch (chanhub serve follows the chain) punishes the hub
+    [penalty] = wait_until(lambda: _spenders(node_process, sent.txid),
+                           what="alice's penalty of the hub's breach")
+    assert penalty != sent.txid
 
     # -- the client's old store put back in place --------------------------------------
     stop_client(alice.datadir)

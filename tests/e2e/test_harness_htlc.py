@@ -35,6 +35,12 @@ def _call(node: NodeEndpoint, method: str, *params: Any) -> Any:
     return trio.run(run)
 
 
+def _spenders(node: NodeEndpoint, txid: str | None) -> list[str]:
+    """Mempool transactions spending an output of `txid`."""
+    return [t for t in _call(node, "getrawmempool")
+            if any(i.get("txid") == txid for i in _call(node, "getrawtransaction", t, True)["vin"])]
+
+
 def test_a_payer_publishes_a_commitment_with_an_htlc_in_flight(
         regtest_faults: Faults, client_processes: ClientFactory,
         node_process: NodeEndpoint) -> None:
@@ -87,6 +93,11 @@ def test_a_payer_publishes_a_commitment_with_an_htlc_in_flight(
     values_sat = sorted(round(float(out["value"]) * 100_000_000) for out in tx["vout"])
     assert len(values_sat) == 2
     assert 50_000 <= values_sat[0] <= 50_100  # the HTLC: 50,000 sat plus the hub's fee
+    # the hub's watch takes both outputs, the HTLC's too, in its penalty
+    [penalty] = wait_until(lambda: _spenders(node_process, held.txid),
+                           what="the hub's penalty of alice's breach")
+    taken = _call(node_process, "getrawtransaction", penalty, True)["vin"]
+    assert sorted(i["vout"] for i in taken if i["txid"] == held.txid) == [0, 1]
 
     # bob restores his old store and tries to force close from it: reestablish tells him
     # he is behind, so he publishes nothing (BOLT #2 data loss protection) and the hub
