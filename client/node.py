@@ -46,7 +46,7 @@ import json
 import logging
 import secrets as _secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ from channel.chain.services import ChainServices
 from channel.commitment import Side
 from channel.keys import pubkey_from_secret
 from channel.scripts import p2wpkh
+from channel.watch import ChannelClosedOnChain, PreimageLearned
 from client import errors, ledger
 from client.invoices import (
     Accepted,
@@ -67,6 +68,7 @@ from client.invoices import (
     create_invoice,
     decode_invoice,
 )
+from client.tower import TowerClient, TowerWatchHook
 from protocol import Channel, ChannelState, LinkState, LocalConfig
 from protocol.actions import (
     ChannelClosed,
@@ -161,6 +163,7 @@ class ClientNode:
         self._given_height, self.clock, self.funder = height, clock, funder
         self.chain: ChainServices | None = None
         self.onchain: ChannelsOnChain | None = None
+        self.tower_hook: TowerWatchHook | None = None  # use_towers
         self._broadcaster = _SwitchBroadcaster(broadcaster or _NoBroadcaster())
         self.ctx = DriverContext(store, self._broadcaster, self.height, self._on_event,
                                  self._on_watch)
@@ -227,13 +230,36 @@ class ClientNode:
         self._broadcaster.target = self.chain.broadcaster.for_driver()
         self.onchain = ChannelsOnChain(self.chain, lambda: self.session.drivers,
                                        self._persist_chain, on_change=self._changed,
-                                       settle=self._settle_offline)
+                                       settle=self._settle_offline,
+                                       on_preimage=self._preimage_on_chain,
+                                       on_report=self._chain_report)
         if self.funder is None:
             self.funder = self.onchain.fund
         if state is None:
             with self.db.engine.begin() as conn:
                 ledger.meta_write(CHAIN_STATE, json.dumps(self.chain.to_json()))(conn)
         return self.chain
+
+    def use_towers(self, towers: Sequence[TowerClient]) -> None:
+        """Send an appointment to each of ``towers`` after every revocation (the SDK's
+        ``towers=`` option; docs/tower.md). Needs the chain: the penalties pay a wallet
+        address at the estimator's rate."""
+        if self.chain is None:
+            raise errors.InvalidRequest("towers need a chain source (the wallet and fees)")
+        self.tower_hook = TowerWatchHook(
+            towers, destination_script_pubkey=self.chain.wallet.new_script_pubkey,
+            feerate_per_kw=self.chain.fee_estimator.feerate_sat_per_kw)
+
+    async def _preimage_on_chain(self, driver: ChannelDriver, event: PreimageLearned) -> None:
+        """The hub claimed an HTLC we offered on chain with its preimage: the payment
+        succeeded (the preimage is its proof)."""
+        await self._resolve(event.payment_hash, preimage=event.payment_preimage)
+
+    async def _chain_report(self, driver: ChannelDriver, event: object) -> None:
+        if isinstance(event, ChannelClosedOnChain) and event.kind != "cooperative":
+            await self.store.writer.write(ledger.event_write("channel_closed", None, 0,
+                                                             self.clock()))
+        self._changed()
 
     async def _settle_offline(self, driver: ChannelDriver) -> None:
         """Run what is queued now when the hub is not connected (a force close)."""
@@ -499,6 +525,9 @@ class ClientNode:
     async def _on_watch(self, driver: ChannelDriver, watch: Watch) -> None:
         if self.onchain is not None:
             await self.onchain.on_watch(driver, watch)
+        if self.tower_hook is not None:
+            await self.tower_hook.on_watch(driver, watch)
+            await self.save_chain()  # the penalty's wallet address, handed out
         self._changed()
 
     async def _resolve(self, payment_hash: bytes, *, preimage: bytes | None = None,

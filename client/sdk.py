@@ -29,7 +29,7 @@ import contextlib
 import functools
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,6 +40,7 @@ from channel.chain.services import ChainServices
 from channel.chain.wallet import InsufficientFunds, WalletError
 from client import errors, ledger
 from client.node import ClientNode, HubTerms
+from client.tower import TowerClient
 from client.transport import HubPin, HubTransport
 from proto import client_pb2
 from protocol.driver.grpc_bridge import GrpcBridge, open_grpc_bridge
@@ -144,8 +145,12 @@ class AsyncHubClient:
     """``async with AsyncHubClient(node, connect_link) as client: ...``"""
 
     def __init__(self, node: ClientNode, connect_link: LinkFactory, *,
-                 chain_rpc: BitcoinRpc | None = None, hub_rpc: HubRpc | None = None) -> None:
+                 chain_rpc: BitcoinRpc | None = None, hub_rpc: HubRpc | None = None,
+                 towers: Sequence[TowerClient] = ()) -> None:
+        """``towers``: watchtowers that get an appointment after every revocation
+        (needs ``chain_rpc``; docs/tower.md); each one's delivery task runs here."""
         self.node = node
+        self._towers = list(towers)
         self._connect_link = connect_link
         self._chain_rpc = chain_rpc
         self._hub_rpc = hub_rpc
@@ -159,6 +164,11 @@ class AsyncHubClient:
         if self._chain_rpc is not None and self.node.chain is None:
             with errors.translate():
                 await self.node.attach_chain(self._chain_rpc)
+        if self._towers:
+            with errors.translate():
+                self.node.use_towers(self._towers)
+            for tower in self._towers:
+                nursery.start_soon(tower.run)
         await nursery.start(self.node.run)
         nursery.start_soon(self._keep_connected)
         self._stack, self._nursery = stack, nursery

@@ -44,6 +44,7 @@ from channel.chain.services import ChainServices
 from channel.commitment import Side
 from channel.keys import pubkey_from_secret
 from channel.scripts import p2wpkh
+from channel.watch import ChannelClosedOnChain, PreimageLearned
 from hub import ledger
 from hub.admin import AdminApi
 from hub.config import HubConfig
@@ -55,7 +56,14 @@ from hub.policy import FeePolicy
 from hub.router import Router, payment_proto
 from proto import client_pb2, peer_pb2
 from protocol import Channel, LocalConfig
-from protocol.actions import ChannelClosed, ChannelFailed, ChannelOpened, Event, Watch
+from protocol.actions import (
+    ChannelClosed,
+    ChannelFailed,
+    ChannelOpened,
+    Event,
+    HtlcFulfilled,
+    Watch,
+)
 from protocol.driver.crypto import KeySource
 from protocol.driver.db import Database
 from protocol.driver.driver import Broadcaster, ChannelDriver, DriverContext
@@ -216,7 +224,8 @@ class HubNode:
         self.onchain = ChannelsOnChain(
             chain, lambda: list(self.drivers.values()), self._persist_chain,
             funding_depth=lambda d: self.inbound.funding_depth(d) or self.settings.minimum_depth,
-            settle=self.settle_offline)
+            settle=self.settle_offline, on_preimage=self._preimage_on_chain,
+            on_report=self._chain_report)
         if state is None:
             with self.db.engine.begin() as conn:  # before the writer runs: written directly
                 _settings_write(CHAIN_STATE, json.dumps(chain.to_json()))(conn)
@@ -228,6 +237,22 @@ class HubNode:
         session = self.sessions.get(driver.peer_node_id)
         if session is not None and not session.connected:
             await session.idle()
+
+    async def _preimage_on_chain(self, driver: ChannelDriver, event: PreimageLearned) -> None:
+        """The client claimed an HTLC we offered on chain with its preimage: the router
+        settles the upstream HTLC as if the client had fulfilled it off chain."""
+        for htlc in list(driver.channel.d.book.htlcs.values()):
+            if htlc.offered_by is Side.LOCAL and htlc.payment_hash == event.payment_hash:
+                self.router.on_event(driver, HtlcFulfilled(
+                    htlc.htlc_id, htlc.payment_hash, event.payment_preimage))
+
+    async def _chain_report(self, driver: ChannelDriver, event: object) -> None:
+        """A unilateral close confirmed: the client's event log says so."""
+        if isinstance(event, ChannelClosedOnChain) and event.kind != "cooperative":
+            body = client_pb2.Event(channel_closed=client_pb2.ChannelChanged(
+                channel=self.channel_proto(driver)))
+            await self.writer.write(self.events.append_fn(driver.peer_node_id, [body]))
+            self.events.notify(driver.peer_node_id)
 
     async def _persist_chain(self, bundle: dict[str, Any]) -> None:
         await self.writer.write(_settings_write(CHAIN_STATE, json.dumps(bundle)))

@@ -1,0 +1,229 @@
+"""BOLT #5 enforcement driven from each party's own chain (protocol/driver/enforce.py):
+a hub and a client, both on the embedded regtest node with their own wallets, one
+channel between them. A party that publishes a revoked commitment loses everything
+to the other's watch, and a penalty a reorg took off the chain goes out again.
+Balances are checked on chain to the satoshi, every fee accounted for."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from channel.chain import BitcoinRpc
+from channel.chain.services import ChainServices
+from channel.commitment import Side
+from channel.tx import Tx
+from client.node import ClientNode
+from hub.node import HubNode
+from protocol.commitments import finalize_local
+from protocol.driver.db import sqlite_url
+from protocol.driver.driver import ChannelDriver
+from protocol.table import ChannelState
+from regtest.node import Node
+from tests.client.world import World, is_normal
+from tests.driver.conftest import TEST_PASSPHRASE
+from tests.driver.parties import until
+from tests.hub.parties import NullBroadcaster, hub_settings
+
+FAUCET_SAT = 2_000_000
+FUNDING_SAT = 1_000_000
+PUSH_MSAT = 300_000_000  # the hub's side of the channel: both sides have an output
+
+
+@dataclass
+class Net:
+    node: Node
+    world: World
+    hub: HubNode
+    hub_chain: ChainServices
+    alice: ClientNode
+    alice_chain: ChainServices
+    alice_driver: ChannelDriver
+    hub_driver: ChannelDriver
+    funding_tx: Tx
+
+    async def synced(self) -> None:
+        height = int(self.node.call("getblockcount"))
+        await self.hub_chain.follower.wait_for_height(height)
+        await self.alice_chain.follower.wait_for_height(height)
+
+    async def mine(self, blocks: int) -> None:
+        self.node.mine(blocks)
+        await self.synced()
+
+    def tx(self, txid: str) -> Tx:
+        return Tx.parse(bytes.fromhex(self.node.call("getrawtransaction", txid)))
+
+    def mempool(self) -> list[Tx]:
+        return [self.tx(txid) for txid in self.node.call("getrawmempool")]
+
+    def fee_of(self, tx: Tx) -> int:
+        spent = 0
+        for txin in tx.inputs:
+            prev = self.node.call("getrawtransaction", txin.outpoint.txid_hex(), True)
+            spent += round(prev["vout"][txin.outpoint.index]["value"] * 100_000_000)
+        return spent - sum(o.amount_sat for o in tx.outputs)
+
+
+@asynccontextmanager
+async def network(regtest_node: Node, regtest_rpc: Any, tmp_path: Path) -> AsyncIterator[Net]:
+    """A hub and alice, each on its own chain services, and a NORMAL channel alice
+    funded from her wallet with ``PUSH_MSAT`` on the hub's side."""
+    hub_url = sqlite_url(tmp_path / "hub.sqlite")
+    world = World(regtest_node, tmp_path, hub_url)
+    async with BitcoinRpc(regtest_rpc.url, cookie_file=Path(regtest_rpc.cookie_path),
+                          timeout_s=None) as rpc, trio.open_nursery() as nursery:
+        hub = world.hub = HubNode.open(hub_settings(hub_url), height=world.height,
+                                       broadcaster=NullBroadcaster())
+        hub_chain = await hub.attach_chain(rpc, poll_interval_s=0.5)
+        await nursery.start(hub.run)
+        alice = ClientNode.open(world.client_url("alice"), TEST_PASSPHRASE, world.terms())
+        alice_chain = await alice.attach_chain(rpc, poll_interval_s=0.5)
+        regtest_node.call("sendtoaddress", alice_chain.wallet.new_address(),
+                          FAUCET_SAT / 100_000_000)
+        regtest_node.mine(1)
+        await world.start_client(nursery, alice)
+        await alice_chain.follower.wait_for_height(int(regtest_node.call("getblockcount")))
+        alice_driver = alice.open_channel(FUNDING_SAT, PUSH_MSAT)
+        await until(lambda: alice_driver.channel.state is ChannelState.AWAIT_CHANNEL_READY
+                    and regtest_node.call("getrawmempool") != [])
+        [funding_txid] = regtest_node.call("getrawmempool")
+        await hub.sessions[alice.node_id].idle()
+        net = Net(regtest_node, world, hub, hub_chain, alice, alice_chain, alice_driver,
+                  hub.drivers[next(iter(hub.drivers))], Tx.parse(bytes.fromhex(
+                      regtest_node.call("getrawtransaction", funding_txid))))
+        await net.mine(hub.settings.minimum_depth)
+        await until(lambda: is_normal(alice_driver) and is_normal(net.hub_driver))
+        yield net
+        nursery.cancel_scope.cancel()
+    alice.close()
+    hub.close()
+
+
+def latest_signed_commitment(driver: ChannelDriver) -> Tx:
+    """The party's current commitment, fully signed (what it could publish)."""
+    ch = driver.channel
+    return finalize_local(ch.static, ch.secrets, ch.build_local(ch.d.local_ctn),
+                          ch.d.local_commit_signature)
+
+
+async def revoke_one_state(net: Net) -> tuple[Tx, Tx]:
+    """One update (alice's update_fee): both commitments 0 are revoked. Returns the
+    signed commitments 0 of alice and of the hub, kept from before."""
+    alice_old = latest_signed_commitment(net.alice_driver)
+    hub_old = latest_signed_commitment(net.hub_driver)
+    feerate = net.alice_driver.channel.latest_view(Side.LOCAL).feerate_per_kw
+    net.alice_driver.update_fee(feerate + 250)
+
+    def revoked_both_ways() -> bool:
+        a, h = net.alice_driver.channel.d, net.hub_driver.channel.d
+        return a.local_ctn == h.local_ctn == 1 and \
+            a.remote_oldest_ctn == h.remote_oldest_ctn == 1
+    await until(revoked_both_ways)
+    await net.hub.sessions[net.alice.node_id].idle()
+    await net.alice.session.idle()
+    return alice_old, hub_old
+
+
+def claims_of(net: Net, chain: ChainServices, commitment: Tx) -> list[Tx]:
+    """Mempool transactions spending ``commitment`` into ``chain``'s wallet."""
+    return [tx for tx in net.mempool()
+            if any(i.outpoint.txid == commitment.txid() for i in tx.inputs)
+            and all(chain.wallet.is_mine(o.script_pubkey) for o in tx.outputs)]
+
+
+def spent_outputs(claims: list[Tx], commitment: Tx) -> set[int]:
+    return {i.outpoint.index for tx in claims for i in tx.inputs
+            if i.outpoint.txid == commitment.txid()}
+
+
+async def publish_and_punish(net: Net, revoked: Tx, punisher: ChainServices) -> list[Tx]:
+    """``revoked`` goes on chain; the punisher's watch claims every output of it."""
+    net.node.call("sendrawtransaction", revoked.serialize().hex())
+    await net.mine(1)
+    await until(lambda: spent_outputs(claims_of(net, punisher, revoked), revoked)
+                == set(range(len(revoked.outputs))))
+    return claims_of(net, punisher, revoked)
+
+
+async def test_client_publishes_a_revoked_state_the_hub_takes_everything(
+        regtest_node: Node, regtest_rpc: Any, tmp_path: Path, autojump_clock: Any) -> None:
+    async with network(regtest_node, regtest_rpc, tmp_path) as net:
+        alice_old, _ = await revoke_one_state(net)
+        assert len(alice_old.outputs) == 2  # her to_local and the hub's to_remote
+        hub_before = net.hub_chain.wallet.balance().confirmed_sat
+        alice_before = net.alice_chain.wallet.balance().confirmed_sat
+
+        claims = await publish_and_punish(net, alice_old, net.hub_chain)
+        await net.mine(1)
+        fees = net.fee_of(alice_old) + sum(net.fee_of(tx) for tx in claims)
+        # the whole channel, less the revoked commitment's fee and the claims' fees
+        assert net.hub_chain.wallet.balance().confirmed_sat == \
+            hub_before + FUNDING_SAT - fees
+        assert net.alice_chain.wallet.balance().confirmed_sat == alice_before
+        # more blocks change nothing: alice's own watch has nothing left to take
+        await net.mine(net.alice_driver.channel.static.remote.to_self_delay + 1)
+        assert net.mempool() == []
+        assert net.hub_chain.wallet.balance().confirmed_sat == \
+            hub_before + FUNDING_SAT - fees
+        assert net.alice_chain.wallet.balance().confirmed_sat == alice_before
+
+
+async def test_hub_publishes_a_revoked_state_the_client_takes_everything(
+        regtest_node: Node, regtest_rpc: Any, tmp_path: Path, autojump_clock: Any) -> None:
+    async with network(regtest_node, regtest_rpc, tmp_path) as net:
+        _, hub_old = await revoke_one_state(net)
+        assert len(hub_old.outputs) == 2
+        hub_before = net.hub_chain.wallet.balance().confirmed_sat
+        alice_before = net.alice_chain.wallet.balance().confirmed_sat
+
+        claims = await publish_and_punish(net, hub_old, net.alice_chain)
+        await net.mine(1)
+        fees = net.fee_of(hub_old) + sum(net.fee_of(tx) for tx in claims)
+        assert net.alice_chain.wallet.balance().confirmed_sat == \
+            alice_before + FUNDING_SAT - fees
+        assert net.hub_chain.wallet.balance().confirmed_sat == hub_before
+        await net.mine(net.hub_driver.channel.static.remote.to_self_delay + 1)
+        assert net.mempool() == []
+        assert net.hub_chain.wallet.balance().confirmed_sat == hub_before
+
+
+async def test_a_reorg_that_drops_the_penalty_sends_it_again(
+        regtest_node: Node, regtest_rpc: Any, tmp_path: Path, autojump_clock: Any) -> None:
+    """The penalty confirmed, then a reorg deeper than the broadcaster's memory (6
+    blocks) took its block away and the node's mempool forgot it: only the watch
+    knows it must go out again."""
+    async with network(regtest_node, regtest_rpc, tmp_path) as net:
+        alice_old, _ = await revoke_one_state(net)
+        hub_before = net.hub_chain.wallet.balance().confirmed_sat
+        claims = await publish_and_punish(net, alice_old, net.hub_chain)
+        [penalty_block] = regtest_node.mine(1)
+        await net.mine(net.hub_chain.broadcaster.confirm_depth)
+        assert net.hub_chain.broadcaster.pending() == []  # deep enough: forgotten
+        fees = net.fee_of(alice_old) + sum(net.fee_of(tx) for tx in claims)
+        assert net.hub_chain.wallet.balance().confirmed_sat == \
+            hub_before + FUNDING_SAT - fees
+
+        regtest_node.call("invalidateblock", penalty_block)
+        regtest_node.mempool.clear()  # e.g. a node restarted without its mempool
+        await net.mine(net.hub_chain.broadcaster.confirm_depth + 2)  # a longer branch
+        assert net.hub_chain.wallet.balance().confirmed_sat == hub_before
+        # sent again; the penalty's deadline has passed meanwhile, so it is re-signed
+        # at a higher rate too (a replacement): whichever version the block takes
+        await until(lambda: spent_outputs(claims_of(net, net.hub_chain, alice_old),
+                                          alice_old) == {0, 1})
+        await net.mine(1)
+        block = regtest_node.call("getblock", regtest_node.call("getbestblockhash"), 1)
+        mined = [tx for tx in map(net.tx, block["tx"][1:])
+                 if any(i.outpoint.txid == alice_old.txid() for i in tx.inputs)]
+        assert spent_outputs(mined, alice_old) == {0, 1}
+        assert all(net.hub_chain.wallet.is_mine(o.script_pubkey) for tx in mined
+                   for o in tx.outputs)
+        fees = net.fee_of(alice_old) + sum(net.fee_of(tx) for tx in mined)
+        assert net.hub_chain.wallet.balance().confirmed_sat == \
+            hub_before + FUNDING_SAT - fees
