@@ -13,7 +13,14 @@ from regtest.node import Node, NodeRpcError
 from regtest.node.blocks import merkle_root, target_from_bits
 from regtest.node.jsonfmt import descriptor_checksum, difficulty
 from regtest.node.node import script_from_address
-from regtest.node.params import COIN, POW_LIMIT_BITS, WALLET_FEE_RATE_SAT_PER_KVB, block_subsidy
+from regtest.node.params import (
+    COIN,
+    POW_LIMIT_BITS,
+    WALLET_FEE_RATE_SAT_PER_KVB,
+    block_subsidy,
+    sat_from_btc,
+)
+from regtest.pytest_plugin import ManualClock
 from tests.regtest import txbuild as tb
 
 FEE = 1_000
@@ -159,3 +166,94 @@ def test_wallet_fee_covers_a_p2sh_segwit_input(tmp_path: Path) -> None:
         assert fee_sat * 1000 >= entry["vsize"] * WALLET_FEE_RATE_SAT_PER_KVB
     finally:
         node.close()
+
+
+# --- survivors of the seed 22 sample -------------------------------------------------------
+
+
+def test_gettxout_past_the_last_output_of_a_mempool_tx_is_null(regtest_node: Node) -> None:
+    raw = signed_spend(regtest_node, [(tb.p2wpkh(tb.key(2)), 100_000 - FEE)])
+    txid = regtest_node.call("sendrawtransaction", raw)
+    assert regtest_node.call("gettxout", txid, 0) is not None
+    assert regtest_node.call("gettxout", txid, 1) is None  # one output: index 1 is past it
+
+
+def test_median_time_past_spans_eleven_blocks(regtest_node: Node,
+                                              regtest_clock: ManualClock) -> None:
+    """Core's GetMedianTimePast: the median of the last 11 block times (not 12)."""
+    base = regtest_node.call("getblock", regtest_node.call("getbestblockhash"))["time"]
+    regtest_clock.now = base + 100_000  # one late block, then eleven earlier ones
+    regtest_node.mine(1)
+    for k in range(1, 12):
+        regtest_clock.now = base + 10 * k  # above the MTP, below the late block
+        regtest_node.mine(1)
+    height = regtest_node.call("getblockcount")
+    times = [regtest_node.call("getblock", regtest_node.call("getblockhash", h))["time"]
+             for h in range(height - 11, height + 1)]
+    median_11, median_12 = sorted(times[1:])[5], sorted(times)[6]
+    assert median_11 != median_12  # the chain tells the two spans apart
+    assert regtest_node.call("getblockchaininfo")["mediantime"] == median_11
+
+
+@pytest.mark.parametrize("late_sec,ibd", [(24 * 60 * 60, False), (24 * 60 * 60 + 1, True)])
+def test_initial_block_download_after_a_day_without_blocks(
+        regtest_node: Node, regtest_clock: ManualClock, late_sec: int, ibd: bool) -> None:
+    """Core: initialblockdownload while the tip is more than 24 h older than now."""
+    tip_time = regtest_node.call("getblock", regtest_node.call("getbestblockhash"))["time"]
+    regtest_clock.now = tip_time + late_sec
+    assert regtest_node.call("getblockchaininfo")["initialblockdownload"] is ibd
+
+
+def test_getblock_verbosity_3_has_the_prevouts(regtest_node: Node) -> None:
+    raw = signed_spend(regtest_node, [(tb.p2wpkh(tb.key(2)), 100_000 - FEE)])
+    regtest_node.call("sendrawtransaction", raw)
+    (block_hash,) = regtest_node.mine(1)
+    spend = regtest_node.call("getblock", block_hash, 3)["tx"][1]
+    assert round(float(spend["vin"][0]["prevout"]["value"]) * COIN) == 100_000
+    assert "prevout" not in regtest_node.call("getblock", block_hash, 2)["tx"][1]["vin"][0]
+
+
+@pytest.mark.parametrize("value", [True, None, [1], {"a": 1}])
+def test_an_amount_of_another_json_type_is_refused_with_cores_text(value: object) -> None:
+    with pytest.raises(ValueError, match=r"^Amount is not a number or string$"):
+        sat_from_btc(value)
+
+
+@pytest.mark.parametrize("fee_delta,ok", [(0, True), (-1, False)])
+def test_min_relay_fee_on_a_transaction_of_a_thousand_vbytes(regtest_node: Node,
+                                                             fee_delta: int,
+                                                             ok: bool) -> None:
+    """1,000 sat/kvB: below 1,000 vB one sat/kvB less rounds to the same fee, so the
+    boundary shows only on a larger transaction (here about 1,050 vB)."""
+    amount = 1_000_000
+    outputs = [(tb.p2wpkh(tb.key(20 + n)), 20_000) for n in range(33)]
+    probe = signed_spend(regtest_node, [*outputs, (tb.p2wpkh(tb.key(2)), 10_000)],
+                         amount=amount)
+    (result,) = regtest_node.call("testmempoolaccept", [probe])
+    vsize = result["vsize"]
+    assert vsize >= 1_000
+    change = amount - 33 * 20_000 - vsize - fee_delta  # fee = vsize sat (1 sat/vB)
+    raw = signed_spend(regtest_node, [*outputs, (tb.p2wpkh(tb.key(2)), change)],
+                       amount=amount)
+    accepted, reason = allowed(regtest_node, raw)
+    assert accepted is ok, reason
+    if not ok:
+        assert reason.startswith("min relay fee not met")
+
+
+@pytest.mark.parametrize("ahead_sec,ok", [(2 * 60 * 60, True), (2 * 60 * 60 + 1, False)])
+def test_block_time_at_most_two_hours_ahead(regtest_node: Node, regtest_clock: ManualClock,
+                                            ahead_sec: int, ok: bool) -> None:
+    """Core's MAX_FUTURE_BLOCK_TIME: a block may be 2 h ahead of our clock, not more. The
+    node's miner stamps at least MTP + 1, so a clock set back makes a block from the
+    future."""
+    block_time = regtest_node.call("getblockchaininfo")["mediantime"] + 1
+    regtest_clock.now = block_time - ahead_sec
+    tip = regtest_node.call("getblockcount")
+    if ok:
+        regtest_node.mine(1)
+        assert regtest_node.call("getblockcount") == tip + 1
+    else:
+        with pytest.raises(Exception, match="time-too-new"):
+            regtest_node.mine(1)
+        assert regtest_node.call("getblockcount") == tip
