@@ -257,3 +257,14 @@ def test_block_time_at_most_two_hours_ahead(regtest_node: Node, regtest_clock: M
         with pytest.raises(Exception, match="time-too-new"):
             regtest_node.mine(1)
         assert regtest_node.call("getblockcount") == tip
+
+
+def test_testmempoolaccept_maxfeerate_zero_disables_the_check(regtest_node: Node) -> None:
+    """Core: maxfeerate 0 means no limit; a positive one below the rate refuses. For one
+    transaction and for a package (two unrelated ones, judged in order)."""
+    raws = [signed_spend(regtest_node, [(tb.p2wpkh(tb.key(2)), 50_000)]) for _ in range(2)]
+    for batch in ([raws[0]], raws):
+        results = regtest_node.call("testmempoolaccept", batch, 0)
+        assert [r["allowed"] for r in results] == [True] * len(batch)
+        results = regtest_node.call("testmempoolaccept", batch, 0.001)
+        assert [r.get("reject-reason") for r in results] == ["max-fee-exceeded"] * len(batch)
