@@ -268,3 +268,21 @@ def test_testmempoolaccept_maxfeerate_zero_disables_the_check(regtest_node: Node
         assert [r["allowed"] for r in results] == [True] * len(batch)
         results = regtest_node.call("testmempoolaccept", batch, 0.001)
         assert [r.get("reject-reason") for r in results] == ["max-fee-exceeded"] * len(batch)
+
+
+def test_getrawtransaction_fee_and_prevouts_only_at_verbosity_2(regtest_node: Node) -> None:
+    raw = signed_spend(regtest_node, [(tb.p2wpkh(tb.key(2)), 100_000 - FEE)])
+    txid = regtest_node.call("sendrawtransaction", raw)
+    regtest_node.mine(1)
+    plain = regtest_node.call("getrawtransaction", txid, 1)
+    assert "fee" not in plain and "prevout" not in plain["vin"][0]
+    full = regtest_node.call("getrawtransaction", txid, 2)
+    assert round(float(full["fee"]) * COIN) == FEE
+    assert round(float(full["vin"][0]["prevout"]["value"]) * COIN) == 100_000
+
+
+def test_sendtoaddress_refuses_a_zero_amount(regtest_node: Node) -> None:
+    address = regtest_node.call("getnewaddress")
+    with pytest.raises(NodeRpcError) as info:
+        regtest_node.call("sendtoaddress", address, 0)
+    assert (info.value.code, info.value.message) == (-3, "Invalid amount for send")
