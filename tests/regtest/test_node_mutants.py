@@ -286,3 +286,20 @@ def test_sendtoaddress_refuses_a_zero_amount(regtest_node: Node) -> None:
     with pytest.raises(NodeRpcError) as info:
         regtest_node.call("sendtoaddress", address, 0)
     assert (info.value.code, info.value.message) == (-3, "Invalid amount for send")
+
+
+def test_a_batch_leaves_out_the_replies_to_notifications(regtest_node: Node) -> None:
+    """Core (JSON-RPC 2.0): a request without "id" is a notification and gets no reply;
+    a batch of notifications only is answered 204 with no body."""
+    import json
+
+    from regtest.node.server import RpcServer
+
+    server = RpcServer(regtest_node, host="127.0.0.1", port=0)
+    note = {"jsonrpc": "2.0", "method": "getblockcount", "params": []}
+    call = {"jsonrpc": "2.0", "method": "getblockcount", "params": [], "id": 7}
+    mixed = server.handle_body(json.dumps([note, call]).encode())
+    assert mixed.status == 200 and mixed.body is not None
+    assert [r["id"] for r in json.loads(mixed.body)] == [7]
+    only_notes = server.handle_body(json.dumps([note, note]).encode())
+    assert (only_notes.status, only_notes.body) == (204, None)
