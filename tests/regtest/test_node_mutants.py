@@ -303,3 +303,14 @@ def test_a_batch_leaves_out_the_replies_to_notifications(regtest_node: Node) -> 
     assert [r["id"] for r in json.loads(mixed.body)] == [7]
     only_notes = server.handle_body(json.dumps([note, note]).encode())
     assert (only_notes.status, only_notes.body) == (204, None)
+
+
+def test_a_body_neither_object_nor_array_is_a_500(regtest_node: Node) -> None:
+    """Core: "Top-level object parse error" (RPC_PARSE_ERROR, HTTP 500)."""
+    import json
+
+    from regtest.node.server import RpcServer
+
+    reply = RpcServer(regtest_node, host="127.0.0.1", port=0).handle_body(b"42")
+    assert reply.status == 500 and reply.body is not None
+    assert json.loads(reply.body)["error"]["code"] == -32700
