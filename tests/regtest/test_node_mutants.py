@@ -313,4 +313,6 @@ def test_a_body_neither_object_nor_array_is_a_500(regtest_node: Node) -> None:
 
     reply = RpcServer(regtest_node, host="127.0.0.1", port=0).handle_body(b"42")
     assert reply.status == 500 and reply.body is not None
-    assert json.loads(reply.body)["error"]["code"] == -32700
+    body = json.loads(reply.body)
+    assert body["error"]["code"] == -32700
+    assert "id" in body and body["id"] is None  # Core answers "id": null
