@@ -44,7 +44,7 @@ from channel.chain.services import ChainServices
 from channel.commitment import Side
 from channel.keys import pubkey_from_secret
 from channel.scripts import p2wpkh
-from channel.watch import ChannelClosedOnChain, PreimageLearned
+from channel.watch import ChannelClosedOnChain, ClaimConfirmed, PreimageLearned
 from hub import ledger
 from hub.admin import AdminApi
 from hub.config import HubConfig
@@ -247,7 +247,10 @@ class HubNode:
                     htlc.htlc_id, htlc.payment_hash, event.payment_preimage))
 
     async def _chain_report(self, driver: ChannelDriver, event: object) -> None:
-        """A unilateral close confirmed: the client's event log says so."""
+        """A unilateral close confirmed: the client's event log says so. An outgoing
+        HTLC timed out on chain: its upstream HTLC is failed back off chain."""
+        if isinstance(event, ClaimConfirmed) and event.label.startswith("htlc_timeout "):
+            self.router.outgoing_timed_out_on_chain(driver, int(event.label.split()[1]))
         if isinstance(event, ChannelClosedOnChain) and event.kind != "cooperative":
             body = client_pb2.Event(channel_closed=client_pb2.ChannelChanged(
                 channel=self.channel_proto(driver)))

@@ -280,6 +280,15 @@ class Router:
         del self.by_outgoing[key]
         self._fail_back(record, bytes(event.reason))
 
+    def outgoing_timed_out_on_chain(self, driver: ChannelDriver, htlc_id: int) -> None:
+        """Our claim of the outgoing HTLC by timeout confirmed (the channel closed on
+        chain): the payee can no longer take it, so the incoming one is failed back.
+        The book still holds the HTLC unremoved (nothing was agreed off chain), which
+        ``_outgoing_failed`` would take for a stale report."""
+        record = self.by_outgoing.pop((driver.channel_key, htlc_id), None)
+        if record is not None:
+            self._fail_back(record, b"")
+
     def _fail_back(self, record: ForwardRecord, payee_reason: bytes) -> None:
         """Fail the incoming HTLC because its outgoing one failed (or never existed):
         relay the payee's signed reason, or the hub's own temporary failure."""

@@ -227,3 +227,78 @@ async def test_a_reorg_that_drops_the_penalty_sends_it_again(
         fees = net.fee_of(alice_old) + sum(net.fee_of(tx) for tx in mined)
         assert net.hub_chain.wallet.balance().confirmed_sat == \
             hub_before + FUNDING_SAT - fees
+
+
+HELD_MSAT = 40_000_000
+
+
+class SilentPayee(ClientNode):
+    """A payee whose application never answers an HTLC (it died deciding): the HTLC
+    stays in flight on its channel, as the fault needs; everything else is real."""
+
+    async def _received(self, driver: ChannelDriver, htlc_id: int, amount_msat: int,
+                        payment_hash: bytes, cltv_expiry: int, packet: bytes) -> None:
+        return None
+
+
+async def test_payee_force_closes_with_an_htlc_in_flight_the_hub_times_it_out(
+        regtest_node: Node, regtest_rpc: Any, tmp_path: Path, autojump_clock: Any) -> None:
+    """Alice pays carol through the hub; carol holds the HTLC and publishes her latest
+    commitment. The hub claims the HTLC by timeout after its CLTV and fails alice's
+    HTLC back off chain, before alice's own on-chain deadline: her channel stays open."""
+    async with network(regtest_node, regtest_rpc, tmp_path) as net:
+        world = net.world
+
+        async def fund(driver: ChannelDriver, needed: Any) -> None:
+            txid_hex, vout = regtest_node.send_to_script(needed.script_pubkey, needed.amount_sat)
+            driver.funding_outpoint(bytes.fromhex(txid_hex)[::-1], vout)
+
+        carol = SilentPayee.open(world.client_url("carol"), TEST_PASSPHRASE, world.terms(),
+                                 height=world.height, broadcaster=NullBroadcaster(), funder=fund)
+        async with trio.open_nursery() as nursery:
+            await world.start_client(nursery, carol)
+            carol_driver = carol.open_channel(FUNDING_SAT, PUSH_MSAT)  # the hub's side
+            await until(lambda: carol_driver.channel.state is ChannelState.AWAIT_CHANNEL_READY
+                        and regtest_node.call("getrawmempool") != [])
+            await net.hub.sessions[carol.node_id].idle()
+            await net.mine(net.hub.settings.minimum_depth)
+            carol_driver.funding_confirmed()  # carol follows no chain of her own
+            hub_carol = net.hub.drivers[next(k for k, d in net.hub.drivers.items()
+                                             if d.peer_node_id == carol.node_id)]
+            await until(lambda: is_normal(carol_driver) and is_normal(hub_carol))
+
+            await net.alice.pay(idempotency_key="held", bolt11=await carol.add_invoice(
+                HELD_MSAT, "held"))
+            await until(lambda: len(carol_driver.channel.received_htlcs()) == 1)
+            [(_, amount_msat, _, cltv_expiry)] = carol_driver.channel.received_htlcs()
+            assert amount_msat == HELD_MSAT
+            [alice_htlc] = net.alice_driver.channel.d.book.htlcs.values()
+            assert alice_htlc.cltv_expiry > cltv_expiry  # the hub's CLTV delta
+            await net.hub.sessions[carol.node_id].idle()
+            hub_before = net.hub_chain.wallet.balance().confirmed_sat
+
+            commitment = latest_signed_commitment(carol_driver)
+            htlc_index = next(i for i, o in enumerate(commitment.outputs)
+                              if o.amount_sat == HELD_MSAT // 1000)
+            to_remote_index = next(i for i, o in enumerate(commitment.outputs)
+                                   if o.amount_sat == (PUSH_MSAT - HELD_MSAT) // 1000)
+            regtest_node.call("sendrawtransaction", commitment.serialize().hex())
+            await net.mine(1)
+            await until(lambda: spent_outputs(claims_of(net, net.hub_chain, commitment),
+                                              commitment) == {to_remote_index})
+            claims = claims_of(net, net.hub_chain, commitment)
+            # the timeout is final in the block after cltv_expiry: broadcast at that tip
+            await net.mine(cltv_expiry - int(regtest_node.call("getblockcount")))
+            await until(lambda: spent_outputs(claims_of(net, net.hub_chain, commitment),
+                                              commitment) == {htlc_index})
+            claims += claims_of(net, net.hub_chain, commitment)
+            await net.mine(1)
+            # failed back off chain: gone from alice's channel on both sides
+            await until(lambda: net.alice_driver.channel.d.book.htlcs == {}
+                        and net.hub_driver.channel.d.book.htlcs == {})
+            assert int(regtest_node.call("getblockcount")) < alice_htlc.cltv_expiry
+            assert is_normal(net.alice_driver)  # failed back off chain, in time
+            assert net.hub_chain.wallet.balance().confirmed_sat == \
+                hub_before + PUSH_MSAT // 1000 - sum(net.fee_of(tx) for tx in claims)
+            nursery.cancel_scope.cancel()
+        carol.close()
