@@ -267,7 +267,7 @@ async def test_payee_force_closes_with_an_htlc_in_flight_the_hub_times_it_out(
                                              if d.peer_node_id == carol.node_id)]
             await until(lambda: is_normal(carol_driver) and is_normal(hub_carol))
 
-            await net.alice.pay(idempotency_key="held", bolt11=await carol.add_invoice(
+            paid = await net.alice.pay(idempotency_key="held", bolt11=await carol.add_invoice(
                 HELD_MSAT, "held"))
             await until(lambda: len(carol_driver.channel.received_htlcs()) == 1)
             [(_, amount_msat, _, cltv_expiry)] = carol_driver.channel.received_htlcs()
@@ -298,6 +298,11 @@ async def test_payee_force_closes_with_an_htlc_in_flight_the_hub_times_it_out(
                         and net.hub_driver.channel.d.book.htlcs == {})
             assert int(regtest_node.call("getblockcount")) < alice_htlc.cltv_expiry
             assert is_normal(net.alice_driver)  # failed back off chain, in time
+            # (until, not fail_after: under autojump a store write in its thread lets
+            # virtual time run to the next deadline)
+            await until(lambda: next(p for p in net.alice.payments()
+                                     if p["payment_id"] == paid["payment_id"])["state"]
+                        == "failed")
             assert net.hub_chain.wallet.balance().confirmed_sat == \
                 hub_before + PUSH_MSAT // 1000 - sum(net.fee_of(tx) for tx in claims)
             nursery.cancel_scope.cancel()
