@@ -46,6 +46,22 @@ class Net:
     alice_driver: ChannelDriver
     hub_driver: ChannelDriver
     funding_tx: Tx
+    rpc: BitcoinRpc
+    nursery: trio.Nursery
+    hub_scope: trio.CancelScope
+    hub_ended: trio.Event
+
+    async def restart_hub(self) -> None:
+        """The hub process stops (alice's link first) and starts again from its store."""
+        await self.world.disconnect(self.alice)
+        self.hub_scope.cancel()
+        await until(self.hub_ended.is_set)
+        self.hub.close()
+        self.hub = self.world.hub = HubNode.open(self.hub.settings, height=self.world.height,
+                                                 broadcaster=NullBroadcaster())
+        self.hub_chain = await self.hub.attach_chain(self.rpc, poll_interval_s=0.5)
+        self.hub_driver = self.hub.drivers[self.hub_driver.channel_key]
+        self.hub_scope, self.hub_ended = await start_hub(self.nursery, self.hub)
 
     async def synced(self) -> None:
         height = int(self.node.call("getblockcount"))
@@ -70,6 +86,21 @@ class Net:
         return spent - sum(o.amount_sat for o in tx.outputs)
 
 
+async def start_hub(nursery: trio.Nursery, hub: HubNode) -> tuple[trio.CancelScope, trio.Event]:
+    """``hub.run`` under its own scope; the event is set once it has really ended."""
+    scope, ended = trio.CancelScope(), trio.Event()
+
+    async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with scope:
+                await hub.run(task_status=task_status)
+        finally:
+            ended.set()
+
+    await nursery.start(run)
+    return scope, ended
+
+
 @asynccontextmanager
 async def network(regtest_node: Node, regtest_rpc: Any, tmp_path: Path) -> AsyncIterator[Net]:
     """A hub and alice, each on its own chain services, and a NORMAL channel alice
@@ -81,7 +112,7 @@ async def network(regtest_node: Node, regtest_rpc: Any, tmp_path: Path) -> Async
         hub = world.hub = HubNode.open(hub_settings(hub_url), height=world.height,
                                        broadcaster=NullBroadcaster())
         hub_chain = await hub.attach_chain(rpc, poll_interval_s=0.5)
-        await nursery.start(hub.run)
+        hub_scope, hub_ended = await start_hub(nursery, hub)
         alice = ClientNode.open(world.client_url("alice"), TEST_PASSPHRASE, world.terms())
         alice_chain = await alice.attach_chain(rpc, poll_interval_s=0.5)
         regtest_node.call("sendtoaddress", alice_chain.wallet.new_address(),
@@ -96,13 +127,14 @@ async def network(regtest_node: Node, regtest_rpc: Any, tmp_path: Path) -> Async
         await hub.sessions[alice.node_id].idle()
         net = Net(regtest_node, world, hub, hub_chain, alice, alice_chain, alice_driver,
                   hub.drivers[next(iter(hub.drivers))], Tx.parse(bytes.fromhex(
-                      regtest_node.call("getrawtransaction", funding_txid))))
+                      regtest_node.call("getrawtransaction", funding_txid))),
+                  rpc, nursery, hub_scope, hub_ended)
         await net.mine(hub.settings.minimum_depth)
         await until(lambda: is_normal(alice_driver) and is_normal(net.hub_driver))
         yield net
         nursery.cancel_scope.cancel()
     alice.close()
-    hub.close()
+    net.hub.close()
 
 
 def latest_signed_commitment(driver: ChannelDriver) -> Tx:
@@ -191,6 +223,26 @@ async def test_hub_publishes_a_revoked_state_the_client_takes_everything(
         await net.mine(net.hub_driver.channel.static.remote.to_self_delay + 1)
         assert net.mempool() == []
         assert net.hub_chain.wallet.balance().confirmed_sat == hub_before
+
+
+async def test_the_hub_restarted_from_its_store_still_punishes(
+        regtest_node: Node, regtest_rpc: Any, tmp_path: Path, autojump_clock: Any) -> None:
+    """The watch comes back from the chain bundle and the revoked record from the
+    store: a breach after the restart is punished like one before it."""
+    async with network(regtest_node, regtest_rpc, tmp_path) as net:
+        alice_old, _ = await revoke_one_state(net)
+        await net.restart_hub()
+        # restored from the bundle's watches section, not made anew
+        assert net.hub_driver.channel_key.hex() in net.hub_chain.restored_sections["watches"]
+        await net.hub_chain.follower.wait_for_height(int(regtest_node.call("getblockcount")))
+        assert net.hub.onchain is not None
+        assert net.hub.onchain.enforcer.watch_of(net.hub_driver) is not None
+        hub_before = net.hub_chain.wallet.balance().confirmed_sat
+        claims = await publish_and_punish(net, alice_old, net.hub_chain)
+        await net.mine(1)
+        fees = net.fee_of(alice_old) + sum(net.fee_of(tx) for tx in claims)
+        assert net.hub_chain.wallet.balance().confirmed_sat == \
+            hub_before + FUNDING_SAT - fees
 
 
 async def test_a_reorg_that_drops_the_penalty_sends_it_again(
