@@ -316,3 +316,42 @@ def test_a_body_neither_object_nor_array_is_a_500(regtest_node: Node) -> None:
     body = json.loads(reply.body)
     assert body["error"]["code"] == -32700
     assert "id" in body and body["id"] is None  # Core answers "id": null
+
+
+def test_coins_restored_by_invalidateblock_survive_a_restart(
+        regtest_node: Node, regtest_clock: ManualClock) -> None:
+    """The coins a disconnected block gave back are written to the store under their
+    own outpoints: a restarted node still has them."""
+    coin = coin_of(regtest_node, 3, 70_000)
+    tx = tb.spend([coin], [(tb.p2wpkh(tb.key(5)), 70_000 - FEE)])
+    tb.sign_p2wpkh(tx, 0, 70_000, tb.key(3))
+    regtest_node.call("sendrawtransaction", tb.raw(tx))
+    (block_hash,) = regtest_node.mine(1)
+    regtest_node.call("invalidateblock", block_hash)
+    regtest_node.close()
+    reopened = Node(regtest_node.datadir, clock=regtest_clock)
+    try:
+        out = reopened.call("gettxout", coin[0], coin[1], False)
+        assert out is not None and round(float(out["value"]) * COIN) == 70_000
+    finally:
+        reopened.close()
+
+
+def test_a_failed_transaction_after_a_committed_one_rolls_back(regtest_node: Node) -> None:
+    store = regtest_node.store
+    with store.transaction():
+        pass
+    (before,) = store.db.execute("SELECT COUNT(*) FROM utxo").fetchone()
+    with pytest.raises(RuntimeError), store.transaction():
+        store.db.execute("DELETE FROM utxo")
+        raise RuntimeError("crash inside the transaction")
+    assert store.db.execute("SELECT COUNT(*) FROM utxo").fetchone() == (before,)
+
+
+def test_close_releases_the_database(tmp_path: Path) -> None:
+    import sqlite3
+
+    node = Node(tmp_path / "node", clock=lambda: 1_700_000_000)
+    node.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        node.store.db.execute("SELECT 1")
