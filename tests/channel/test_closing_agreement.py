@@ -81,16 +81,20 @@ def test_both_sides_agree_at_every_dust_boundary(regtest_node: Any, our_dust_sat
             case = f"{'our' if small_is_ours else 'peer'} output {small_sat} sat: {fate}"
             # Each side as it builds what it signs (the peer: mirrored, amounts swapped).
             built = {}
+            why = {}
             for side, static, amounts, spks in (
                     ("us", ours, (local_sat, remote_sat), (our_spk, peer_spk)),
                     ("peer", peers, (remote_sat, local_sat), (peer_spk, our_spk))):
                 try:
                     built[side] = closing_tx_to_sign(static, *amounts, *spks)
-                except DustLimitConflict:
-                    built[side] = None
+                except DustLimitConflict as exc:
+                    built[side], why[side] = None, str(exc)
             owner, other = ("us", "peer") if small_is_ours else ("peer", "us")
             if fate == "conflict":
                 assert built[owner] is None, case  # the owner never builds it away
+                assert why[owner] == (f"our closing output of {small_sat} sat is below the "
+                                      f"peer's dust limit of {other_dust} sat (the peer must "
+                                      f"remove it; we do not give it up)"), case
                 tx = built[other]
                 assert tx is not None, case
                 assert small_sat not in [o.amount_sat for o in tx.outputs], case

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from channel.tx import Tx
+from protocol.actions import ChannelFailed
 from protocol.config import LocalConfig
 from protocol.errors import Disposition, RemoteProtocolError
 from protocol.table import ChannelState
@@ -98,3 +99,5 @@ def test_funder_output_below_the_peers_limit_fails_before_signing() -> None:
     assert force.reason.startswith("force close")
     assert 3_000 - 724 in outputs_of(force.raw_tx)
     assert pair.b.channel.state is ChannelState.FAILED  # a's error reached b
+    (failed,) = pair.events_of("a", ChannelFailed)
+    assert "below the peer's dust limit of 5000 sat" in failed.reason

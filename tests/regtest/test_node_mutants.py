@@ -355,3 +355,12 @@ def test_close_releases_the_database(tmp_path: Path) -> None:
     node.close()
     with pytest.raises(sqlite3.ProgrammingError):
         node.store.db.execute("SELECT 1")
+
+
+def test_a_transaction_over_the_block_weight_is_oversize(regtest_node: Node) -> None:
+    """CheckTransaction's bad-txns-oversize (stripped size x 4 > 4,000,000) comes before
+    any policy check (which would say tx-size)."""
+    big = b"\x6a" + b"\x00" * 1_000_000
+    tx = tb.spend([("11" * 32, 0)], [(big, 0)])
+    accepted, reason = allowed(regtest_node, tb.raw(tx))
+    assert not accepted and reason == "bad-txns-oversize"
