@@ -357,5 +357,11 @@ async def test_payee_force_closes_with_an_htlc_in_flight_the_hub_times_it_out(
                         == "failed")
             assert net.hub_chain.wallet.balance().confirmed_sat == \
                 hub_before + PUSH_MSAT // 1000 - sum(net.fee_of(tx) for tx in claims)
+            # past the HTLC's go-on-chain height: the close is already on chain, so no
+            # commitment of ours (a double spend the node refuses) is sent after it
+            await net.mine(3)
+            assert hub_carol.channel.state is ChannelState.NORMAL
+            assert [e.label for e in net.hub_chain.broadcaster.pending()
+                    if e.last_error is not None] == []
             nursery.cancel_scope.cancel()
         carol.close()
