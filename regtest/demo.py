@@ -513,6 +513,10 @@ async def hub_story(rpc: BitcoinRpc, hub: HubEndpoint, admin: AdminTransport, st
           f"{commitment_fee_sat} sat commitment fee)")
     to_local_vout = next(i for i, o in enumerate(commitment_tx.outputs)
                          if o.amount_sat == to_local_sat and len(o.script_pubkey) == 34)
+    to_remote_vout = next(i for i in range(len(commitment_tx.outputs)) if i != to_local_vout)
+    # The hub's watch of the channel claims its output of Bob's commitment at once.
+    hub_claim_tx = await spender_in_mempool(rpc, commitment_tx.txid_hex(), to_remote_vout)
+    hub_claim_fee_sat = await tx_fee_sat(rpc, hub_claim_tx)
     delay = bob_channel["to_self_delay_blocks"]
     say(f"Bob force-closes: his commitment {commitment_tx.txid_hex()[:16]}... pays the hub "
         f"its {sat(to_remote_sat)} at once (less the {sat(commitment_fee_sat)} commitment "
@@ -523,13 +527,17 @@ async def hub_story(rpc: BitcoinRpc, hub: HubEndpoint, admin: AdminTransport, st
     sweep_fee_sat = await tx_fee_sat(rpc, sweep_tx)
     bob_final_sat = to_local_sat - sweep_fee_sat
     await check_wallet(bob, bob_final_sat, "his to_local - the sweep fee")
+    say(f"  the hub's watch claims its {sat(to_remote_sat)} into its wallet at once "
+        f"(claim tx {hub_claim_tx.txid_hex()[:16]}..., fee {sat(hub_claim_fee_sat)})")
     say(f"  {delay} blocks later Bob's own process sweeps it into his wallet: "
         f"{sat(sweep_tx.outputs[0].amount_sat)} after a {sat(sweep_fee_sat)} fee")
 
-    hub_wallet_final_sat = HUB_WALLET_SAT - INBOUND_SAT - hub_funding_fee_sat + hub_out
+    hub_wallet_final_sat = (HUB_WALLET_SAT - INBOUND_SAT - hub_funding_fee_sat + hub_out
+                            + to_remote_sat - hub_claim_fee_sat)
     check(await hub_wallet_sat(admin, at_least_sat=hub_wallet_final_sat)
           == hub_wallet_final_sat, "the hub's wallet is not the faucet's payment - Bob's "
-          "channel - its funding fee + its output of Alice's close")
+          "channel - its funding fee + its output of Alice's close + its claim of Bob's "
+          "commitment")
     # The story in figures; each sum is checked, so every satoshi is accounted for.
     alice_went = {"Bob, net of the refund": (INVOICES - 1) * INVOICE_MSAT,
                   "the hub in fees": INVOICES * ledger.fee(INVOICE_MSAT),
@@ -563,8 +571,8 @@ async def hub_story(rpc: BitcoinRpc, hub: HubEndpoint, admin: AdminTransport, st
         "below whole satoshis")
     say(f"  the hub's wallet: {sat(HUB_WALLET_SAT)} -> {sat(hub_wallet_final_sat)} (less "
         f"Bob's channel and its {sat(hub_funding_fee_sat)} funding fee, plus its output of "
-        f"Alice's close); its {sat(to_remote_sat)} from Bob's commitment pays its channel "
-        "key, which the hub does not sweep into its wallet yet")
+        f"Alice's close and its {sat(to_remote_sat)} of Bob's commitment less the "
+        f"{sat(hub_claim_fee_sat)} claim fee)")
     say(f"chain: height {await rpc.getblockcount()}")
 
 
