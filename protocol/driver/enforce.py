@@ -165,13 +165,23 @@ class Enforcer:
         return tx.txid() if tx is not None else None
 
     def _revoked_lookup(self, driver: ChannelDriver) -> Callable[[bytes], RevokedCommitment | None]:
+        """By txid from the store; a record found is remembered (the watch asks again
+        at every block once a breach confirmed, and a stored record never changes). A
+        miss is not: the channel holds the peer's secret a moment before the record's
+        write is durable, and a block may come in between."""
         store, channel_key = driver.ctx.store, driver.channel_key
+        found: dict[bytes, RevokedCommitment] = {}
 
         def lookup(txid: bytes) -> RevokedCommitment | None:
-            for stored in store.load_watches(channel_key):
-                if stored.kind == "revoked_commitment" and stored.txid == txid:
-                    return revoked_record(Watch.from_record(stored.record))
-            return None
+            if txid not in found:
+                record = next((revoked_record(Watch.from_record(stored.record))
+                               for stored in store.load_watches(channel_key)
+                               if stored.kind == "revoked_commitment" and stored.txid == txid),
+                              None)
+                if record is None:
+                    return None
+                found[txid] = record
+            return found[txid]
 
         return lookup
 
