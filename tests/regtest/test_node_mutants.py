@@ -364,3 +364,10 @@ def test_a_transaction_over_the_block_weight_is_oversize(regtest_node: Node) -> 
     tx = tb.spend([("11" * 32, 0)], [(big, 0)])
     accepted, reason = allowed(regtest_node, tb.raw(tx))
     assert not accepted and reason == "bad-txns-oversize"
+
+
+def test_two_op_returns_are_refused(regtest_node: Node) -> None:
+    raw = signed_spend(regtest_node, [(b"\x6a\x01\x01", 0), (b"\x6a\x01\x02", 0),
+                                      (tb.p2wpkh(tb.key(2)), 100_000 - FEE)])
+    accepted, reason = allowed(regtest_node, raw)
+    assert not accepted and reason == "multi-op-return"
