@@ -371,3 +371,23 @@ def test_two_op_returns_are_refused(regtest_node: Node) -> None:
                                       (tb.p2wpkh(tb.key(2)), 100_000 - FEE)])
     accepted, reason = allowed(regtest_node, raw)
     assert not accepted and reason == "multi-op-return"
+
+
+def test_time_lock_of_a_coin_from_block_1_counts_from_the_genesis_mtp(tmp_path: Path) -> None:
+    """BIP68: a time-based relative lock counts from the MTP of the block BEFORE the
+    coin's (for a block-1 coin: the genesis block, 2011). 512 s have long passed since
+    then, though not since block 1 (mined at this test's clock, 2023)."""
+    node = Node(tmp_path / "node", clock=lambda: 1_700_000_000)
+    try:
+        miner = tb.key(7)
+        for _ in range(101):
+            node.generate_block(tb.p2wpkh(miner))
+        cb_txid = node.call("getblock", node.call("getblockhash", 1))["tx"][0]
+        subsidy = block_subsidy(1)
+        tx = tb.spend([(cb_txid, 0)], [(tb.p2wpkh(miner), subsidy - FEE)],
+                      sequence=(1 << 22) | 1)  # type flag: one unit of 512 s
+        tb.sign_p2wpkh(tx, 0, subsidy, miner)
+        accepted, reason = allowed(node, tb.raw(tx))
+        assert accepted, reason
+    finally:
+        node.close()
