@@ -4,9 +4,9 @@ operator would.
 
 The hub's business logic here is `tests.wire.hubfixture:open_test_application`
 (the real edge, TLS and authentication in a real chanhubd process, recording
-services behind them) until the hub's own application factory (`hub.app`) is in
-the tree; the payment-flow, refusal and kill -9 tests of issue 9 item 14 need it
-(and a client with an on-chain wallet) and come with it.
+services behind them): these tests are about the edge and the harness. Payments
+between real processes on the real hub are in test_payments_e2e.py, the kill -9
+crash test in test_hub_crash.py, disputes in test_harness_*.py.
 """
 
 from __future__ import annotations
