@@ -210,6 +210,51 @@ async def _abort_auth(context: grpc.aio.ServicerContext[Any, Any], error: AuthEr
     await context.abort(code, str(error))
 
 
+async def caller_node_id(authenticator: Authenticator,
+                         context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+    """The node id a call's session credential is bound to, or abort the call. Shared
+    by every service that logs clients in by their node key (the hub, the tower)."""
+    credential_hex = _metadata_value(context, SESSION_METADATA_KEY)
+    try:
+        try:
+            credential = bytes.fromhex(credential_hex) if credential_hex else None
+        except ValueError:
+            credential = None
+        return authenticator.session_for(credential, context.peer())
+    except AuthError as error:
+        await _abort_auth(context, error)
+        raise  # unreachable: abort raises
+
+
+async def answer_get_challenge(authenticator: Authenticator,
+                               request: client_pb2.GetChallengeRequest,
+                               context: grpc.aio.ServicerContext[Any, Any]
+                               ) -> client_pb2.Challenge:
+    """``GetChallenge`` of a node-key login (hub.auth, step 1)."""
+    try:
+        challenge = authenticator.issue_challenge(request.client_node_id)
+    except AuthError as error:
+        await _abort_auth(context, error)
+    return client_pb2.Challenge(hub_node_id=challenge.hub_node_id,
+                                client_node_id=challenge.client_node_id,
+                                nonce=challenge.nonce,
+                                expires_at_unix=challenge.expires_at_unix)
+
+
+async def answer_authenticate(authenticator: Authenticator,
+                              request: client_pb2.AuthenticateRequest,
+                              context: grpc.aio.ServicerContext[Any, Any]
+                              ) -> client_pb2.Session:
+    """``Authenticate`` of a node-key login (hub.auth, step 2)."""
+    try:
+        grant = authenticator.authenticate(request.client_node_id, request.nonce,
+                                           request.signature, context.peer())
+    except AuthError as error:
+        await _abort_auth(context, error)
+    return client_pb2.Session(session_credential=grant.credential,
+                              expires_at_unix=grant.expires_at_unix)
+
+
 class GrpcEdge:
     """The gRPC server of one hub process (see the module docstring)."""
 
@@ -284,16 +329,7 @@ class GrpcEdge:
 
     async def client_of(self, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         """The authenticated node id of a Hub call, or abort it."""
-        credential_hex = _metadata_value(context, SESSION_METADATA_KEY)
-        try:
-            try:
-                credential = bytes.fromhex(credential_hex) if credential_hex else None
-            except ValueError:
-                credential = None
-            return self.authenticator.session_for(credential, context.peer())
-        except AuthError as error:
-            await _abort_auth(context, error)
-            raise  # unreachable: abort raises
+        return await caller_node_id(self.authenticator, context)
 
     async def check_admin(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         try:
@@ -389,24 +425,11 @@ class _HubServicer(client_pb2_grpc.HubServicer):
 
     async def GetChallenge(self, request: client_pb2.GetChallengeRequest,
                            context: Context) -> client_pb2.Challenge:
-        try:
-            challenge = self._edge.authenticator.issue_challenge(request.client_node_id)
-        except AuthError as error:
-            await _abort_auth(context, error)
-        return client_pb2.Challenge(hub_node_id=challenge.hub_node_id,
-                                    client_node_id=challenge.client_node_id,
-                                    nonce=challenge.nonce,
-                                    expires_at_unix=challenge.expires_at_unix)
+        return await answer_get_challenge(self._edge.authenticator, request, context)
 
     async def Authenticate(self, request: client_pb2.AuthenticateRequest,
                            context: Context) -> client_pb2.Session:
-        try:
-            grant = self._edge.authenticator.authenticate(
-                request.client_node_id, request.nonce, request.signature, context.peer())
-        except AuthError as error:
-            await _abort_auth(context, error)
-        return client_pb2.Session(session_credential=grant.credential,
-                                  expires_at_unix=grant.expires_at_unix)
+        return await answer_authenticate(self._edge.authenticator, request, context)
 
     async def GetInfo(self, request: client_pb2.GetInfoRequest,
                       context: Context) -> client_pb2.GetInfoResponse:

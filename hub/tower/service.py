@@ -35,8 +35,13 @@ from channel.chain.follower import ChainFollower, RpcChainSource, checkpoint_at
 from channel.chain.interfaces import BlockRef
 from channel.chain.rpc import BitcoinRpc
 from channel.keys import pubkey_from_secret
-from hub.auth import Authenticator, AuthError
-from hub.edge import ResourceExhausted, _abort_auth, _metadata_value
+from hub.auth import Authenticator
+from hub.edge import (
+    ResourceExhausted,
+    answer_authenticate,
+    answer_get_challenge,
+    caller_node_id,
+)
 from hub.tls import (
     PrivateFileError,
     TlsIdentity,
@@ -57,7 +62,6 @@ from protocol.driver.grpc_bridge import (
     grpc_options,
     open_grpc_bridge,
 )
-from protocol.driver.wire_auth import SESSION_METADATA_KEY
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -291,20 +295,8 @@ class _TowerServicer(tower_pb2_grpc.TowerServicer):
         self._service = service
         self._auth = service.authenticator
 
-    async def _caller(self, context: Context) -> bytes:
-        credential_hex = _metadata_value(context, SESSION_METADATA_KEY)
-        try:
-            try:
-                credential = bytes.fromhex(credential_hex) if credential_hex else None
-            except ValueError:
-                credential = None
-            return self._auth.session_for(credential, context.peer())
-        except AuthError as error:
-            await _abort_auth(context, error)
-            raise  # unreachable: abort raises
-
     async def _call(self, context: Context, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        node = await self._caller(context)
+        node = await caller_node_id(self._auth, context)
         try:
             return await self._service.bridge.run_in_trio(fn, node, *args)
         except RpcStatusError as error:
@@ -318,24 +310,11 @@ class _TowerServicer(tower_pb2_grpc.TowerServicer):
 
     async def GetChallenge(self, request: client_pb2.GetChallengeRequest,
                            context: Context) -> client_pb2.Challenge:
-        try:
-            challenge = self._auth.issue_challenge(request.client_node_id)
-        except AuthError as error:
-            await _abort_auth(context, error)
-        return client_pb2.Challenge(hub_node_id=challenge.hub_node_id,
-                                    client_node_id=challenge.client_node_id,
-                                    nonce=challenge.nonce,
-                                    expires_at_unix=challenge.expires_at_unix)
+        return await answer_get_challenge(self._auth, request, context)
 
     async def Authenticate(self, request: client_pb2.AuthenticateRequest,
                            context: Context) -> client_pb2.Session:
-        try:
-            grant = self._auth.authenticate(request.client_node_id, request.nonce,
-                                            request.signature, context.peer())
-        except AuthError as error:
-            await _abort_auth(context, error)
-        return client_pb2.Session(session_credential=grant.credential,
-                                  expires_at_unix=grant.expires_at_unix)
+        return await answer_authenticate(self._auth, request, context)
 
     async def Register(self, request: tower_pb2.RegisterRequest,
                        context: Context) -> tower_pb2.Quota:
