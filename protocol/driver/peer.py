@@ -114,8 +114,10 @@ class PeerSession:
 
     def _index(self, driver: ChannelDriver) -> None:
         # Both ids stay known: the temporary one names the opening messages, and a
-        # reused temporary id must be recognised as in use.
-        self._by_id.setdefault(driver.channel_id, driver)
+        # reused temporary id must be recognised as in use. An accepted channel has no
+        # id before its open_channel: indexed under b"", it made the next one "exist".
+        if driver.channel_id:
+            self._by_id.setdefault(driver.channel_id, driver)
         temporary = driver.channel.d.temporary_channel_id
         if temporary:
             self._by_id.setdefault(temporary, driver)
