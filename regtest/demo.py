@@ -18,10 +18,12 @@ cooperatively and Bob's by force, his delayed output swept back into his wallet
 after `to_self_delay`. Every balance is checked to the satoshi against the chain,
 with each fee (on chain and the hub's) accounted, then told in plain words.
 
-Act 3, a breach. Alice and Bob open a channel directly with each other
-(`regtest.twoparty`: two protocol/ state machines in this process, every
-transaction judged by the node); Alice publishes a revoked commitment from an old
-backup and Bob's penalty takes it all. (The disputes issue moves this onto the hub.)
+Act 3, a breach on the hub, the same processes. Alice opens a second channel
+and Bob asks for inbound again; Alice backs up her store while the whole channel
+is hers (`regtest.cheat`, test-only), pays Bob, then publishes the backup's
+commitment, revoked by that payment. The hub's own BOLT #5 watch (in chanhubd)
+broadcasts the penalty, which takes the whole channel into the hub's wallet; the
+demo checks the penalty, its fee and both wallets to the satoshi.
 
 A check that fails ends the demo with one line and exit status 1.
 """
@@ -29,7 +31,6 @@ A check that fails ends the demo with one line and exit status 1.
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import shutil
@@ -52,9 +53,9 @@ from channel.tx import OutPoint, Tx
 from client.errors import ChanhubError
 from hub.admin_transport import AdminTransport
 from proto import admin_pb2
-from protocol import Broadcast, Channel
 from protocol.driver.grpc_bridge import open_grpc_bridge
 from protocol.routing import forwarding_fee_msat
+from regtest import cheat
 from regtest.harness import (
     CLIENT_PASSPHRASE,
     HarnessError,
@@ -70,11 +71,8 @@ from regtest.harness import (
     stop_node,
 )
 from regtest.story import ActorDied, ClientActor, find_exception, open_actors
-from regtest.twoparty import TwoPartyChannel
 
 FEERATE_PER_KW = 2_500  # 10 sat/vB: comfortably above the node's relay minimum
-CHANNEL_SAT = 1_000_000
-TO_SELF_DELAY = 6  # blocks; short so the demo mines little (real channels use ~144)
 
 # Act 2's figures. Invoices of 5,000 sat: above the HTLC dust threshold at 2,500
 # sat/kw, so ten in flight stay within the channels' dust exposure limit.
@@ -86,6 +84,10 @@ INVOICES = 100
 INVOICE_MSAT = 5_000_000
 IN_FLIGHT = 10
 REFUNDED_INVOICE = 37  # the one Bob refunds (1-based)
+# Act 3's figures: a small channel of Alice's, a payment that revokes its first state.
+BREACH_CHANNEL_SAT = 500_000
+BREACH_INBOUND_SAT = 400_000  # Bob's second inbound channel: the payment plus the hub's headroom
+BREACH_PAYMENT_MSAT = 80_000_000
 SWEEP_WAIT_S = 30.0  # real seconds for Bob's process to see the blocks and sweep
 
 
@@ -306,7 +308,10 @@ async def hub_act(rpc: BitcoinRpc, node: NodeEndpoint, datadir: Path, faucet: st
                 {"Alice": datadir / "alice", "Bob": datadir / "bob"},
                 hub_target=hub.target, tls_cert_file=hub.tls_cert_file, rpc_url=node.url,
                 cookie_file=node.cookie_file, passphrase=CLIENT_PASSPHRASE) as actors:
-            await hub_story(rpc, hub, admin, store, faucet, actors["Alice"], actors["Bob"])
+            wallets = await hub_story(rpc, hub, admin, store, faucet, actors["Alice"],
+                                      actors["Bob"])
+            await breach_act(rpc, admin, faucet, actors["Alice"], actors["Bob"],
+                             datadir / "alice", wallets)
         await cli_epilogue(hub, datadir / "bob")
     finally:
         await trio.to_thread.run_sync(stop_hub, hub_dir)
@@ -324,10 +329,11 @@ async def cli_epilogue(hub: HubEndpoint, bob_dir: Path) -> None:
                 and p["state"] == "succeeded"]
     refunds = [p for p in history if p["direction"] == "sent" and p["refund_of_payment_id"]
                and p["state"] == "succeeded"]
-    check(len(received) == INVOICES and len(refunds) == 1,
+    check(len(received) == INVOICES + 1 and len(refunds) == 1,
           f"`chanhub history` lists {len(received)} received and {len(refunds)} refunds")
     say(f"Bob's `chanhub --json history` (the CLI, run on his store now that his client "
-        f"process has stopped): {len(received)} payments received, {len(refunds)} refund sent")
+        f"process has stopped): {len(received)} payments received (the {INVOICES} invoices "
+        f"and act 3's), {len(refunds)} refund sent")
 
 
 async def hub_wallet_sat(admin: AdminTransport, *, at_least_sat: int = 0) -> int:
@@ -357,8 +363,47 @@ async def new_mempool_tx(rpc: BitcoinRpc, known: set[str]) -> str:
     return fresh.pop()
 
 
+@dataclass(frozen=True)
+class Opened:
+    """Alice's channel (she funds it) and Bob's (the hub funds it), both open."""
+
+    alice_open: dict[str, Any]  # what `open` answered: the funding tx is out
+    alice_channel: dict[str, Any]
+    alice_funding_fee_sat: int
+    order: dict[str, Any]  # Bob's RequestInbound order
+    bob_channel: dict[str, Any]
+    hub_funding_txid: str
+    hub_funding_fee_sat: int
+    height: int  # where both confirmed
+
+
+async def open_two_channels(rpc: BitcoinRpc, faucet: str, alice: ClientActor,
+                            alice_sat: int, bob: ClientActor, inbound_sat: int,
+                            idempotency_key: str) -> Opened:
+    """Alice opens a channel from her wallet; Bob asks the hub for `inbound_sat` of
+    inbound liquidity (the hub funds a channel toward him); one block confirms both."""
+    alice_open = await alice.call("open", amount_sat=alice_sat)
+    alice_funding_fee_sat = await tx_fee_sat(
+        rpc, Tx.parse(await rpc.getrawtransaction(alice_open["funding_txid"])))
+    order: dict[str, Any] = {}
+    async with trio.open_nursery() as nursery:
+        async def ask_inbound() -> None:
+            order.update(await bob.call("request_inbound", amount_sat=inbound_sat,
+                                        idempotency_key=idempotency_key))
+
+        nursery.start_soon(ask_inbound)
+        hub_funding_txid = await new_mempool_tx(rpc, {alice_open["funding_txid"]})
+        height = await mine(rpc, faucet, 1, alice)
+    hub_funding_fee_sat = await tx_fee_sat(
+        rpc, Tx.parse(await rpc.getrawtransaction(hub_funding_txid)))
+    alice_channel = await alice.call("wait_open", channel_id=alice_open["channel_id"])
+    bob_channel = await bob.call("wait_open", channel_id=order["channel_id"])
+    return Opened(alice_open, alice_channel, alice_funding_fee_sat, order, bob_channel,
+                  hub_funding_txid, hub_funding_fee_sat, height)
+
+
 async def hub_story(rpc: BitcoinRpc, hub: HubEndpoint, admin: AdminTransport, store: str,
-                    faucet: str, alice: ClientActor, bob: ClientActor) -> None:
+                    faucet: str, alice: ClientActor, bob: ClientActor) -> Wallets:
     terms = alice.identity
     ledger = Ledger(terms.base_fee_msat, terms.fee_ppm)
     say(f"hub up at {hub.target} (pid {hub.pid}, {store} store), node id "
@@ -386,22 +431,12 @@ async def hub_story(rpc: BitcoinRpc, hub: HubEndpoint, admin: AdminTransport, st
         f"gave, as `chanhubctl wallet address`); confirmed at height {height}")
 
     # Channels: Alice funds hers; the hub funds Bob's (inbound liquidity)
-    alice_open = await alice.call("open", amount_sat=ALICE_CHANNEL_SAT)
-    alice_funding_fee_sat = await tx_fee_sat(
-        rpc, Tx.parse(await rpc.getrawtransaction(alice_open["funding_txid"])))
-    order: dict[str, Any] = {}
-    async with trio.open_nursery() as nursery:
-        async def ask_inbound() -> None:
-            order.update(await bob.call("request_inbound", amount_sat=INBOUND_SAT,
-                                        idempotency_key="demo inbound"))
-
-        nursery.start_soon(ask_inbound)
-        hub_funding_txid = await new_mempool_tx(rpc, {alice_open["funding_txid"]})
-        height = await mine(rpc, faucet, 1, alice)
-    hub_funding_fee_sat = await tx_fee_sat(
-        rpc, Tx.parse(await rpc.getrawtransaction(hub_funding_txid)))
-    alice_channel = await alice.call("wait_open", channel_id=alice_open["channel_id"])
-    bob_channel = await bob.call("wait_open", channel_id=order["channel_id"])
+    opened = await open_two_channels(rpc, faucet, alice, ALICE_CHANNEL_SAT, bob, INBOUND_SAT,
+                                     "demo inbound")
+    alice_open, alice_channel, alice_funding_fee_sat = (
+        opened.alice_open, opened.alice_channel, opened.alice_funding_fee_sat)
+    order, bob_channel, height = opened.order, opened.bob_channel, opened.height
+    hub_funding_txid, hub_funding_fee_sat = opened.hub_funding_txid, opened.hub_funding_fee_sat
     # The order completes at the hub once its side sees the channel open; Bob's side
     # may be a moment ahead of it, so the order may still read "funding" here.
     check(order["state"] in ("funding", "completed")
@@ -574,41 +609,103 @@ async def hub_story(rpc: BitcoinRpc, hub: HubEndpoint, admin: AdminTransport, st
         f"Alice's close and its {sat(to_remote_sat)} of Bob's commitment less the "
         f"{sat(hub_claim_fee_sat)} claim fee)")
     say(f"chain: height {await rpc.getblockcount()}")
+    return Wallets(alice_final_sat, hub_wallet_final_sat)
 
 
 # ---------------------------------------------------------------------------
-# Act 3: a breach, two parties in this process
+# Act 3: a breach on the hub, every actor its own process
 
 
-def show_balances(pair: TwoPartyChannel) -> str:
-    alice_msat, bob_msat = pair.balances_msat()
-    return f"Alice {alice_msat // 1000:,} sat, Bob {bob_msat // 1000:,} sat"
+@dataclass(frozen=True)
+class Wallets:
+    """The wallets act 2 leaves (each checked against the chain), where act 3 begins."""
+
+    alice_sat: int
+    hub_sat: int
 
 
-async def breach_act(rpc: BitcoinRpc) -> None:
-    say("\n-- a breach: Alice and Bob with one channel between them, no hub --")
-    breach = TwoPartyChannel(rpc, label="demo breach", to_self_delay=TO_SELF_DELAY)
-    await breach.open(CHANNEL_SAT)
-    breach.pay(100_000_000, "demo breach 1")
-    backup = copy.deepcopy(breach.a.snapshots[-1])
-    breach.pay(600_000_000, "demo breach 2")
-    say(f"channel open and paid: {show_balances(breach)}; Alice kept an old backup")
-    cheater = Channel.restore(backup)
-    revoked = next(a for a in cheater.fail("restored a backup") if isinstance(a, Broadcast))
-    revoked_tx = Tx.parse(revoked.raw_tx)
-    await breach.broadcast(revoked_tx)
-    await breach.mine(1)
-    say(f"  Alice publishes her revoked commitment {revoked_tx.txid_hex()} (it confirms)")
-    penalty = breach.penalty(breach.b, revoked_tx)
-    await breach.broadcast(penalty)
-    bob_own = breach.sweep_to_remote(breach.b, revoked_tx)
-    await breach.broadcast(bob_own)
-    await breach.mine(1)
-    check(await rpc.gettxout(penalty.txid_hex(), 0) is not None, "the penalty did not confirm")
-    say(
-        f"  Bob punishes: penalty takes Alice's {penalty.outputs[0].amount_sat:,} sat, "
-        f"plus his own {bob_own.outputs[0].amount_sat:,} sat; Alice keeps nothing"
-    )
+async def breach_act(rpc: BitcoinRpc, admin: AdminTransport, faucet: str, alice: ClientActor,
+                     bob: ClientActor, alice_dir: Path, before: Wallets) -> None:
+    """Alice backs up her store while her new channel holds all its funds, pays Bob,
+    then publishes the backup's commitment (revoked by the payment); the hub's own
+    watch (protocol/driver/enforce.py, in chanhubd) takes the whole channel."""
+    say("\n-- a breach on the hub: Alice publishes an old commitment, the hub punishes --")
+    terms = alice.identity
+    fee = Ledger(terms.base_fee_msat, terms.fee_ppm).fee(BREACH_PAYMENT_MSAT)
+
+    # Alice opens a second channel; Bob, his first closed, asks for inbound again.
+    opened = await open_two_channels(rpc, faucet, alice, BREACH_CHANNEL_SAT, bob,
+                                     BREACH_INBOUND_SAT, "demo breach inbound")
+    alice_open, alice_channel = opened.alice_open, opened.alice_channel
+    alice_funding_fee_sat, hub_funding_fee_sat = (opened.alice_funding_fee_sat,
+                                                  opened.hub_funding_fee_sat)
+    await check_channel(alice, alice_channel["channel_id"], BREACH_CHANNEL_SAT * 1000, 0)
+
+    # The backup: her store now, while the whole channel is hers.
+    backup = await trio.to_thread.run_sync(cheat.backup_client, alice_dir, "breach")
+    (stored,) = [c for c in cheat.stored_commitments(backup, cheat.client_key_source())
+                 if c.channel_id.hex() == alice_channel["channel_id"]]
+    say(f"Alice opens a {sat(BREACH_CHANNEL_SAT)} channel (funding tx "
+        f"{alice_open['funding_txid'][:16]}...) and backs up her store while all of it is "
+        f"hers (commitment {stored.commitment_number}); Bob gets "
+        f"{sat(BREACH_INBOUND_SAT)} of inbound again")
+
+    # She pays: the backup's commitment is revoked.
+    (invoice,) = await bob.call("invoices", count=1, amount_msat=BREACH_PAYMENT_MSAT,
+                                description="demo breach")
+    paid = await alice.call("pay", invoice=invoice, idempotency_key="demo breach")
+    check(paid["state"] == "succeeded", f"Alice's payment ended {paid['state']}")
+    await check_channel(alice, alice_channel["channel_id"],
+                        (BREACH_CHANNEL_SAT * 1000 - BREACH_PAYMENT_MSAT - fee),
+                        BREACH_PAYMENT_MSAT + fee)
+    say(f"  then pays Bob {amount(BREACH_PAYMENT_MSAT)} (plus the hub's {msat(fee)} fee): "
+        f"her side is {amount(BREACH_CHANNEL_SAT * 1000 - BREACH_PAYMENT_MSAT - fee)} now, "
+        f"and she has signed away commitment {stored.commitment_number}")
+
+    # The cheat: the backup's commitment, published (regtest/cheat.py, test-only).
+    (sent,) = await cheat.publish_old_commitment(
+        rpc, backup, cheat.client_key_source(),
+        channel_id=bytes.fromhex(alice_channel["channel_id"]))
+    assert sent.raw_tx is not None and sent.txid is not None
+    revoked_tx = Tx.parse(sent.raw_tx)
+    commitment_fee_sat = weight_fee_sat(commitment_weight(0), alice_channel["feerate_per_kw"])
+    tried_sat = BREACH_CHANNEL_SAT - commitment_fee_sat
+    check([o.amount_sat for o in revoked_tx.outputs] == [tried_sat],
+          f"the revoked commitment pays {[o.amount_sat for o in revoked_tx.outputs]}, not "
+          f"Alice's {tried_sat} sat alone")
+    await mine(rpc, faucet, 1, bob)
+    say(f"Alice publishes the backup's revoked commitment {sent.txid[:16]}... (it "
+        f"confirms): it pays her {sat(tried_sat)} (the whole channel less the "
+        f"{sat(commitment_fee_sat)} commitment fee) after {alice_channel['to_self_delay_blocks']}"
+        " blocks, unless someone holding the revocation key takes it first")
+
+    # The hub's watch sees a revoked commitment confirmed and takes its output.
+    penalty_tx = await spender_in_mempool(rpc, sent.txid, 0)
+    check(len(penalty_tx.outputs) == 1, f"the penalty has {len(penalty_tx.outputs)} outputs")
+    penalty_fee_sat = await tx_fee_sat(rpc, penalty_tx)
+    taken_sat = penalty_tx.outputs[0].amount_sat
+    check(taken_sat == tried_sat - penalty_fee_sat,
+          f"the penalty keeps {taken_sat} sat of {tried_sat} sat for a {penalty_fee_sat} fee")
+    await mine(rpc, faucet, 1, alice, bob)
+    check(await rpc.gettxout(penalty_tx.txid_hex(), 0) is not None, "the penalty did not confirm")
+    hub_wallet_final_sat = (before.hub_sat - BREACH_INBOUND_SAT - hub_funding_fee_sat
+                            + taken_sat)
+    check(await hub_wallet_sat(admin, at_least_sat=hub_wallet_final_sat)
+          == hub_wallet_final_sat, "the hub's wallet is not act 2's - Bob's new channel - "
+          "its funding fee + the penalty's output")
+    alice_final_sat = before.alice_sat - BREACH_CHANNEL_SAT - alice_funding_fee_sat
+    await check_wallet(alice, alice_final_sat, "act 2's - the channel - its funding fee")
+    say(f"  the hub's own watch punishes: penalty tx {penalty_tx.txid_hex()[:16]}... takes "
+        f"the whole {sat(tried_sat)} into the hub's wallet ({sat(taken_sat)} after the "
+        f"{sat(penalty_fee_sat)} penalty fee); Alice keeps nothing of the channel")
+    say(f"  Alice tried to take back {amount(BREACH_PAYMENT_MSAT + fee)} she had paid, and "
+        f"lost {amount(BREACH_CHANNEL_SAT * 1000 - BREACH_PAYMENT_MSAT - fee)} that was still "
+        f"hers: her wallet {sat(before.alice_sat)} -> {sat(alice_final_sat)} (the "
+        f"{sat(BREACH_CHANNEL_SAT)} channel and its {sat(alice_funding_fee_sat)} funding fee)")
+    say(f"  the hub's wallet: {sat(before.hub_sat)} -> {sat(hub_wallet_final_sat)} (less "
+        f"Bob's new {sat(BREACH_INBOUND_SAT)} channel and its {sat(hub_funding_fee_sat)} "
+        f"funding fee, plus the penalty's {sat(taken_sat)}); Bob keeps his "
+        f"{amount(BREACH_PAYMENT_MSAT)} in his open channel")
     say(f"chain: height {await rpc.getblockcount()}")
 
 
@@ -616,7 +713,6 @@ async def story(endpoint: NodeEndpoint, datadir: Path, store: str) -> None:
     async with endpoint.rpc() as rpc:
         faucet = await chain_act(rpc, endpoint)
         await hub_act(rpc, endpoint, datadir, faucet, store)
-        await breach_act(rpc)
 
 
 def known_failure(exc: BaseException) -> Exception | None:

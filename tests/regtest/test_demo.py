@@ -26,8 +26,14 @@ def test_demo_tells_its_story(capsys: pytest.CaptureFixture[str]) -> None:
     assert "Bob's own process sweeps it into his wallet" in output
     assert "the story in figures" in output
     assert "Alice: 100,000,000 sat -> " in output and "the hub's wallet: " in output
-    # act 3, the breach
-    assert "Bob punishes" in output and "Alice keeps nothing" in output
+    # act 3, the breach on the hub: Alice publishes a revoked commitment of a backup,
+    # the hub's own watch (in chanhubd) takes the whole channel; figures checked inside
+    assert "backs up her store while all of it is hers" in output
+    assert "Alice publishes the backup's revoked commitment" in output
+    assert "the hub's own watch punishes: penalty tx" in output
+    assert "Alice keeps nothing of the channel" in output
+    assert "Alice tried to take back 80,001,080 msat she had paid" in output
+    assert "101 payments received" in output
     assert "demo done" in output
 
 
