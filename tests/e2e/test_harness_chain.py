@@ -5,7 +5,6 @@ chain (back to the mempool), and stays out while blocks are mined excluding it."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -15,20 +14,11 @@ from regtest import cheat
 from regtest.cli import main as regtest_cli
 from regtest.harness import HarnessError, NodeEndpoint
 from regtest.pytest_plugin import Faults
-
-
-def _call(node: NodeEndpoint, method: str, *params: Any) -> Any:
-    import trio
-
-    async def run() -> Any:
-        async with node.rpc() as rpc:
-            return await rpc.call(method, *params)
-
-    return trio.run(run)
+from tests.e2e.node_calls import node_call
 
 
 def _confirmations(node: NodeEndpoint, txid: str) -> int:
-    return int(_call(node, "getrawtransaction", txid, True).get("confirmations", 0))
+    return int(node_call(node, "getrawtransaction", txid, True).get("confirmations", 0))
 
 
 def test_reorg_from_the_cli_drops_a_transaction_and_its_child(node_process: NodeEndpoint
@@ -38,18 +28,18 @@ def test_reorg_from_the_cli_drops_a_transaction_and_its_child(node_process: Node
     runner = CliRunner()
     # The faucet has one mature coin (101 blocks): the second payment spends the first
     # one's change, so it is the first one's child.
-    parent = _call(node, "sendtoaddress", _call(node, "getnewaddress"), 1.0)
-    child = _call(node, "sendtoaddress", _call(node, "getnewaddress"), 1.0)
-    assert _call(node, "getmempoolentry", child)["depends"] == [parent]
+    parent = node_call(node, "sendtoaddress", node_call(node, "getnewaddress"), 1.0)
+    child = node_call(node, "sendtoaddress", node_call(node, "getnewaddress"), 1.0)
+    assert node_call(node, "getmempoolentry", child)["depends"] == [parent]
     mined = runner.invoke(regtest_cli, ["mine", "2", "--datadir", datadir])
     assert mined.exit_code == 0, mined.output
-    height, old_tip = _call(node, "getblockcount"), _call(node, "getbestblockhash")
+    height, old_tip = node_call(node, "getblockcount"), node_call(node, "getbestblockhash")
     assert _confirmations(node, parent) == 2
 
     typo = runner.invoke(regtest_cli, ["reorg", "2", "--exclude", "ab" * 32,
                                        "--datadir", datadir])
     assert typo.exit_code == 1 and "not in the last 2 block(s) or the mempool" in typo.output
-    assert _call(node, "getbestblockhash") == old_tip  # a refused reorg changed nothing
+    assert node_call(node, "getbestblockhash") == old_tip  # a refused reorg changed nothing
 
     done = runner.invoke(regtest_cli, ["reorg", "2", "--exclude", parent, "--extra", "1",
                                        "--datadir", datadir])
@@ -57,16 +47,16 @@ def test_reorg_from_the_cli_drops_a_transaction_and_its_child(node_process: Node
     assert f"reorg: 2 block(s) after height {height - 2} replaced by 3" in done.output
     assert f"left out (in the mempool): {parent}" in done.output
     assert f"left out (in the mempool): {child}" in done.output
-    assert _call(node, "getblockcount") == height + 1
-    assert _call(node, "getbestblockhash") != old_tip
-    assert _call(node, "getblock", old_tip, 1)["confirmations"] == -1  # on the stale branch
-    assert set(_call(node, "getrawmempool")) == {parent, child}  # the child fell out too
+    assert node_call(node, "getblockcount") == height + 1
+    assert node_call(node, "getbestblockhash") != old_tip
+    assert node_call(node, "getblock", old_tip, 1)["confirmations"] == -1  # on the stale branch
+    assert set(node_call(node, "getrawmempool")) == {parent, child}  # the child fell out too
     assert _confirmations(node, parent) == 0 and _confirmations(node, child) == 0
 
     kept_out = runner.invoke(regtest_cli, ["mine", "1", "--exclude", parent,
                                            "--datadir", datadir])
     assert kept_out.exit_code == 0, kept_out.output
-    assert set(_call(node, "getrawmempool")) == {parent, child}
+    assert set(node_call(node, "getrawmempool")) == {parent, child}
     runner.invoke(regtest_cli, ["mine", "1", "--datadir", datadir])
     assert _confirmations(node, child) == 1  # an ordinary block confirms both again
 
@@ -80,8 +70,8 @@ def chain_faults(node_process: NodeEndpoint) -> Faults:
 def test_reorg_from_the_helper_keeps_other_transactions(chain_faults: Faults,
                                                         node_process: NodeEndpoint) -> None:
     node = node_process
-    kept = _call(node, "sendtoaddress", _call(node, "getnewaddress"), 0.5)
-    dropped = _call(node, "sendtoaddress", _call(node, "getnewaddress"), 0.25)
+    kept = node_call(node, "sendtoaddress", node_call(node, "getnewaddress"), 0.5)
+    dropped = node_call(node, "sendtoaddress", node_call(node, "getnewaddress"), 0.25)
     [block] = chain_faults.mine(1)
     assert _confirmations(node, dropped) == 1
     with pytest.raises(HarnessError, match="at least one block"):
@@ -89,9 +79,9 @@ def test_reorg_from_the_helper_keeps_other_transactions(chain_faults: Faults,
 
     done = chain_faults.reorg(1, exclude=[dropped], extra_blocks=2)
     assert done.disconnected == [block] and done.excluded == [dropped]
-    assert done.new_tip == _call(node, "getbestblockhash")
+    assert done.new_tip == node_call(node, "getbestblockhash")
     assert _confirmations(node, kept) == 3  # moved to the new branch's first block
-    assert _confirmations(node, dropped) == 0 and dropped in _call(node, "getrawmempool")
+    assert _confirmations(node, dropped) == 0 and dropped in node_call(node, "getrawmempool")
 
 
 def test_mine_excluding_puts_parents_first(node_process: NodeEndpoint) -> None:

@@ -17,6 +17,7 @@ from regtest.cli import main as regtest_cli
 from regtest.harness import HarnessError, client_state, run_chanhub, running_client, running_hub
 from regtest.network import Network
 from regtest.pytest_plugin import wait_until
+from tests.e2e.node_calls import node_call, spenders_in_mempool
 
 
 @pytest.fixture
@@ -33,16 +34,9 @@ def _cli(datadir: Path, *args: str) -> Result:
 
 
 def _call(network: Network, method: str, *params: Any) -> Any:
-    import trio
-
     node = network.node()
     assert node is not None
-
-    async def run() -> Any:
-        async with node.rpc() as rpc:
-            return await rpc.call(method, *params)
-
-    return trio.run(run)
+    return node_call(node, method, *params)
 
 
 def _link(datadir: Path) -> dict[str, int]:
@@ -106,9 +100,9 @@ def test_a_tester_replays_a_breach_a_cut_a_kill_and_a_reorg(network_dir: Path) -
     # the hub's watch sees the revoked commitment and broadcasts its penalty (what the
     # cheat is for: the reaction is the watch's, the scenario the harness's)
     def penalty() -> list[str]:
-        return [t for t in _call(network, "getrawmempool")
-                if any(i.get("txid") == old.txid
-                       for i in _call(network, "getrawtransaction", t, True)["vin"])]
+        node = network.node()
+        assert node is not None
+        return spenders_in_mempool(node, old.txid)
 
     [penalty_txid] = wait_until(penalty, what="the hub's penalty of alice's breach")
 

@@ -11,7 +11,6 @@ store restored in place.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -30,22 +29,7 @@ from regtest.harness import (
 )
 from regtest.proxy import running_proxy
 from regtest.pytest_plugin import ClientFactory, Faults, wait_until
-
-
-def _call(node: NodeEndpoint, method: str, *params: Any) -> Any:
-    import trio
-
-    async def run() -> Any:
-        async with node.rpc() as rpc:
-            return await rpc.call(method, *params)
-
-    return trio.run(run)
-
-
-def _spenders(node: NodeEndpoint, txid: str | None) -> list[str]:
-    """Mempool transactions spending an output of `txid`."""
-    return [t for t in _call(node, "getrawmempool")
-            if any(i.get("txid") == txid for i in _call(node, "getrawtransaction", t, True)["vin"])]
+from tests.e2e.node_calls import node_call, spenders_in_mempool
 
 
 def _reconnected(faults: Faults, alice: ClientEndpoint, forwarded_before: int) -> bool:
@@ -103,18 +87,19 @@ def test_every_fault_on_one_channel(regtest_faults: Faults,
     assert again.pid != alice.pid and again.hub_target == alice.hub_target  # still proxied
 
     # -- the hub cheats: its revoked commitment on chain --------------------------------
-    height = _call(node_process, "getblockcount")
+    height = node_call(node_process, "getblockcount")
     [sent] = faults.publish_old_commitment("hub", "zero", mine_blocks=1)
     assert (sent.channel_id, sent.commitment_number, sent.txid) == \
         (channel_id, 0, hub_zero.txid)
-    confirmed = _call(node_process, "getrawtransaction", sent.txid, True)
-    assert confirmed["confirmations"] == 1 and _call(node_process, "getblockcount") == height + 1
+    confirmed = node_call(node_process, "getrawtransaction", sent.txid, True)
+    assert confirmed["confirmations"] == 1
+    assert node_call(node_process, "getblockcount") == height + 1
     # it spends the channel's funding output (BOLT #2: the channel id is the funding
     # txid with the output index xored into its last two bytes)
     spent = confirmed["vin"][0]
     assert (spent["txid"], spent["vout"]) in cheat.funding_candidates(channel_id)
     # alice's own watch (chanhub serve follows the chain) punishes the hub
-    [penalty] = wait_until(lambda: _spenders(node_process, sent.txid),
+    [penalty] = wait_until(lambda: spenders_in_mempool(node_process, sent.txid),
                            what="alice's penalty of the hub's breach")
     assert penalty != sent.txid
 

@@ -9,7 +9,6 @@ commitment; the payer publishes it. Then the payee restores an old store and tri
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
@@ -23,22 +22,7 @@ from regtest.harness import (
     stop_client,
 )
 from regtest.pytest_plugin import ClientFactory, Faults, wait_until
-
-
-def _call(node: NodeEndpoint, method: str, *params: Any) -> Any:
-    import trio
-
-    async def run() -> Any:
-        async with node.rpc() as rpc:
-            return await rpc.call(method, *params)
-
-    return trio.run(run)
-
-
-def _spenders(node: NodeEndpoint, txid: str | None) -> list[str]:
-    """Mempool transactions spending an output of `txid`."""
-    return [t for t in _call(node, "getrawmempool")
-            if any(i.get("txid") == txid for i in _call(node, "getrawtransaction", t, True)["vin"])]
+from tests.e2e.node_calls import node_call, spenders_in_mempool
 
 
 def test_a_payer_publishes_a_commitment_with_an_htlc_in_flight(
@@ -86,7 +70,7 @@ def test_a_payer_publishes_a_commitment_with_an_htlc_in_flight(
     assert now.commitment_number > held.commitment_number and now.htlc_outputs == 0
     [sent] = faults.publish_old_commitment(alice, "in-flight", mine_blocks=1)
     assert sent.txid == held.txid
-    tx = _call(node_process, "getrawtransaction", held.txid, True)
+    tx = node_call(node_process, "getrawtransaction", held.txid, True)
     assert tx["confirmations"] == 1
     # to_local (alice's balance before the payment) and the HTLC output: the hub had
     # nothing in alice's channel yet, so there is no to_remote
@@ -94,9 +78,9 @@ def test_a_payer_publishes_a_commitment_with_an_htlc_in_flight(
     assert len(values_sat) == 2
     assert 50_000 <= values_sat[0] <= 50_100  # the HTLC: 50,000 sat plus the hub's fee
     # the hub's watch takes both outputs, the HTLC's too, in its penalty
-    [penalty] = wait_until(lambda: _spenders(node_process, held.txid),
+    [penalty] = wait_until(lambda: spenders_in_mempool(node_process, held.txid),
                            what="the hub's penalty of alice's breach")
-    taken = _call(node_process, "getrawtransaction", penalty, True)["vin"]
+    taken = node_call(node_process, "getrawtransaction", penalty, True)["vin"]
     assert sorted(i["vout"] for i in taken if i["txid"] == held.txid) == [0, 1]
 
     # bob restores his old store and tries to force close from it: reestablish tells him
@@ -109,7 +93,7 @@ def test_a_payer_publishes_a_commitment_with_an_htlc_in_flight(
     with pytest.raises(HarnessError, match="no open channel"):
         run_chanhub(bob.datadir, faults.hub, "close", bob_channel.hex(), "--force",
                     node=node_process)
-    wait_until(lambda: hub_bob.txid in _call(node_process, "getrawmempool"),
+    wait_until(lambda: hub_bob.txid in node_call(node_process, "getrawmempool"),
                what="the hub closing bob's channel with its latest commitment")
     # his store now marks the channel failed; the harness still reads its commitment
     [failed] = cheat.stored_commitments(bob.datadir / cheat.CLIENT_STORE_FILE,
