@@ -41,7 +41,7 @@ from channel.spend import SpendableOutput, build_spend_tx, checked_htlc_output
 from channel.tx import OutPoint, Tx
 
 
-def _revoked_keys(
+def revoked_keys(
     static: ChannelStatic, secrets: ChannelSecrets, per_commitment_secret: bytes
 ) -> tuple[CommitmentKeys, bytes]:
     point = pubkey_from_secret(per_commitment_secret)
@@ -54,11 +54,54 @@ def _revoked_keys(
     return keys, revocation_privkey
 
 
-def _to_local_script(static: ChannelStatic, keys: CommitmentKeys) -> bytes:
+def revoked_to_local_script(static: ChannelStatic, keys: CommitmentKeys) -> bytes:
     # The remote's to_local is delayed by the to_self_delay WE demand.
     return scripts.to_local_script(
         keys.revocation_pubkey, static.local.to_self_delay, keys.local_delayed_pubkey
     )
+
+
+def _htlc_scripts(keys: CommitmentKeys) -> scripts.HtlcScripts:
+    return scripts.HtlcScripts(
+        keys.revocation_pubkey, keys.local_htlc_pubkey, keys.remote_htlc_pubkey
+    )
+
+
+def _revocable_htlc_script(
+    htlc_scripts: scripts.HtlcScripts, h: CommitmentHtlc
+) -> tuple[bytes, str]:
+    """The witness script of one HTLC output of the peer's commitment, and its kind."""
+    if h.offered_by is Side.REMOTE:  # offered by the commitment's owner
+        return htlc_scripts.offered(h.payment_hash), "offered_htlc"
+    return htlc_scripts.received(h.payment_hash, h.cltv_expiry), "received_htlc"
+
+
+def revoked_record_outputs(
+    static: ChannelStatic,
+    secrets: ChannelSecrets,
+    txid: bytes,
+    htlc_outputs: Sequence[tuple[int, CommitmentHtlc]],
+    to_local_output_index: int | None,
+    to_local_amount_sat: int,
+    per_commitment_secret: bytes,
+) -> list[SpendableOutput]:
+    """The revocable outputs of the peer's revoked commitment from its
+    ``Watch("revoked_commitment")`` record alone, before the transaction is seen (a
+    watchtower's kit): the record's indexes and amounts are our own, so trusted."""
+    keys, privkey = revoked_keys(static, secrets, per_commitment_secret)
+    found: list[SpendableOutput] = []
+    if to_local_output_index is not None:
+        to_local = revoked_to_local_script(static, keys)
+        found.append(SpendableOutput(
+            OutPoint(txid, to_local_output_index), to_local_amount_sat, to_local, privkey,
+            (b"\x01", to_local), description="to_local"))
+    htlc_scripts = _htlc_scripts(keys)
+    for index, h in htlc_outputs:
+        wscript, kind = _revocable_htlc_script(htlc_scripts, h)
+        found.append(SpendableOutput(
+            OutPoint(txid, index), h.amount_msat // 1000, wscript, privkey,
+            (keys.revocation_pubkey, wscript), description=f"{kind} {h.htlc_id}"))
+    return found
 
 
 def revoked_commitment_outputs(
@@ -78,10 +121,10 @@ def revoked_commitment_outputs(
     is unique, is found by script. Raises TransactionError when nothing is revocable
     (no to_local with that secret's script, e.g. it was dust, and no HTLC output).
     """
-    keys, privkey = _revoked_keys(static, secrets, per_commitment_secret)
+    keys, privkey = revoked_keys(static, secrets, per_commitment_secret)
     txid = revoked_tx.txid()
     found: list[SpendableOutput] = []
-    to_local = _to_local_script(static, keys)
+    to_local = revoked_to_local_script(static, keys)
     to_local_spk = scripts.p2wsh(to_local)
     for index, out in enumerate(revoked_tx.outputs):
         if out.script_pubkey == to_local_spk:
@@ -91,19 +134,12 @@ def revoked_commitment_outputs(
                     (b"\x01", to_local), description="to_local",
                 )
             )
-    htlc_scripts = scripts.HtlcScripts(
-        keys.revocation_pubkey, keys.local_htlc_pubkey, keys.remote_htlc_pubkey
-    )
+    htlc_scripts = _htlc_scripts(keys)
     indexes = [index for index, _ in htlc_outputs]
     if len(set(indexes)) != len(indexes):
         raise TransactionError(f"an HTLC output is named twice: indexes {indexes}")
     for index, h in htlc_outputs:
-        if h.offered_by is Side.REMOTE:  # offered by the commitment's owner
-            wscript = htlc_scripts.offered(h.payment_hash)
-            kind = "offered_htlc"
-        else:
-            wscript = htlc_scripts.received(h.payment_hash, h.cltv_expiry)
-            kind = "received_htlc"
+        wscript, kind = _revocable_htlc_script(htlc_scripts, h)
         outpoint, amount_sat = checked_htlc_output(revoked_tx, index, wscript, h, txid=txid)
         found.append(
             SpendableOutput(
@@ -123,8 +159,8 @@ def revoked_second_stage_outputs(
     per_commitment_secret: bytes,
 ) -> list[SpendableOutput]:
     """The output(s) of an HTLC-success/timeout tx spent from a revoked commitment."""
-    keys, privkey = _revoked_keys(static, secrets, per_commitment_secret)
-    wscript = _to_local_script(static, keys)
+    keys, privkey = revoked_keys(static, secrets, per_commitment_secret)
+    wscript = revoked_to_local_script(static, keys)
     spk = scripts.p2wsh(wscript)
     txid = htlc_tx.txid()
     found = [

@@ -59,7 +59,7 @@ from channel.commitment import ChannelStatic, Side
 from channel.errors import TransactionError
 from channel.htlc import build_htlc_tx
 from channel.keys import ChannelSecrets
-from channel.penalty import _revoked_keys, _to_local_script
+from channel.penalty import revoked_keys, revoked_record_outputs, revoked_to_local_script
 from channel.spend import SpendableOutput, build_spend_tx
 from channel.tx import OutPoint, Tx
 from channel.watch.claims import split_by_weight
@@ -95,24 +95,9 @@ def revoked_outputs(static: ChannelStatic, secrets: ChannelSecrets, watch: Watch
                     per_commitment_secret: bytes) -> list[SpendableOutput]:
     """to_local and every HTLC output of the peer's revoked commitment ``watch``
     (``Watch("revoked_commitment")``), each spendable with the revocation key."""
-    keys, privkey = _revoked_keys(static, secrets, per_commitment_secret)
-    found: list[SpendableOutput] = []
-    if watch.to_local_output_index is not None:
-        to_local = _to_local_script(static, keys)
-        found.append(SpendableOutput(
-            OutPoint(watch.txid, watch.to_local_output_index), watch.to_local_amount_sat,
-            to_local, privkey, (b"\x01", to_local), description="to_local"))
-    htlc_scripts = scripts.HtlcScripts(keys.revocation_pubkey, keys.local_htlc_pubkey,
-                                       keys.remote_htlc_pubkey)
-    for index, h in watch.htlc_outputs:
-        if h.offered_by is Side.REMOTE:  # offered by the commitment's owner
-            wscript = htlc_scripts.offered(h.payment_hash)
-        else:
-            wscript = htlc_scripts.received(h.payment_hash, h.cltv_expiry)
-        found.append(SpendableOutput(
-            OutPoint(watch.txid, index), h.amount_msat // 1000, wscript, privkey,
-            (keys.revocation_pubkey, wscript), description=f"htlc {h.htlc_id}"))
-    return found
+    return revoked_record_outputs(static, secrets, watch.txid, watch.htlc_outputs,
+                                  watch.to_local_output_index, watch.to_local_amount_sat,
+                                  per_commitment_secret)
 
 
 def second_stage_penalties(static: ChannelStatic, secrets: ChannelSecrets, watch: Watch,
@@ -122,8 +107,8 @@ def second_stage_penalties(static: ChannelStatic, secrets: ChannelSecrets, watch
     """(second-stage txid, penalty) for each HTLC output of the revoked commitment:
     the cheater's HTLC-timeout (HTLCs it offered) or HTLC-success (HTLCs it received)
     transaction as BOLT #3 builds it, and the revocation spend of its output."""
-    keys, privkey = _revoked_keys(static, secrets, per_commitment_secret)
-    wscript = _to_local_script(static, keys)
+    keys, privkey = revoked_keys(static, secrets, per_commitment_secret)
+    wscript = revoked_to_local_script(static, keys)
     spk = scripts.p2wsh(wscript)
     out: list[tuple[bytes, Tx]] = []
     for index, h in watch.htlc_outputs:
