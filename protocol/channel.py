@@ -373,6 +373,24 @@ class Channel:
         return self.command(Event.CMD_FAIL,
                             lambda: self.fail_channel(reason, send_error=self.link is LinkState.UP))
 
+    def funding_spent(self) -> list[Action]:
+        """The funding output is spent on chain (the watch's ``ChannelClosedOnChain``;
+        not called for our agreed close): ON_CHAIN for good, stored. No HTLC is added,
+        settled or signed off chain from now on; the watch resolves each one on chain.
+        A reorg of the spend leaves it so (a commitment once published is mined)."""
+        return self.command(Event.CMD_FUNDING_SPENT, lambda: self._move(ChannelState.ON_CHAIN))
+
+    def resolved(self) -> list[Action]:
+        """Every output of the close is claimed or lost, deep enough (the watch's
+        ``ChannelResolved``): RESOLVED, stored; the channel is no longer watched."""
+        return self.command(Event.CMD_RESOLVED, lambda: self._move(ChannelState.RESOLVED))
+
+    def _move(self, state: ChannelState) -> Step:
+        if self.d.state in (state, ChannelState.RESOLVED):
+            return []  # a repeat, or after the end: nothing to store
+        self.d.state = state  # set here: ``_finish`` leaves a FAILED channel's state alone
+        return [PERSIST]
+
     def disconnected(self) -> list[Action]:
         """The link went down (BOLT #2: uncommitted updates are forgotten)."""
         return self.command(Event.CMD_DISCONNECTED, lambda: reestablish.on_disconnected(self))
@@ -403,6 +421,8 @@ def _register() -> None:
 
 
 def _on_error(ch: Channel, msg: peer_pb2.Error, height: int) -> Step:
+    if ch.d.state in (ChannelState.ON_CHAIN, ChannelState.RESOLVED):
+        return []  # the close is on chain already: nothing to broadcast
     text = msg.data.decode("utf-8", "replace")
     return ch.fail_channel(f"peer sent error: {text}", send_error=False)
 

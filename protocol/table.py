@@ -7,8 +7,12 @@ A channel is two machines in one, like h11's client and server halves:
 
 1. The *channel state* (``ChannelState``) follows the channel's life: opening
    (BOLT #2 "Channel Establishment"), normal operation, closing ("Channel Close"),
-   and the two ends, ``CLOSED`` (cooperative close agreed) and ``FAILED`` (an
-   ``error`` either way: the channel is settled on chain by the watcher).
+   and the ends: ``CLOSED`` (cooperative close agreed), ``FAILED`` (an ``error``
+   either way: the channel is settled on chain by the watcher), ``ON_CHAIN`` (the
+   watch saw the funding output spent on chain by a commitment or an unknown
+   transaction: nothing happens off chain any more, the watch resolves every output)
+   and ``RESOLVED`` (every output of the close claimed or lost, deep enough: the
+   channel is closed for good and no longer watched).
 2. The *link state* (``LinkState``) follows the connection: ``UP``, ``DOWN``, and
    ``REESTABLISHING`` (we sent ``channel_reestablish`` after a reconnect and wait for
    the peer's; BOLT #2 "Message Retransmission": nothing else may be processed first).
@@ -47,6 +51,8 @@ class ChannelState(enum.Enum):
     NEGOTIATING = "negotiating"  # closing_signed fee negotiation
     CLOSED = "closed"  # closing tx agreed and broadcast
     FAILED = "failed"  # error sent or received
+    ON_CHAIN = "on_chain"  # funding output spent on chain (not our agreed close): no updates
+    RESOLVED = "resolved"  # every output of the close claimed or lost, deep: closed for good
 
 
 class LinkState(enum.Enum):
@@ -86,6 +92,8 @@ class Event(enum.Enum):
     CMD_FAIL = "cmd_fail"  # force close: send error, broadcast our commitment
     CMD_DISCONNECTED = "cmd_disconnected"
     CMD_RECONNECTED = "cmd_reconnected"
+    CMD_FUNDING_SPENT = "cmd_funding_spent"  # the watch saw the funding output spent
+    CMD_RESOLVED = "cmd_resolved"  # the watch found every output of the close settled
 
     @property
     def is_command(self) -> bool:
@@ -110,6 +118,11 @@ _UPDATES_BOTH = (
 )
 _LINK_EVENTS = (E.RECV_CHANNEL_REESTABLISH, E.CMD_DISCONNECTED, E.CMD_RECONNECTED, E.RECV_WARNING)
 _OPERATING = (S.AWAIT_CHANNEL_READY, S.NORMAL, S.SHUTDOWN, S.NEGOTIATING)
+_SPENT = (S.ON_CHAIN, S.RESOLVED)
+
+#: The states in which a channel is over (no payment will ever cross it again): what
+#: counts against no limit of open channels.
+ENDED_STATES = frozenset({S.CLOSED, S.FAILED, S.ON_CHAIN, S.RESOLVED})
 
 
 def _build() -> dict[tuple[ChannelState, Event], ChannelState]:
@@ -153,9 +166,21 @@ def _build() -> dict[tuple[ChannelState, Event], ChannelState]:
         for event in _LINK_EVENTS:
             t.setdefault((state, event), state)
     for state in S:
-        if state is not S.FAILED:
+        if state not in (S.FAILED, *_SPENT):
             t[(state, E.RECV_ERROR)] = S.FAILED
             t[(state, E.CMD_FAIL)] = S.FAILED
+    # The funding output spent on chain: from any state that has one (an agreed close
+    # that confirmed leaves CLOSED as it is: the driver does not report it), for good.
+    # No update, no fail (its commitment would be a double spend); an error or a
+    # warning changes nothing.
+    for state in (*_OPERATING, S.CLOSED, S.FAILED, S.ON_CHAIN):
+        t[(state, E.CMD_FUNDING_SPENT)] = S.ON_CHAIN
+    for state in (S.CLOSED, S.ON_CHAIN, S.RESOLVED):
+        t[(state, E.CMD_RESOLVED)] = S.RESOLVED
+    t[(S.RESOLVED, E.CMD_FUNDING_SPENT)] = S.RESOLVED  # a repeat after the resolution
+    for state in _SPENT:
+        for event in (E.CMD_DISCONNECTED, E.RECV_WARNING, E.RECV_ERROR):
+            t[(state, event)] = state
     for state in (S.AWAIT_ACCEPT, S.AWAIT_FUNDING_OUTPOINT, S.AWAIT_FUNDING_CREATED,
                   S.AWAIT_FUNDING_SIGNED):
         # BOLT #2: a channel not yet signed both ways is forgotten on disconnect.
@@ -198,7 +223,8 @@ LINK_TRANSITIONS: Mapping[tuple[LinkState, Event], LinkState] = {
 # Events that need no particular link state: a command that only changes local state
 # (fail, funding confirmed while offline: channel_ready is sent on reestablish), and
 # error/warning, which may arrive at any time.
-LINK_FREE = frozenset({E.CMD_FAIL, E.RECV_ERROR, E.RECV_WARNING, E.CMD_FUNDING_CONFIRMED})
+LINK_FREE = frozenset({E.CMD_FAIL, E.RECV_ERROR, E.RECV_WARNING, E.CMD_FUNDING_CONFIRMED,
+                       E.CMD_FUNDING_SPENT, E.CMD_RESOLVED})
 
 
 def next_state(state: ChannelState, event: Event) -> ChannelState | None:

@@ -253,10 +253,44 @@ def _ready_while_offline(seen: Seen) -> None:
     assert pair.a.channel.state is S.NORMAL is pair.b.channel.state
 
 
+def _spent_on_chain(seen: Seen) -> None:
+    """The watch saw the funding output spent (``funding_spent``), later the close
+    resolved (``resolved``): from every state that has a funding output, for good."""
+    error = peer_pb2.PeerMessage(error=peer_pb2.Error(data=b"e"))
+    warning = peer_pb2.PeerMessage(warning=peer_pb2.Warning(data=b"w"))
+    for state in (S.AWAIT_CHANNEL_READY, S.NORMAL, S.SHUTDOWN, S.NEGOTIATING, S.CLOSED,
+                  S.FAILED):
+        _, party = STATES[state]()
+        ch = party.channel
+        assert [type(a).__name__ for a in ch.funding_spent()] == ["Persist"]
+        assert ch.state is S.ON_CHAIN
+        assert ch.funding_spent() == []  # a repeat stores nothing
+        for msg in (error, warning):
+            error.error.channel_id = ch.channel_id
+            assert ch.handle(msg, height=HEIGHT) in ([], [channel_module.PeerWarning("w")])
+            assert ch.state is S.ON_CHAIN
+        with pytest.raises(LocalProtocolError):
+            ch.fail("its commitment would be a double spend")
+        with pytest.raises(LocalProtocolError):
+            ch.add_htlc(1_000_000, b"h" * 32, HEIGHT + 40, height=HEIGHT)
+        ch.disconnected()
+        assert [type(a).__name__ for a in ch.resolved()] == ["Persist"]
+        assert ch.state is S.RESOLVED
+        assert ch.resolved() == [] == ch.funding_spent()
+        for msg in (error, warning):
+            ch.handle(msg, height=HEIGHT)
+        ch.disconnected()
+        assert ch.state is S.RESOLVED
+    _, party = STATES[S.CLOSED]()  # an agreed close that confirmed: CLOSED -> RESOLVED
+    party.channel.resolved()
+    assert party.channel.state is S.RESOLVED
+
+
 def test_every_transition_is_exercised(seen: Seen) -> None:
     for make in STATES.values():
         make()
     _generic_events(seen)
+    _spent_on_chain(seen)
     _normal_operation(seen)
     _shutdown_operation(seen)
     _retransmissions_while_closing(seen)
