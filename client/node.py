@@ -25,8 +25,13 @@ Receiving: on ``HtlcReceived`` the packet is opened with the node key and checke
 in memory at once (a second HTLC in the same batch is refused), then the invoice,
 the received payment and the event are written in one transaction, and only then is
 the preimage released (``fulfill_htlc``). A refused HTLC is failed with a signed
-PAYEE failure. Refunds reserve the amount against the received payment in the same
-transaction that records the refund, with the bound checked in SQL.
+PAYEE failure. An answer the channel refuses (the link dropped while the receipt was
+written, or the channel failed meanwhile) is logged, never raised out of the event
+handler; the watch gets the preimage (an on-chain claim needs it), and every new link
+answers the HTLCs still unanswered once their channel is re-established
+(``_settle_held``; an answer while the link is reestablishing is refused), from the
+stored receipt when there is one. Refunds reserve the amount against the received
+payment in the same transaction that records the refund, with the bound checked in SQL.
 
 The chain (``attach_chain``): a ``channel.chain.ChainServices`` on the client's own
 bitcoind (its wallet seed derived from the node seed) gives the height, the
@@ -185,6 +190,8 @@ class ClientNode:
                                    inv["state"] == "paid")
             self._invoices[inv["payment_hash"]] = record
         self._done: dict[str, trio.Event] = {}
+        # (channel_key, htlc_id) of received HTLCs being answered now (_received)
+        self._answering: set[tuple[bytes, int]] = set()
         self.changed = trio.Event()
 
     @classmethod
@@ -283,6 +290,7 @@ class ClientNode:
             await nursery.start(self.store.writer.run)
             if self.chain is not None and self.onchain is not None:
                 await self.onchain.restore()  # before the follower replays blocks
+                self._feed_watches()
                 await nursery.start(self.chain.run)
                 await nursery.start(self.onchain.run)
             await self._reconcile()
@@ -297,7 +305,7 @@ class ClientNode:
         """Serve one link to the hub until it closes (channel_reestablish on start)."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.session.run, link)
-            self._settle_held(nursery)
+            nursery.start_soon(self._settle_held, nursery)
             task_status.started()
 
     # -- channels ---------------------------------------------------------------------------
@@ -565,10 +573,21 @@ class ClientNode:
 
     async def _received(self, driver: ChannelDriver, htlc_id: int, amount_msat: int,
                         payment_hash: bytes, cltv_expiry: int, packet: bytes) -> None:
-        earlier = self._received_by_hash.get(payment_hash)
-        if earlier is not None:  # replayed after a restart: same answer
-            preimage = self._payments[earlier]["payment_preimage"]
-            driver.fulfill_htlc(htlc_id, preimage)
+        key = (driver.channel_key, htlc_id)
+        if key in self._answering:
+            return
+        self._answering.add(key)
+        try:
+            await self._receive(driver, htlc_id, amount_msat, payment_hash, cltv_expiry,
+                                packet)
+        finally:
+            self._answering.discard(key)
+
+    async def _receive(self, driver: ChannelDriver, htlc_id: int, amount_msat: int,
+                       payment_hash: bytes, cltv_expiry: int, packet: bytes) -> None:
+        preimage = self._known_preimage(payment_hash)
+        if preimage is not None:  # replayed after a restart or a lost link: same answer
+            self._answer(driver, htlc_id, preimage)
             return
         try:
             opened = open_payee_payload(packet, payment_hash=payment_hash,
@@ -608,31 +627,90 @@ class ClientNode:
             if invoice is not None else "payment_received"
         writes.append(ledger.event_write(kind, payment_id, amount_msat, now))
         await self.store.writer.write(ledger.compose(*writes))
-        driver.fulfill_htlc(htlc_id, verdict.payment_preimage)
+        self._answer(driver, htlc_id, verdict.payment_preimage)
+
+    def _answer(self, driver: ChannelDriver, htlc_id: int, preimage: bytes) -> None:
+        """Fulfill a received HTLC whose receipt is durable. Refused when the link is
+        not up (dropped while the receipt was written, or still re-establishing) or the
+        channel failed meanwhile: the next link answers it again (``_settle_held``), and
+        the watch knows the preimage so that the HTLC is claimed on chain if it comes
+        to that."""
+        try:
+            driver.fulfill_htlc(htlc_id, preimage)
+        except LocalProtocolError as exc:
+            log.info("%r: fulfill of HTLC %d deferred: %s", driver, htlc_id, exc.message)
+            self._preimage_to_watch(driver, preimage)
 
     def _refuse(self, driver: ChannelDriver, htlc_id: int, amount_msat: int,
                 payment_hash: bytes, packet: bytes, failure: Failure) -> None:
         reason = encode_failure(failure, origin=FailureOrigin.PAYEE, payment_hash=payment_hash,
                                 onion_routing_packet=packet, node_secret=self.node_secret)
-        driver.fail_htlc(htlc_id, reason)
-
-    def _settle_held(self, nursery: trio.Nursery) -> None:
-        """HTLCs committed before a restart and never answered: answer them now."""
-        for driver in self.session.drivers:
-            for htlc_id, amount_msat, payment_hash, cltv in driver.channel.received_htlcs():
-                htlc = driver.channel.d.book.htlcs[(Side.REMOTE, htlc_id)]
-                event = HtlcReceived(htlc_id=htlc_id, amount_msat=amount_msat,
-                                     payment_hash=payment_hash, cltv_expiry=cltv,
-                                     onion_routing_packet=bytes(htlc.onion))
-                nursery.start_soon(self._answer_held, driver, event)
-
-    async def _answer_held(self, driver: ChannelDriver, event: HtlcReceived) -> None:
-        # An HTLC answered on the previous link whose answer is not committed yet is
-        # still listed: the channel refuses a second answer, which changes nothing.
         try:
-            await self._on_event(driver, event)
-        except LocalProtocolError as exc:
-            log.info("held HTLC %d already answered: %s", event.htlc_id, exc)
+            driver.fail_htlc(htlc_id, reason)
+        except LocalProtocolError as exc:  # answered again on the next link
+            log.info("%r: fail of HTLC %d deferred: %s", driver, htlc_id, exc.message)
+
+    def _preimage_to_watch(self, driver: ChannelDriver, preimage: bytes) -> None:
+        """Give the channel's watch a preimage the channel itself does not hold yet (a
+        fulfill refused or not sent): if the channel goes on chain, the watch claims
+        the HTLC with it, and goes on chain for it by its deadline. The preimage is in
+        our ledger first; ``run`` gives the watches every such preimage again after a
+        restart."""
+        if self.onchain is None:
+            return
+        enforcer = self.onchain.enforcer
+        enforcer.refresh()
+        watch = enforcer.watch_of(driver)
+        if watch is not None:
+            watch.add_preimage(preimage)
+
+    def _feed_watches(self) -> None:
+        """After a restart: every preimage we know of an HTLC still in a channel, to
+        that channel's watch (``_preimage_to_watch``)."""
+        for driver in self.session.drivers:
+            for h in driver.channel.d.book.htlcs.values():
+                if h.offered_by is Side.REMOTE and h.removal is None:
+                    preimage = self._known_preimage(h.payment_hash)
+                    if preimage is not None:
+                        self._preimage_to_watch(driver, preimage)
+
+    def _known_preimage(self, payment_hash: bytes) -> bytes | None:
+        payment_id = self._received_by_hash.get(payment_hash)
+        if payment_id is None:
+            return None
+        preimage = self._payments[payment_id]["payment_preimage"]
+        return bytes(preimage) if preimage is not None else None
+
+    async def _settle_held(self, nursery: trio.Nursery) -> None:
+        """HTLCs committed and never answered (before a restart, or on a link that
+        dropped before the answer was committed): answer each channel's once it is
+        re-established on this link (the channel refuses an answer while its link is
+        reestablishing). Every link does this, so an answer lost with a link is given
+        again on the next. The peer session raises no event for the end of the
+        reestablish, so this looks every 10 ms (trio time) while a channel with
+        unanswered HTLCs is still reestablishing on this link (no bound in trio time:
+        under a test's autojump clock one would pass while a store write runs)."""
+        pending = [d for d in self.session.drivers if d.channel.received_htlcs()]
+        while pending and self.session.connected:
+            waiting = []
+            for driver in pending:
+                if driver.channel.link is LinkState.UP:
+                    self._answer_held_of(nursery, driver)
+                elif driver.channel.link is LinkState.REESTABLISHING:
+                    waiting.append(driver)
+            pending = waiting
+            if pending:
+                await trio.sleep(0.01)
+
+    def _answer_held_of(self, nursery: trio.Nursery, driver: ChannelDriver) -> None:
+        for htlc_id, amount_msat, payment_hash, cltv in driver.channel.received_htlcs():
+            if (driver.channel_key, htlc_id) in self._answering:
+                continue  # arrived on this link: its HtlcReceived is being handled
+            htlc = driver.channel.d.book.htlcs[(Side.REMOTE, htlc_id)]
+            event = HtlcReceived(htlc_id=htlc_id, amount_msat=amount_msat,
+                                 payment_hash=payment_hash, cltv_expiry=cltv,
+                                 onion_routing_packet=bytes(htlc.onion))
+            nursery.start_soon(self._on_event, driver, event)
 
     async def _reconcile(self) -> None:
         """Fail in-flight payments whose HTLC is in no channel: it never left."""
