@@ -23,9 +23,10 @@ Theory of operation
    The outputs are named by the Watch record itself (our own durable data: no
    transaction to check them against is needed). The second-stage transactions pay
    the HTLC-success/timeout fee at the *revoked commitment's* feerate, which the
-   record does not carry: the caller passes it (``appointment_for_watch`` reads it
-   from the channel's book; an ``update_fee`` between that commitment and the prune
-   can make it wrong, and then only the second-stage penalties are useless).
+   record carries (``Watch.feerate_per_kw``), so an ``update_fee`` between that
+   commitment and its revocation changes nothing. A record stored before it carried
+   the feerate has None there: ``appointment_for_watch`` then reads it from the
+   channel's book, as it did before (right unless an update_fee came between).
 2. **The seal.** ``protocol.driver.appointment.seal``: locator and key from the
    revoked commitment's txid; the tower can open nothing before that txid is in a
    block.
@@ -163,18 +164,26 @@ def seal_kit(revoked_txid: bytes, kit: tower_pb2.JusticeKit) -> tower_pb2.Appoin
     return tower_pb2.Appointment(locator=loc, nonce=nonce, encrypted_blob=blob)
 
 
+def book_feerate(channel: Channel, commitment_number: int) -> int:
+    """The feerate the channel's book gives the peer's commitment ``commitment_number``
+    (after the prune that follows its revocation: the oldest one the book still has)."""
+    try:
+        return channel.view_of(Side.REMOTE, commitment_number).feerate_per_kw
+    except (AssertionError, KeyError, ValueError):
+        return channel.latest_view(Side.REMOTE).feerate_per_kw
+
+
 def appointment_for_watch(channel: Channel, watch: Watch, *, destination_script_pubkey: bytes,
                           penalty_feerate_per_kw: int) -> tower_pb2.Appointment:
     """The sealed appointment for ``watch`` (a ``revoked_commitment`` Watch that
     ``channel`` just emitted): the secret from its revocation store, the revoked
-    commitment's feerate from its book."""
+    commitment's feerate from the record (from the book for an older record)."""
     if watch.commitment_number is None:
         raise ValueError("a revoked_commitment watch names its commitment number")
     secret = channel.revocations.get_commitment_secret(watch.commitment_number)
-    try:
-        feerate = channel.view_of(Side.REMOTE, watch.commitment_number).feerate_per_kw
-    except (AssertionError, KeyError, ValueError):
-        feerate = channel.latest_view(Side.REMOTE).feerate_per_kw
+    feerate = watch.feerate_per_kw
+    if feerate is None:  # a record stored before it carried the feerate
+        feerate = book_feerate(channel, watch.commitment_number)
     kit = build_justice_kit(channel.static, channel.secrets, watch, secret,
                             commitment_feerate_per_kw=feerate,
                             destination_script_pubkey=destination_script_pubkey,

@@ -63,6 +63,11 @@ class Watch:
       commitment is still valid while the funding output is unspent, so the funds do
       not stay frozen (issue 11, finding 5).
 
+    ``feerate_per_kw`` (``"revoked_commitment"`` only): the revoked commitment's own
+    feerate, which fixes its HTLC-success/timeout transactions (a watchtower's kit
+    signs the penalties on their outputs in advance). None in records stored before
+    the field existed: the reader then takes the feerate from the channel's book.
+
     ``to_record()``/``from_record()`` give a JSON-ready dict, for stores and towers.
     """
 
@@ -76,6 +81,7 @@ class Watch:
     to_local_output_index: int | None = None
     to_local_amount_sat: int = 0
     deadline_height: int | None = None
+    feerate_per_kw: int | None = None
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -93,6 +99,7 @@ class Watch:
             "to_local_output_index": self.to_local_output_index,
             "to_local_amount_sat": self.to_local_amount_sat,
             "deadline_height": self.deadline_height,
+            "feerate_per_kw": self.feerate_per_kw,
         }
 
     @classmethod
@@ -119,6 +126,7 @@ class Watch:
                 to_local_output_index=_opt_int(record["to_local_output_index"]),
                 to_local_amount_sat=int(record["to_local_amount_sat"]),
                 deadline_height=_opt_int(record["deadline_height"]),
+                feerate_per_kw=_opt_int(record.get("feerate_per_kw")),  # absent: older
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed watch record: {exc!r}") from exc

@@ -284,7 +284,8 @@ def revoked_watch(ch: Channel, commitment_number: int) -> Watch:
     return Watch(
         "revoked_commitment", commitment.txid, commitment_number=commitment_number,
         htlc_outputs=commitment.htlc_outputs, to_local_output_index=index,
-        to_local_amount_sat=0 if index is None else commitment.tx.outputs[index].amount_sat)
+        to_local_amount_sat=0 if index is None else commitment.tx.outputs[index].amount_sat,
+        feerate_per_kw=commitment.feerate_per_kw)
 
 
 def fail_back(ch: Channel, h: Htlc) -> Step:

@@ -89,13 +89,16 @@ class RemoteCommitment:
 class RevokedCommitment:
     """The record of a commitment the peer revoked: ``protocol.Watch`` of kind
     ``"revoked_commitment"``, field for field. Its per-commitment secret comes from
-    the channel's ``RevocationStore``."""
+    the channel's ``RevocationStore``. ``feerate_per_kw`` is the revoked commitment's
+    own feerate (it fixes the HTLC-success/timeout transactions); None for a record
+    stored before the Watch carried it."""
 
     commitment_number: int
     txid: bytes
     htlc_outputs: tuple[tuple[int, CommitmentHtlc], ...]
     to_local_output_index: int | None
     to_local_amount_sat: int
+    feerate_per_kw: int | None = None
 
 
 # -- outputs ------------------------------------------------------------------------------
