@@ -31,13 +31,25 @@ After a step that moved the tip, every `TipListener` is awaited with the new tip
 tip there). `run()` is the trio service: one sync, `task_status.started(tip)`,
 then a sync every `poll_interval_s`; a node that is down is retried on the next
 poll, so a restart of bitcoind costs nothing but a gap in time.
+
+A listener that raises (a store error, a bug) does not stop the follower, and
+with it every other listener: the step ends with a `ListenerError`, logged at
+ERROR with its traceback by `run()`, and the next poll retries from where it
+failed. The follower keeps each listener's own position (the last block it
+took), so the retry hands the failed block to the listener that raised and to
+those after it, never again to one that already took it; a tip listener that
+raised is awaited again with the tip (and only the ones not done with it). If
+the chain moved meanwhile, a listener left one block ahead on a block that is no
+longer the node's gets its disconnect first, and one left one block behind (a
+disconnect it took before another failed) gets the block again if it is still
+the node's, so every listener sees one consistent sequence.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -52,6 +64,7 @@ from channel.chain.rpc import (
     ChainError,
     RpcError,
 )
+from channel.tx import Tx
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +76,18 @@ PARENT_CACHE_SIZE = 2016
 
 class ChainMismatch(ChainError):
     """The checkpoint is not on the node's chain at all (walked back to genesis)."""
+
+
+class ListenerError(ChainError):
+    """A listener raised while the follower fed it; `listener` is the one, `what` the
+    call (e.g. "block_connected 105 <hash>"), `__cause__` what it raised. The
+    follower retries it (see above). A listener's own `ChainError` is raised as it
+    is, with a note, and retried the same way."""
+
+    def __init__(self, listener: object, what: str, cause: Exception) -> None:
+        super().__init__(f"{type(listener).__name__} failed in {what}: {cause!r}")
+        self.listener = listener
+        self.what = what
 
 
 class RpcChainSource:
@@ -128,6 +153,23 @@ def _as_parse_error(what: str) -> Iterator[None]:
         raise BlockParseError(f"{what}: the node's answer is not a block: {exc}") from exc
 
 
+@contextmanager
+def _listener_call(listener: object, what: str) -> Iterator[None]:
+    # Anything a listener raises is a ListenerError, but for a ChainError of its own
+    # (the wallet's "rescan"): its type is its meaning, so it stays; either way the
+    # listener's position has not moved, so the next step retries the same call.
+    try:
+        yield
+    except ListenerError:
+        raise
+    except ChainError as exc:
+        exc.add_note(f"raised by {type(listener).__name__} in {what}")
+        exc.from_listener = True  # type: ignore[attr-defined]
+        raise
+    except Exception as exc:
+        raise ListenerError(listener, what, exc) from exc
+
+
 @dataclass(frozen=True, slots=True)
 class SyncResult:
     """What one sync step did."""
@@ -178,11 +220,16 @@ class ChainFollower:
         self._synced_tip = checkpoint
         self._listeners: list[BlockListener] = list(listeners)
         self._tip_listeners: list[TipListener] = list(tip_listeners)
+        # Each listener's position (by id): the last block it took. Equal to `_tip`
+        # except after a listener failure, by one block (module docstring).
+        self._positions: dict[int, BlockRef] = {id(x): checkpoint for x in self._listeners}
+        self._tip_taken: dict[int, BlockRef] = {id(x): checkpoint for x in self._tip_listeners}
         self._parents: OrderedDict[str, str] = OrderedDict()
         self._lock = trio.Lock()
         self._height_waiters: list[tuple[int, trio.Event]] = []
         self.blocks_connected = 0
         self.blocks_disconnected = 0
+        self.listener_failures = 0  # counted by run(), for metrics
 
     @property
     def tip(self) -> BlockRef:
@@ -191,23 +238,28 @@ class ChainFollower:
     def add_listener(self, listener: BlockListener) -> None:
         """Register a listener; it sees blocks from the current tip on."""
         self._listeners.append(listener)
+        self._positions[id(listener)] = self._tip
 
     def remove_listener(self, listener: BlockListener) -> None:
         self._listeners.remove(listener)
+        self._positions.pop(id(listener), None)
 
     def add_tip_listener(self, listener: TipListener) -> None:
         self._tip_listeners.append(listener)
+        self._tip_taken[id(listener)] = self._tip
 
     def remove_tip_listener(self, listener: TipListener) -> None:
         self._tip_listeners.remove(listener)
+        self._tip_taken.pop(id(listener), None)
 
     async def run(
         self, *, task_status: trio.TaskStatus[BlockRef] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """The service: catch up, report started with the tip, then poll forever.
 
-        The first sync must succeed (a node that is down at start is the caller's
-        error to see); later failures are logged and retried on the next poll.
+        The first sync must succeed (a node that is down at start, or a listener
+        that fails there, is the caller's error to see); later failures are logged
+        and retried on the next poll: a listener's at ERROR with its traceback.
         """
         await self.sync_once()
         task_status.started(self._tip)
@@ -216,7 +268,14 @@ class ChainFollower:
             try:
                 await self.sync_once()
             except ChainError as exc:
-                log.warning("chain sync failed, retrying in %ss: %s", self.poll_interval_s, exc)
+                if isinstance(exc, ListenerError) or getattr(exc, "from_listener", False):
+                    self.listener_failures += 1
+                    log.error("chain listener failed (the follower keeps running; retrying "
+                              "in %ss, the same block again): %s", self.poll_interval_s, exc,
+                              exc_info=exc.__cause__ or exc)
+                else:
+                    log.warning("chain sync failed, retrying in %ss: %s",
+                                self.poll_interval_s, exc)
 
     async def wait_for_height(self, height: int) -> BlockRef:
         """Return once a sync step that reached `height` or above has finished,
@@ -232,6 +291,7 @@ class ChainFollower:
         async with self._lock:
             disconnected = connected = 0
             best = await self.source.best_block_hash()
+            await self._settle()
             if best != self._tip.hash:
                 while True:
                     disconnected += await self._walk_back()
@@ -240,12 +300,46 @@ class ChainFollower:
                     if consistent:
                         break
             result = SyncResult(disconnected, connected, self._tip)
-            if result.moved:
-                for tip_listener in list(self._tip_listeners):
-                    await tip_listener.best_block_updated(self._tip)
+            pending = [x for x in self._tip_listeners if self._tip_taken.get(id(x)) != self._tip]
+            if pending:
+                for tip_listener in pending:
+                    with _listener_call(tip_listener, f"best_block_updated {self._tip}"):
+                        await tip_listener.best_block_updated(self._tip)
+                    self._tip_taken[id(tip_listener)] = self._tip
+            if self._synced_tip != self._tip:
                 self._synced_tip = self._tip
                 self._wake_waiters()
             return result
+
+    # -- feeding one listener -----------------------------------------------------
+
+    def _connect(self, listener: BlockListener, ref: BlockRef, txs: Sequence[Tx]) -> None:
+        with _listener_call(listener, f"block_connected {ref.height} {ref.hash}"):
+            listener.block_connected(ref.height, ref.hash, txs)
+        self._positions[id(listener)] = ref
+
+    def _disconnect(self, listener: BlockListener, ref: BlockRef, parent: BlockRef) -> None:
+        with _listener_call(listener, f"block_disconnected {ref.height} {ref.hash}"):
+            listener.block_disconnected(ref.height, ref.hash)
+        self._positions[id(listener)] = parent
+
+    async def _settle(self) -> None:
+        """Bring every listener a failure left one block off back to our tip, or leave
+        it where the walk that follows skips it (module docstring)."""
+        tip = self._tip
+        for listener in list(self._listeners):
+            position = self._positions.get(id(listener), tip)
+            if position == tip:
+                continue
+            if position.height == tip.height + 1:  # took a block the others did not
+                if await self.source.block_hash(position.height) != position.hash:
+                    self._disconnect(listener, position, tip)
+            elif position.height == tip.height - 1:  # took a disconnect the others did not
+                blocks = await self.source.blocks_from(tip.height, 1)
+                if blocks and blocks[0].hash == tip.hash:
+                    self._connect(listener, tip, blocks[0].txs)
+            else:  # cannot happen: the follower moves one block at a time
+                raise AssertionError(f"listener at {position}, follower at {tip}")
 
     async def _walk_back(self) -> int:
         count = 0
@@ -253,7 +347,7 @@ class ChainFollower:
             tip = self._tip
             if tip.height == 0:
                 raise ChainMismatch(f"block {tip.hash} is not on the node's chain")
-            parent = self._parents.pop(tip.hash, None)
+            parent = self._parents.get(tip.hash)
             if parent is None:
                 try:
                     parent = (await self.source.block_header(tip.hash)).prev_hash
@@ -261,9 +355,16 @@ class ChainFollower:
                     if exc.code != RPC_INVALID_ADDRESS_OR_KEY:
                         raise
                     raise ChainMismatch(f"the node does not know block {tip.hash}") from exc
+            parent_ref = BlockRef(tip.height - 1, parent)
             for listener in list(self._listeners):
-                listener.block_disconnected(tip.height, tip.hash)
-            self._tip = BlockRef(tip.height - 1, parent)
+                position = self._positions.get(id(listener), tip)
+                if position == parent_ref:
+                    continue  # took this disconnect before another listener failed
+                if position.height == tip.height + 1:  # ahead on a block now stale
+                    self._disconnect(listener, position, tip)
+                self._disconnect(listener, tip, parent_ref)
+            self._parents.pop(tip.hash, None)
+            self._tip = parent_ref
             self.blocks_disconnected += 1
             count += 1
         return count
@@ -277,11 +378,19 @@ class ChainFollower:
             for offset, block in enumerate(blocks):
                 if block.prev_hash != self._tip.hash:
                     return count, False
-                height = first_height + offset
+                ref = BlockRef(first_height + offset, block.hash)
                 for listener in list(self._listeners):
-                    listener.block_connected(height, block.hash, block.txs)
+                    position = self._positions.get(id(listener), self._tip)
+                    if position == ref:
+                        continue  # took this block before another listener failed
+                    if position.height < self._tip.height:  # the chain moved back
+                        raise ChainError("a listener is a block behind (the node "  # and
+                                         "reorganised twice during this step): retry")
+                    if position != self._tip:  # ahead on another block, now stale
+                        self._disconnect(listener, position, self._tip)
+                    self._connect(listener, ref, block.txs)
                 self._remember_parent(block.hash, block.prev_hash)
-                self._tip = BlockRef(height, block.hash)
+                self._tip = ref
                 self.blocks_connected += 1
                 count += 1
             if len(blocks) < self.batch_blocks:

@@ -14,7 +14,7 @@ from channel import scripts
 from channel.chain import BitcoinRpc, BlockRef
 from channel.chain.broadcaster import RpcBroadcaster
 from channel.chain.fees import RpcFeeEstimator
-from channel.chain.follower import ChainFollower, RpcChainSource, checkpoint_at
+from channel.chain.follower import ChainFollower, ListenerError, RpcChainSource, checkpoint_at
 from channel.chain.keychain import script_from_address
 from channel.chain.wallet import (
     Balance,
@@ -294,5 +294,6 @@ async def test_a_reorg_below_the_wallets_birth_asks_for_a_rescan(
     h = await _harness(rpc, source)  # born at the tip itself
     await rpc.invalidateblock(h.wallet.birth.hash)
     await rpc.generatetoaddress(2, await rpc.getnewaddress())
-    with pytest.raises(WalletError, match="rescan"):
+    with pytest.raises(ListenerError) as exc:  # the follower's wrapper of a listener's error
         await h.follower.sync_once()
+    assert isinstance(exc.value.__cause__, WalletError) and "rescan" in str(exc.value.__cause__)
