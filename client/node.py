@@ -192,6 +192,10 @@ class ClientNode:
         self._done: dict[str, trio.Event] = {}
         # (channel_key, htlc_id) of received HTLCs being answered now (_received)
         self._answering: set[tuple[bytes, int]] = set()
+        # How long ``ready`` waits for the hub by default. A test under an autojumping
+        # MockClock sets it to math.inf: there the clock jumps to the nearest deadline
+        # whenever every task waits, a store write on the writer thread included.
+        self.ready_timeout_seconds = 30.0
         self.changed = trio.Event()
 
     @classmethod
@@ -357,12 +361,15 @@ class ClientNode:
     def channels_up(self) -> bool:
         return all(d.channel.link is LinkState.UP for d in self.open_drivers())
 
-    async def ready(self, timeout_seconds: float = 30.0) -> None:
-        """Wait until every open channel is re-established with the hub. The peer
-        session raises no event for that, so this looks every 10 ms (trio time)."""
+    async def ready(self, timeout_seconds: float | None = None) -> None:
+        """Wait until every open channel is re-established with the hub, at most
+        ``timeout_seconds`` (``ready_timeout_seconds`` by default). Woken by the peer
+        session's changes, never by polling the clock."""
+        if timeout_seconds is None:
+            timeout_seconds = self.ready_timeout_seconds
         with trio.move_on_after(timeout_seconds) as scope:
             while not (self.session.connected and self.channels_up()):
-                await trio.sleep(0.01)
+                await self.session.wait_changed()
         if scope.cancelled_caught:
             raise errors.HubUnavailable("channels not re-established with the hub")
 
@@ -686,10 +693,8 @@ class ClientNode:
         dropped before the answer was committed): answer each channel's once it is
         re-established on this link (the channel refuses an answer while its link is
         reestablishing). Every link does this, so an answer lost with a link is given
-        again on the next. The peer session raises no event for the end of the
-        reestablish, so this looks every 10 ms (trio time) while a channel with
-        unanswered HTLCs is still reestablishing on this link (no bound in trio time:
-        under a test's autojump clock one would pass while a store write runs)."""
+        again on the next; it looks again after each change the peer session reports,
+        while a channel with unanswered HTLCs is still reestablishing on this link."""
         pending = [d for d in self.session.drivers if d.channel.received_htlcs()]
         while pending and self.session.connected:
             waiting = []
@@ -700,7 +705,7 @@ class ClientNode:
                     waiting.append(driver)
             pending = waiting
             if pending:
-                await trio.sleep(0.01)
+                await self.session.wait_changed()
 
     def _answer_held_of(self, nursery: trio.Nursery, driver: ChannelDriver) -> None:
         for htlc_id, amount_msat, payment_hash, cltv in driver.channel.received_htlcs():

@@ -35,6 +35,11 @@ its actions are executed (events delivered; Sends dropped), and ``run`` returns;
 ``connected`` is true until then, so a next link never starts half-way. The next
 link: ``run`` again on the same session; every channel gets ``reconnected()`` and
 ``channel_reestablish`` does the rest.
+
+Waiting for a state: ``wait_changed`` returns after the next moment a channel's state
+or the link may have changed (a frame applied, a round drained, a link starting or
+ending). Callers re-check their condition after each, so none polls the clock (under
+a test's autojumping clock a poll would burn trio time while a store write runs).
 """
 
 from __future__ import annotations
@@ -86,6 +91,7 @@ class PeerSession:
         self._outbox: list[peer_pb2.PeerMessage] = []
         self._wakeup = trio.Event()
         self._drained = trio.Event()
+        self._changed = trio.Event()
         self._drain_lock = trio.Lock()
         self._close_reason: str | None = None
         self._link: FrameLink | None = None
@@ -111,6 +117,15 @@ class PeerSession:
     @property
     def connected(self) -> bool:
         return self._link is not None
+
+    async def wait_changed(self) -> None:
+        """Return after the next change that may concern a channel's state or the
+        link (see the module docstring). Re-check what you wait for after it."""
+        await self._changed.wait()
+
+    def _notify_changed(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     def _index(self, driver: ChannelDriver) -> None:
         # Both ids stay known: the temporary one names the opening messages, and a
@@ -142,6 +157,7 @@ class PeerSession:
         for driver in self.drivers:
             if driver.channel.link is LinkState.DOWN:
                 driver.reconnected()
+        self._notify_changed()
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:
@@ -165,6 +181,7 @@ class PeerSession:
             finally:
                 self._outbox.clear()  # Sends of a link that is gone
                 self._link = None
+                self._notify_changed()
 
     def close(self, reason: str) -> None:
         """Close the link after the current round (the channels survive)."""
@@ -198,6 +215,7 @@ class PeerSession:
                 return  # a WARN closes the link: nothing after it is applied
             self._route(message)
         self._wakeup.set()
+        self._notify_changed()
 
     def _route(self, message: peer_pb2.PeerMessage) -> None:
         try:
@@ -297,6 +315,7 @@ class PeerSession:
                 await driver.run_queued(self._outbox)
         self._drained.set()
         self._drained = trio.Event()
+        self._notify_changed()
 
     async def _flush(self, link: FrameLink) -> None:
         while self._outbox:

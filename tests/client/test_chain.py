@@ -18,7 +18,7 @@ from protocol.driver.db import sqlite_url
 from protocol.driver.link import FrameLink, memory_link_pair
 from protocol.table import ChannelState
 from regtest.node import Node
-from tests.client.world import World, is_normal
+from tests.client.world import World, is_normal, under_autojump
 from tests.driver.conftest import TEST_PASSPHRASE
 
 FAUCET_SAT = 2_000_000
@@ -141,8 +141,8 @@ async def test_sdk_wallet_open_pay_send_and_close(
         bob = world.open_client("bob")  # funded by the faucet directly, pushes to the hub
         await world.start_client(nursery, bob)
         await world.open_channel(bob, FUNDING_SAT, 400_000_000)
-        alice_node = ClientNode.open(world.client_url("alice"), TEST_PASSPHRASE,
-                                     world.terms())
+        alice_node = under_autojump(ClientNode.open(world.client_url("alice"),
+                                                    TEST_PASSPHRASE, world.terms()))
 
         async def connect_link() -> FrameLink:
             hub_end, client_end = memory_link_pair()

@@ -22,7 +22,7 @@ from protocol.driver.db import sqlite_url
 from protocol.driver.driver import ChannelDriver
 from protocol.table import ChannelState
 from regtest.node import Node
-from tests.client.world import World, is_normal
+from tests.client.world import World, is_normal, under_autojump
 from tests.driver.conftest import TEST_PASSPHRASE
 from tests.driver.parties import until
 from tests.hub.parties import NullBroadcaster
@@ -67,7 +67,7 @@ async def start_client(world: World, nursery: trio.Nursery, client: ClientNode) 
 
     await nursery.start(run)
     await world.connect(nursery, client)
-    await client.ready()
+    await under_autojump(client).ready()
     return ended
 
 

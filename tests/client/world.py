@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -18,6 +19,14 @@ from protocol.driver.link import FrameLink, memory_link_pair
 from protocol.table import ChannelState
 from tests.driver.conftest import TEST_PASSPHRASE
 from tests.hub.parties import NullBroadcaster, hub_settings
+
+
+def under_autojump(client: ClientNode) -> ClientNode:
+    """``client.ready`` waits without a deadline: under the autojumping MockClock every
+    deadline fires as soon as all tasks wait, a store write on the writer thread
+    included, so a 30 s bound would end a re-establish that is merely writing."""
+    client.ready_timeout_seconds = math.inf
+    return client
 
 
 def is_normal(driver: ChannelDriver) -> bool:
@@ -55,8 +64,9 @@ class World:
             txid_hex, vout = self.node.send_to_script(needed.script_pubkey, needed.amount_sat)
             driver.funding_outpoint(bytes.fromhex(txid_hex)[::-1], vout)
 
-        return ClientNode.open(url or self.client_url(name), TEST_PASSPHRASE, self.terms(),
-                               height=self.height, broadcaster=NullBroadcaster(), funder=fund)
+        return under_autojump(
+            ClientNode.open(url or self.client_url(name), TEST_PASSPHRASE, self.terms(),
+                            height=self.height, broadcaster=NullBroadcaster(), funder=fund))
 
     async def start_client(self, nursery: trio.Nursery, client: ClientNode) -> None:
         run_scope = trio.CancelScope()
@@ -68,7 +78,7 @@ class World:
 
         await nursery.start(run)
         await self.connect(nursery, client)
-        await client.ready()
+        await under_autojump(client).ready()
 
     async def connect(self, nursery: trio.Nursery, client: ClientNode) -> None:
         hub_end, client_end = memory_link_pair()

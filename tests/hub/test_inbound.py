@@ -24,7 +24,7 @@ from protocol.driver.db import sqlite_url
 from protocol.driver.link import FrameLink, memory_link_pair
 from protocol.table import ChannelState
 from regtest.node import Node
-from tests.client.world import World, is_normal
+from tests.client.world import World, is_normal, under_autojump
 from tests.driver.conftest import TEST_PASSPHRASE
 from tests.driver.parties import until
 from tests.hub.parties import NullBroadcaster, hub_settings
@@ -240,7 +240,8 @@ async def test_sdk_request_inbound(regtest_node: Node, regtest_rpc: Any, tmp_pat
         regtest_node.call("sendtoaddress", address, HUB_WALLET_SAT / 100_000_000)
         regtest_node.mine(1)
         await synced(hub_chain, regtest_node)
-        alice_node = ClientNode.open(world.client_url("alice"), TEST_PASSPHRASE, world.terms())
+        alice_node = under_autojump(
+            ClientNode.open(world.client_url("alice"), TEST_PASSPHRASE, world.terms()))
 
         async def connect_link() -> FrameLink:
             hub_end, client_end = memory_link_pair()
