@@ -313,6 +313,18 @@ def raw_signature_seconds(batches: int = 5, rounds: int = 500) -> tuple[float, f
     return best_sign, best_verify
 
 
+def py_spy() -> str:
+    """py-spy: $PY_SPY, else the venv's, else one on PATH (it may live in a venv of its
+    own, e.g. /tmp/spyenv/bin/py-spy)."""
+    import shutil
+
+    for candidate in (os.environ.get("PY_SPY"), str(REPO / ".venv/bin/py-spy"),
+                      shutil.which("py-spy"), "/tmp/spyenv/bin/py-spy"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise RuntimeError("py-spy not found: set PY_SPY or install it")
+
+
 def run_one(store: str, clients: int, payments: int, concurrency: int, seed: int,
             profile: Path | None) -> dict[str, float]:
     from regtest.node import Node
@@ -352,7 +364,7 @@ def run_one(store: str, clients: int, payments: int, concurrency: int, seed: int
                 assert process.stdout is not None
                 started = json.loads(process.stdout.readline())
                 if profile is not None:
-                    spy = subprocess.Popen([str(REPO / ".venv/bin/py-spy"), "record", "-p",
+                    spy = subprocess.Popen([py_spy(), "record", "-p",
                                             str(process.pid), "-o", str(profile), "-f", "raw",
                                             "-r", "200"], stdout=subprocess.DEVNULL,
                                            stderr=subprocess.DEVNULL)
