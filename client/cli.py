@@ -4,6 +4,16 @@ Every command opens the client's store in ``--data-dir`` (a second process on th
 store gets one clear line: the store is in use), connects to the hub over pinned TLS,
 does one thing and exits; ``serve`` stays online to receive. Errors: one line on
 stderr and exit status 1. ``--json`` prints machine-readable output.
+
+Watchtowers (docs/tower.md): ``init``, ``serve`` and ``tower add`` take ``--tower
+HOST:PORT`` with ``--tower-cert FILE`` or ``--tower-fingerprint HEX``; the tower is
+registered with first (an unreachable tower or a wrong pin is an error and nothing
+is stored), then kept in ``<data dir>/towers.json`` (``client.tower_config``), so
+every later command that goes online sends the appointments of its revocations to
+every stored tower. That needs ``--bitcoind-rpc`` (the penalties pay our wallet, at
+the chain's fee estimate). A command waits up to ``TOWER_DELIVERY_SECONDS`` before it
+exits for its appointments to be taken; what is left waits in the tower's outbox for
+the next command or ``serve``.
 """
 
 from __future__ import annotations
@@ -12,7 +22,8 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+import tempfile
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,13 +38,26 @@ from channel.commitment import Side
 from client import errors
 from client.node import ClientNode, node_secret_of, save_hub_terms
 from client.sdk import AsyncHubClient, GrpcLinks, OpenProgress, open_grpc_client, terms_of
+from client.tower import TowerClient, TowerError
+from client.tower_config import (
+    TowerEntry,
+    load_towers,
+    outbox_dir,
+    parse_tower,
+    save_towers,
+    with_tower,
+)
 from client.transport import HubPin
 from proto import client_pb2
 from protocol.driver.crypto import Passphrase
 from protocol.driver.db import sqlite_url
 from protocol.driver.driver import Broadcaster
-from protocol.driver.grpc_bridge import open_grpc_bridge
+from protocol.driver.grpc_bridge import GrpcBridge, open_grpc_bridge
 from protocol.driver.wire_auth import cert_der, normalize_fingerprint
+
+#: How long a one-shot command waits, before it exits, for the towers to take the
+#: appointments it made (they are durable in the outbox either way).
+TOWER_DELIVERY_SECONDS = 15.0
 
 
 class _NoBroadcaster:
@@ -91,11 +115,49 @@ class Settings:
             return await GrpcLinks(bridge, self.hub, node_secret=secret, pin=self.pin()
                                    ).hub_info()
 
+    def towers(self) -> list[TowerEntry]:
+        return load_towers(self.data_dir)
+
+    def tower_client(self, bridge: GrpcBridge, node_secret: bytes, entry: TowerEntry, *,
+                     outbox: Path | None = None) -> TowerClient:
+        return TowerClient(bridge, entry.target, node_secret=node_secret, pin=entry.pin(),
+                           outbox_dir=outbox or outbox_dir(self.data_dir, entry.target),
+                           expected_tower_node_id=entry.node_id())
+
+    async def register_tower(self, entry: TowerEntry) -> dict[str, Any]:
+        """Register with the tower of ``entry`` (its pin checked, our node key shown);
+        store it in the towers file once it answered. A throwaway outbox: nothing is
+        written in the data directory unless the tower took us."""
+        secret = node_secret_of(self.store_url, self.key_source)
+        with tempfile.TemporaryDirectory() as scratch:
+            async with open_grpc_bridge() as bridge:
+                tower = self.tower_client(bridge, secret, entry, outbox=Path(scratch))
+                try:
+                    info = await tower.get_info()
+                except TowerError as exc:
+                    raise TowerError(exc.code, f"{entry.target}: {exc.details}") from None
+                finally:
+                    await tower.aclose()
+        registered = TowerEntry(entry.target, entry.tls_cert_sha256, entry.tls_cert_pem,
+                                bytes(info.tower_node_id).hex())
+        save_towers(self.data_dir, with_tower(self.towers(), registered))
+        quota = tower.quota
+        return {"tower": entry.target, "tower_node_id": registered.tower_node_id,
+                "pin": registered.pin_text,
+                "appointments": quota.used_appointments if quota else 0,
+                "quota": quota.max_appointments if quota else 0}
+
     @contextlib.asynccontextmanager
     async def client(self) -> AsyncIterator[AsyncHubClient]:
         """With ``--bitcoind-rpc`` the client follows the chain itself (height, wallet,
         broadcaster); without, the height is the hub's, read once (a command lives
-        seconds) and nothing can be funded or broadcast."""
+        seconds) and nothing can be funded or broadcast. The stored towers get the
+        appointments of every revocation (so they need the chain)."""
+        entries = self.towers()
+        if entries and self.bitcoind_rpc is None:
+            raise errors.InvalidRequest(
+                f"{len(entries)} tower(s) set (`chanhub tower list`): give --bitcoind-rpc "
+                "so their penalties can pay our wallet")
         if self.bitcoind_rpc is None:
             height = int((await self.hub_info()).block_height)
             async with open_grpc_client(lambda: self.open_node(height), self.hub,
@@ -109,10 +171,32 @@ class Settings:
                          password=self.bitcoind_password,
                          cookie_file=Path(self.bitcoind_cookie) if self.bitcoind_cookie
                          else None)
+        made: list[TowerClient] = []
+
+        def make_towers(bridge: GrpcBridge, node_secret: bytes) -> Sequence[TowerClient]:
+            made.extend(self.tower_client(bridge, node_secret, e) for e in entries)
+            return made
+
         async with rpc, open_grpc_client(
                 lambda: ClientNode.open(self.store_url, self.key_source, None),
-                self.hub, self.pin(), chain_rpc=rpc) as client:
+                self.hub, self.pin(), chain_rpc=rpc, towers=make_towers) as client:
             yield client
+            if made:
+                await _deliver_appointments(client, made)
+
+
+async def _deliver_appointments(client: AsyncHubClient, towers: list[TowerClient]) -> None:
+    """Before a command exits: let its last updates finish, then give the towers'
+    delivery tasks up to ``TOWER_DELIVERY_SECONDS`` to empty the outboxes."""
+    await client.node.session.idle()
+    with trio.move_on_after(TOWER_DELIVERY_SECONDS):
+        while any(len(t.outbox) for t in towers):
+            await trio.sleep(0.05)  # the outbox is a directory; delivery runs beside us
+    for tower in towers:
+        if len(tower.outbox):
+            click.echo(f"warning: tower {tower.target}: {len(tower.outbox)} appointment(s) "
+                       f"not delivered yet ({tower.last_error or 'no answer'}); kept for "
+                       "the next command", err=True)
 
 
 def _run(ctx: click.Context, action: Callable[[Settings], Any]) -> None:
@@ -128,6 +212,10 @@ def _run(ctx: click.Context, action: Callable[[Settings], Any]) -> None:
         sys.exit(1)
     if result is None:
         return
+    _print(settings, result)
+
+
+def _print(settings: Settings, result: Any) -> None:
     if settings.as_json:
         click.echo(json.dumps(result, default=lambda v: v.hex() if isinstance(v, bytes)
                               else str(v)))
@@ -218,18 +306,129 @@ def wallet_send(ctx: click.Context, address: str, amount_sat: int) -> None:
     _run(ctx, action)
 
 
+F = Callable[..., Any]
+
+
+def tower_options(command: F) -> F:
+    """``--tower HOST:PORT`` and its pin: one tower per command (``chanhub tower add``
+    adds more; every stored tower is used)."""
+    command = click.option("--tower-fingerprint", metavar="HEX",
+                           help="The SHA-256 fingerprint of the tower's certificate.")(command)
+    command = click.option("--tower-cert", metavar="FILE",
+                           help="The tower's certificate (PEM) to pin.")(command)
+    return click.option("--tower", "tower_target", metavar="HOST:PORT",
+                        help="Register with this watchtower and keep it for later "
+                             "commands (pin it with --tower-cert or --tower-fingerprint)."
+                        )(command)
+
+
+def _tower_entry(target: str | None, cert: str | None, fingerprint: str | None
+                 ) -> TowerEntry | None:
+    """The tower given on the command line, checked before anything else runs."""
+    if target is None:
+        if cert is not None or fingerprint is not None:
+            raise errors.InvalidRequest("--tower-cert/--tower-fingerprint need --tower "
+                                        "HOST:PORT")
+        return None
+    return parse_tower(target, cert, fingerprint)
+
+
 @main.command()
+@tower_options
 @click.pass_context
-def init(ctx: click.Context) -> None:
-    """Create the client's store and keys, and record the hub's terms."""
+def init(ctx: click.Context, tower_target: str | None, tower_cert: str | None,
+         tower_fingerprint: str | None) -> None:
+    """Create the client's store and keys, and record the hub's terms (and register
+    with a watchtower: --tower)."""
     async def action(s: Settings) -> dict[str, Any]:
+        entry = _tower_entry(tower_target, tower_cert, tower_fingerprint)
         s.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(s.data_dir, 0o700)
         info = await s.hub_info()
         terms = terms_of(info)
+        tower = await s.register_tower(entry) if entry is not None else None
         save_hub_terms(s.store_url, terms)
-        return {"hub_node_id": terms.hub_node_id, "base_fee_msat": terms.base_fee_msat,
-                "fee_ppm": terms.fee_ppm}
+        shown: dict[str, Any] = {"hub_node_id": terms.hub_node_id,
+                                 "base_fee_msat": terms.base_fee_msat,
+                                 "fee_ppm": terms.fee_ppm}
+        if tower is not None:
+            shown["tower"] = tower["tower"]
+        return shown
+    _run(ctx, action)
+
+
+@main.group("tower")
+def tower_group() -> None:
+    """The watchtowers that punish a cheating hub while we are offline."""
+
+
+@tower_group.command("add")
+@click.argument("target", metavar="HOST:PORT")
+@click.option("--cert", "cert_file", metavar="FILE", help="The tower's certificate (PEM).")
+@click.option("--fingerprint", metavar="HEX", help="Its certificate's SHA-256 fingerprint.")
+@click.pass_context
+def tower_add(ctx: click.Context, target: str, cert_file: str | None,
+              fingerprint: str | None) -> None:
+    """Register with the tower at HOST:PORT and use it from now on (replaces the pin of
+    a tower already at that address)."""
+    async def action(s: Settings) -> dict[str, Any]:
+        return await s.register_tower(parse_tower(target, cert_file, fingerprint))
+    _run(ctx, action)
+
+
+@tower_group.command("list")
+@click.pass_context
+def tower_list(ctx: click.Context) -> None:
+    """The stored towers, each asked how many of our appointments it keeps; `pending`
+    are those not delivered yet. Exit status 1 if a tower did not answer."""
+    async def action(s: Settings) -> list[dict[str, Any]]:
+        entries = s.towers()
+        if not entries:
+            return []
+        secret = node_secret_of(s.store_url, s.key_source)
+        rows: list[dict[str, Any]] = []
+        failed: list[TowerError] = []
+        async with open_grpc_bridge() as bridge:
+            for entry in entries:
+                tower = s.tower_client(bridge, secret, entry)
+                row: dict[str, Any] = {"tower": entry.target,
+                                       "tower_node_id": entry.tower_node_id,
+                                       "pin": entry.pin_text}
+                try:
+                    info = await tower.get_info()
+                    quota = tower.quota
+                    row.update(registered=bool(info.registered),
+                               appointments=quota.used_appointments if quota else 0,
+                               quota=quota.max_appointments if quota else 0,
+                               height=int(info.block_height), status="ok")
+                except TowerError as exc:
+                    failed.append(TowerError(exc.code, f"{entry.target}: {exc.details}"))
+                    row.update(registered=None, appointments=None, quota=None, height=None,
+                               status=str(exc))
+                finally:
+                    await tower.aclose()
+                row["pending"] = len(tower.outbox)
+                rows.append(row)
+        if failed:
+            _print(s, rows)
+            raise TowerError(failed[0].code, "; ".join(e.details for e in failed))
+        return rows
+    _run(ctx, action)
+
+
+@tower_group.command("remove")
+@click.argument("target", metavar="HOST:PORT")
+@click.pass_context
+def tower_remove(ctx: click.Context, target: str) -> None:
+    """Stop using the tower at HOST:PORT (what it stores stays there; appointments not
+    yet delivered stay in its outbox)."""
+    async def action(s: Settings) -> dict[str, Any]:
+        entries = s.towers()
+        kept = [e for e in entries if e.target != target]
+        if len(kept) == len(entries):
+            raise errors.NotFound(f"no tower at {target} (`chanhub tower list`)")
+        save_towers(s.data_dir, kept)
+        return {"removed": target, "towers": len(kept)}
     _run(ctx, action)
 
 
@@ -411,10 +610,19 @@ def channels(ctx: click.Context) -> None:
               help="Print events after this sequence (default: only new ones).")
 @click.option("--until-paid", "count", type=int, default=0,
               help="Exit after this many invoices were paid (0: run until stopped).")
+@tower_options
 @click.pass_context
-def serve(ctx: click.Context, after: int | None, count: int) -> None:
-    """Stay online to receive payments, printing each event as a JSON line."""
+def serve(ctx: click.Context, after: int | None, count: int, tower_target: str | None,
+          tower_cert: str | None, tower_fingerprint: str | None) -> None:
+    """Stay online to receive payments, printing each event as a JSON line (and
+    register with a watchtower first: --tower)."""
     async def action(s: Settings) -> None:
+        entry = _tower_entry(tower_target, tower_cert, tower_fingerprint)
+        if entry is not None:
+            if s.bitcoind_rpc is None:
+                raise errors.InvalidRequest("--tower needs --bitcoind-rpc (the penalties "
+                                            "pay our wallet)")
+            await s.register_tower(entry)
         async with s.client() as client:
             await client.ready()
             cursor = await client.last_event_sequence() if after is None else after

@@ -606,16 +606,19 @@ class HubClient:
 @contextlib.asynccontextmanager
 async def open_grpc_client(open_node: Callable[[], ClientNode], target: str, pin: HubPin,
                            hub_node_id: bytes | None = None, *,
-                           chain_rpc: BitcoinRpc | None = None
-                           ) -> AsyncIterator[AsyncHubClient]:
-    """An ``AsyncHubClient`` over gRPC with its own bridge (one per process)."""
+                           chain_rpc: BitcoinRpc | None = None,
+                           towers: Callable[[GrpcBridge, bytes], Sequence[TowerClient]]
+                           | None = None) -> AsyncIterator[AsyncHubClient]:
+    """An ``AsyncHubClient`` over gRPC with its own bridge (one per process).
+    ``towers(bridge, node_secret)`` makes the watchtower clients it uses, if any."""
     async with open_grpc_bridge() as bridge:
         node = open_node()
         links = GrpcLinks(bridge, target, node_secret=node.node_secret, pin=pin,
                           hub_node_id=hub_node_id)
+        made = towers(bridge, node.node_secret) if towers is not None else ()
         try:
             async with AsyncHubClient(node, links, chain_rpc=chain_rpc,
-                                      hub_rpc=links) as client:
+                                      hub_rpc=links, towers=made) as client:
                 yield client
         finally:
             await links.aclose()

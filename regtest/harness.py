@@ -432,6 +432,19 @@ def chanhub_command(datadir: Path, hub: HubEndpoint, *args: str,
             "--hub", target, "--tls-cert", str(hub.tls_cert_file), *chain, *args]
 
 
+def client_towers(datadir: Path) -> list[str]:
+    """The towers (host:port) the client of `datadir` stored (`chanhub tower list`)."""
+    from client.tower_config import load_towers
+
+    return [t.target for t in load_towers(datadir)]
+
+
+def chain_if_towers(datadir: Path, node: NodeEndpoint) -> NodeEndpoint | None:
+    """`node` for a client that uses towers (every online command then needs the
+    chain: the penalties pay its wallet), else None (the command needs no chain)."""
+    return node if client_towers(datadir) else None
+
+
 def run_chanhub(datadir: Path, hub: HubEndpoint, *args: str, timeout_s: float = 120.0,
                 node: NodeEndpoint | None = None) -> str:
     """Run one `chanhub` command to completion; its stdout, or a `HarnessError`
@@ -445,13 +458,16 @@ def run_chanhub(datadir: Path, hub: HubEndpoint, *args: str, timeout_s: float = 
 
 
 def start_client(datadir: Path, hub: HubEndpoint, node: NodeEndpoint, *,
-                 timeout_s: float = 60.0, via_proxy: bool = False) -> ClientEndpoint:
+                 timeout_s: float = 60.0, via_proxy: bool = False,
+                 tower: TowerEndpoint | None = None) -> ClientEndpoint:
     """Initialise the client of `datadir` for `hub` (once: `chanhub init` and a wallet
     address), then start `chanhub serve` detached, following `node`'s chain, and return
     once it says it is online. A restart (after `stop_client` or `kill_client`) serves
     the same store again. `via_proxy`: start a `regtest.proxy` link proxy in front of
     the hub for this client first (`cut_link` then drops its connection); a client
-    started so keeps dialling its proxy on later starts."""
+    started so keeps dialling its proxy on later starts. `tower`: the client registers
+    with that watchtower (`chanhub init --tower`, or `chanhub tower add` for a client
+    initialised before) and keeps using it on later starts."""
     from client.node import node_secret_of
     from protocol.driver.crypto import Passphrase
     from protocol.driver.db import sqlite_url
@@ -469,8 +485,11 @@ def start_client(datadir: Path, hub: HubEndpoint, node: NodeEndpoint, *,
         start_proxy(datadir, hub.target)
     marker = datadir / CLIENT_INIT_MARKER
     if not marker.exists():
-        run_chanhub(datadir, hub, "init")
+        run_chanhub(datadir, hub, "init", *(tower.init_flags() if tower else ()))
         marker.write_text(hub.target)  # `init` ran once; a restart only serves
+    elif tower is not None and tower.target not in client_towers(datadir):
+        run_chanhub(datadir, hub, "tower", "add", tower.target, "--fingerprint",
+                    tower.tls_cert_sha256)
     wallet_file = datadir / CLIENT_WALLET_FILE
     if not wallet_file.exists():
         shown = json.loads(run_chanhub(datadir, hub, "--json", "wallet", "address", node=node))
@@ -587,3 +606,78 @@ def client_state(pid: int) -> str:
     except OSError:
         return "gone"
     return stat.rsplit(")", 1)[1].split()[0]
+
+
+# ---------------------------------------------------------------------------
+# The watchtower: `chanhub-tower` (python -m hub.tower), one process on the node
+
+TOWER_STATE_FILE = "tower.json"
+TOWER_PID_FILE = "tower.pid"
+TOWER_LOG_FILE = "tower.log"
+
+
+@dataclass(frozen=True)
+class TowerEndpoint:
+    """A running `chanhub-tower`: where it listens and how a client pins it."""
+
+    datadir: Path
+    pid: int
+    port: int
+    tower_node_id: bytes
+    tls_cert_sha256: str
+    tls_cert_file: Path
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def init_flags(self) -> list[str]:
+        """The `chanhub init`/`serve` flags that register a client with this tower."""
+        return ["--tower", self.target, "--tower-fingerprint", self.tls_cert_sha256]
+
+    def to_json(self) -> dict[str, object]:
+        return {"pid": self.pid, "port": self.port, "tower_node_id": self.tower_node_id.hex(),
+                "tls_cert_sha256": self.tls_cert_sha256,
+                "tls_cert_file": str(self.tls_cert_file)}
+
+    @classmethod
+    def from_json(cls, datadir: Path, data: dict[str, object]) -> TowerEndpoint:
+        return cls(datadir, int(str(data["pid"])), int(str(data["port"])),
+                   bytes.fromhex(str(data["tower_node_id"])), str(data["tls_cert_sha256"]),
+                   Path(str(data["tls_cert_file"])))
+
+
+def start_tower(datadir: Path, node: NodeEndpoint, *, poll_interval_s: float = 0.2,
+                timeout_s: float = 60.0) -> TowerEndpoint:
+    """Start `chanhub-tower` detached on an ephemeral loopback port, following `node`;
+    return once it printed its start-up line. A restart on the same `datadir` keeps its
+    key, certificate and appointments."""
+    datadir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    existing = running_tower(datadir)
+    if existing is not None:
+        raise HarnessError(f"a tower is already running on port {existing.port} "
+                           f"(datadir {datadir})")
+    command = [sys.executable, "-m", "hub.tower", "--data-dir", str(datadir),
+               "--listen", "127.0.0.1:0", "--chain-rpc-url", node.url,
+               "--chain-rpc-cookie-file", str(node.cookie_file),
+               "--poll-interval", str(poll_interval_s)]
+    process, line = spawn_announcing(command, log_file=datadir / TOWER_LOG_FILE,
+                                     timeout_s=timeout_s, what="chanhub-tower")
+    tower = TowerEndpoint.from_json(datadir, {**line, "pid": process.pid})
+    (datadir / TOWER_STATE_FILE).write_text(json.dumps(tower.to_json()))
+    (datadir / TOWER_PID_FILE).write_text(str(process.pid))
+    return tower
+
+
+def running_tower(datadir: Path) -> TowerEndpoint | None:
+    try:
+        tower = TowerEndpoint.from_json(datadir,
+                                        json.loads((datadir / TOWER_STATE_FILE).read_text()))
+    except (OSError, ValueError, KeyError):
+        return None
+    return tower if _alive(tower.pid) else None
+
+
+def stop_tower(datadir: Path, *, timeout_s: float = 30.0) -> bool:
+    """SIGTERM the tower of `datadir` and wait for it. False if none ran."""
+    return stop_pid_file(datadir / TOWER_PID_FILE, signal.SIGTERM, timeout_s)

@@ -16,7 +16,10 @@ Register with `pytest_plugins = ["regtest.pytest_plugin"]` (tests/conftest.py).
   `hub_application` and `hub_store` ("sqlite"/"postgres") are fixtures to override.
 - `client_processes`: a factory starting `chanhub serve` clients of that hub
   (`client_processes("alice", via_proxy=True)`: behind a link proxy that `cut_link`
-  can drop).
+  can drop; `tower=tower_process`: registered with that watchtower through
+  `chanhub init --tower`, so it sends its appointments there).
+- `tower_process`: `chanhub-tower` as a separate process on `node_process`; a
+  `TowerEndpoint` (target, TLS fingerprint, node id).
 - `regtest_faults`: a `Faults` helper over those processes, to replay the dispute
   scenarios (docs/testing-scenarios.md): open a client's channel, back up a party's
   store and publish its old commitment, inbound liquidity toward a client, invoices
@@ -44,6 +47,8 @@ from regtest.harness import (
     HarnessError,
     HubEndpoint,
     NodeEndpoint,
+    TowerEndpoint,
+    chain_if_towers,
     chanhub_command,
     client_env,
     drop_postgres_schema,
@@ -56,9 +61,11 @@ from regtest.harness import (
     start_client,
     start_hub,
     start_node,
+    start_tower,
     stop_client,
     stop_hub,
     stop_node,
+    stop_tower,
 )
 from regtest.network import (
     client_offline,
@@ -178,19 +185,32 @@ def hub_process(tmp_path: Path, node_process: NodeEndpoint, hub_application: str
             drop_postgres_schema(datadir)
 
 
+@pytest.fixture
+def tower_process(tmp_path: Path, node_process: NodeEndpoint) -> Iterator[TowerEndpoint]:
+    """`chanhub-tower` as a separate process on `node_process` (polls the chain every
+    0.2 s), stopped with SIGTERM after the test."""
+    datadir = tmp_path / "tower-process"
+    try:
+        yield start_tower(datadir, node_process)
+    finally:
+        stop_tower(datadir)
+
+
 class ClientFactory:
-    """`client_processes(name, via_proxy=False)`: start `chanhub serve` for a new client
-    of the hub (own data directory, store and keys); `started` lists their dirs."""
+    """`client_processes(name, via_proxy=False, tower=None)`: start `chanhub serve` for a
+    new client of the hub (own data directory, store and keys; registered with `tower`
+    if given); `started` lists their dirs."""
 
     def __init__(self, root: Path, hub: HubEndpoint, node: NodeEndpoint) -> None:
         self.root, self.hub, self.node = root, hub, node
         self.started: list[Path] = []
 
-    def __call__(self, name: str, *, via_proxy: bool = False) -> ClientEndpoint:
+    def __call__(self, name: str, *, via_proxy: bool = False,
+                 tower: TowerEndpoint | None = None) -> ClientEndpoint:
         datadir = self.root / name
         if datadir not in self.started:
             self.started.append(datadir)
-        return start_client(datadir, self.hub, self.node, via_proxy=via_proxy)
+        return start_client(datadir, self.hub, self.node, via_proxy=via_proxy, tower=tower)
 
     def stop_all(self) -> None:
         for datadir in self.started:
@@ -241,8 +261,9 @@ class Faults:
     def invoice(self, client: ClientEndpoint, amount_msat: int) -> str:
         """A BOLT #11 invoice of the client (stopped for the command, started again)."""
         with client_offline(client.datadir, self.hub, self.node):
-            return str(json.loads(run_chanhub(client.datadir, self.hub, "--json", "invoice",
-                                              str(amount_msat)))["invoice"])
+            return str(json.loads(run_chanhub(
+                client.datadir, self.hub, "--json", "invoice", str(amount_msat),
+                node=chain_if_towers(client.datadir, self.node)))["invoice"])
 
     def start_payment(self, payer: ClientEndpoint, bolt11: str, idempotency_key: str
                       ) -> subprocess.Popen[str]:
@@ -251,7 +272,8 @@ class Faults:
         stop_client(payer.datadir)
         return subprocess.Popen(
             chanhub_command(payer.datadir, self.hub, "--json", "pay", bolt11,
-                            "--idempotency-key", idempotency_key),
+                            "--idempotency-key", idempotency_key,
+                            node=chain_if_towers(payer.datadir, self.node)),
             env=client_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
 
@@ -291,12 +313,14 @@ class Faults:
         its own invoice, which the hub cannot forward (no liquidity toward the payee:
         the client's side holds it all), so the HTLC is added and failed back. Every
         backup taken before then holds a revoked commitment. Returns the CLI's error."""
+        chain = chain_if_towers(client.datadir, self.node)
         with client_offline(client.datadir, self.hub, self.node):
             shown = json.loads(run_chanhub(client.datadir, self.hub, "--json", "invoice",
-                                           str(amount_msat)))
+                                           str(amount_msat), node=chain))
             try:
                 run_chanhub(client.datadir, self.hub, "pay", str(shown["invoice"]),
-                            "--idempotency-key", f"revoke-{time.monotonic_ns()}")
+                            "--idempotency-key", f"revoke-{time.monotonic_ns()}",
+                            node=chain)
             except HarnessError as refused:
                 return str(refused)
         raise AssertionError("the self-payment succeeded: the channel has liquidity "
