@@ -184,6 +184,11 @@ class Party:
 
     def _settle_received(self, driver: ChannelDriver, htlc_id: int, amount_msat: int,
                          payment_hash: bytes) -> None:
+        # After a restart an HTLC can come twice: from settle_restored once the link is
+        # up, and as the HtlcReceived the reestablish replays (the product's client
+        # answers it once the same way: client/node.py ``_answering``).
+        if all(pending[0] != htlc_id for pending in driver.channel.received_htlcs()):
+            return
         preimage = self.invoices.get(payment_hash)
         if preimage is None:
             driver.fail_htlc(htlc_id, b"unknown payment hash")
