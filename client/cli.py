@@ -186,10 +186,16 @@ class Settings:
 
 
 async def _deliver_appointments(client: AsyncHubClient, towers: list[TowerClient]) -> None:
-    """Before a command exits: let its last updates finish, then give the towers'
-    delivery tasks up to ``TOWER_DELIVERY_SECONDS`` to empty the outboxes."""
-    await client.node.session.idle()
+    """Before a command exits: let its last updates finish and the hub revoke what
+    our last signature replaced (a payment's outcome arrives one revocation before
+    the dance ends: exiting then would leave that state with no appointment), then give
+    the towers' delivery tasks up to ``TOWER_DELIVERY_SECONDS`` to empty the outboxes."""
+    session = client.node.session
     with trio.move_on_after(TOWER_DELIVERY_SECONDS):
+        await session.idle()
+        while any(d.channel.awaiting_revocation() for d in session.drivers):
+            await session.wait_changed()
+        await session.idle()
         while any(len(t.outbox) for t in towers):
             await trio.sleep(0.05)  # the outbox is a directory; delivery runs beside us
     for tower in towers:

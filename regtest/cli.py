@@ -4,7 +4,7 @@
     chanhub-regtest mine N [--address ADDRESS]
     chanhub-regtest fund ADDRESS AMOUNT_BTC [--confirm]
     chanhub-regtest up --clients N [--store sqlite|postgres] [--channel-sat SAT]
-                       [--inbound-sat SAT] [--no-proxy]
+                       [--inbound-sat SAT] [--no-proxy] [--tower]
     chanhub-regtest down | status
 
 Faults and cheats on a network (TEST-ONLY; docs/testing-scenarios.md):
@@ -234,14 +234,17 @@ def fund(address: str, amount_btc: str, confirm: bool, datadir: Path) -> None:
               "127.0.0.1:5432, database test).")
 @click.option("--hub-application", default=None, metavar="MODULE:FUNCTION",
               help="chanhubd's --application (default: chanhubd's own).")
+@click.option("--tower", is_flag=True,
+              help="Start a watchtower (chanhub-tower) and register every client with it.")
 @datadir_option
 def up(client_count: int, channel_sat: int, inbound_sat: int, proxy: bool, store: str,
-       hub_application: str | None, datadir: Path) -> None:
+       hub_application: str | None, tower: bool, datadir: Path) -> None:
     """Start the node, a hub and N funded clients, each a separate process."""
     try:
         started = regtest_network.up(datadir, clients=client_count, store=store,
                                      hub_application=hub_application, proxy=proxy,
-                                     channel_sat=channel_sat, inbound_sat=inbound_sat)
+                                     channel_sat=channel_sat, inbound_sat=inbound_sat,
+                                     tower=tower)
     except HarnessError as exc:
         raise click.ClickException(str(exc)) from exc
     for line in regtest_network.describe(started):
@@ -252,7 +255,7 @@ def up(client_count: int, channel_sat: int, inbound_sat: int, proxy: bool, store
 @main.command("down")
 @datadir_option
 def down(datadir: Path) -> None:
-    """Stop every process `up` started (clients, then the hub, then the node)."""
+    """Stop every process `up` started (clients, the hub, the tower, then the node)."""
     try:
         stopped = regtest_network.down(datadir)
     except HarnessError as exc:

@@ -14,9 +14,13 @@ client's wallet from the faucet and mines so the coins confirm; with
 toward each client, so clients can pay each other. By
 default each client reaches the hub through its own link proxy
 (`regtest/proxy.py`), so a tester can cut that client's link
-(`chanhub-regtest link cut NAME`). What was started is written to `network.json`
+(`chanhub-regtest link cut NAME`). With `tower`, a watchtower (`chanhub-tower`,
+`tower/`) starts on the node before the clients, and each client registers with it
+(`chanhub init --tower`), so it punishes a cheating hub while a client is offline.
+What was started is written to `network.json`
 as it goes, so `down` (from any shell) stops exactly what `up` started, clients
-first (and their proxies), then the hub (SIGTERM: it drains), then the node; and a
+first (and their proxies), then the hub (SIGTERM: it drains), the tower, then the
+node; and a
 failed `up` leaves nothing running (it stops what it started before raising).
 
 The channel helpers at the end (`open_client_channel`, `request_client_inbound`,
@@ -45,6 +49,7 @@ from regtest.harness import (
     HarnessError,
     HubEndpoint,
     NodeEndpoint,
+    TowerEndpoint,
     chanhub_command,
     client_env,
     file_tail,
@@ -54,12 +59,15 @@ from regtest.harness import (
     running_client,
     running_hub,
     running_node,
+    running_tower,
     start_client,
     start_hub,
     start_node,
+    start_tower,
     stop_client,
     stop_hub,
     stop_node,
+    stop_tower,
 )
 from regtest.proxy import running_proxy, stop_proxy
 
@@ -81,6 +89,7 @@ class Network:
     datadir: Path
     store: str = "sqlite"
     client_names: list[str] = field(default_factory=list)
+    tower: bool = False
 
     @property
     def node_dir(self) -> Path:
@@ -90,12 +99,16 @@ class Network:
     def hub_dir(self) -> Path:
         return self.datadir / "hub"
 
+    @property
+    def tower_dir(self) -> Path:
+        return self.datadir / "tower"
+
     def client_dir(self, name: str) -> Path:
         return self.datadir / "clients" / name
 
     def save(self) -> None:
         (self.datadir / NETWORK_FILE).write_text(json.dumps(
-            {"store": self.store, "clients": self.client_names}))
+            {"store": self.store, "clients": self.client_names, "tower": self.tower}))
 
     @classmethod
     def load(cls, datadir: Path) -> Network:
@@ -104,7 +117,8 @@ class Network:
         except (OSError, ValueError) as exc:
             raise HarnessError(f"no network in {datadir} (start one with "
                                "`chanhub-regtest up`)") from exc
-        return cls(datadir, str(data["store"]), [str(n) for n in data["clients"]])
+        return cls(datadir, str(data["store"]), [str(n) for n in data["clients"]],
+                   bool(data.get("tower", False)))
 
     def node(self) -> NodeEndpoint | None:
         return running_node(self.node_dir)
@@ -114,6 +128,9 @@ class Network:
 
     def client(self, name: str) -> ClientEndpoint | None:
         return running_client(self.client_dir(name))
+
+    def tower_endpoint(self) -> TowerEndpoint | None:
+        return running_tower(self.tower_dir) if self.tower else None
 
 
 async def _mine_faucet(node: NodeEndpoint, blocks: int) -> None:
@@ -132,17 +149,18 @@ def up(datadir: Path, *, clients: int, store: str = "sqlite",
        client_funds_sat: int = DEFAULT_CLIENT_FUNDS_SAT,
        hub_options: dict[str, str] | None = None, node_port: int | None = None,
        hub_application: str | None = None, proxy: bool = True,
-       channel_sat: int = 0, inbound_sat: int = 0) -> Network:
+       channel_sat: int = 0, inbound_sat: int = 0, tower: bool = False) -> Network:
     """Start node, hub and `clients` funded clients (each behind its link proxy unless
     `proxy` is False; each with a channel of `channel_sat` it funds if not 0, and one of
-    `inbound_sat` the hub funds toward it if not 0); see the module docstring."""
+    `inbound_sat` the hub funds toward it if not 0; all registered with a watchtower
+    process started first if `tower`); see the module docstring."""
     import trio
 
     datadir.mkdir(parents=True, exist_ok=True)
     if (datadir / NETWORK_FILE).exists() and running_node(datadir / "node") is not None:
         raise HarnessError(f"a network is already running in {datadir} "
                            "(`chanhub-regtest down` first)")
-    network = Network(datadir, store)
+    network = Network(datadir, store, tower=tower)
     network.save()
     try:
         node = start_node(network.node_dir, port=node_port or free_port())
@@ -151,10 +169,12 @@ def up(datadir: Path, *, clients: int, store: str = "sqlite",
                         store_url=hub_store_url(network.hub_dir, store),
                         application=hub_application,
                         options={"minimum_depth": "1", **(hub_options or {})})
+        watchtower = start_tower(network.tower_dir, node) if tower else None
         addresses = []
         for index in range(clients):
             name = client_name(index)
-            client = start_client(network.client_dir(name), hub, node, via_proxy=proxy)
+            client = start_client(network.client_dir(name), hub, node, via_proxy=proxy,
+                                  tower=watchtower)
             network.client_names.append(name)
             network.save()
             if client.wallet_address is not None:
@@ -184,6 +204,8 @@ def down(datadir: Path) -> list[str]:
         stop_proxy(network.client_dir(name))
     if stop_hub(network.hub_dir):
         stopped.append("hub")
+    if stop_tower(network.tower_dir):
+        stopped.append("tower")
     if stop_node(network.node_dir):
         stopped.append("node")
     return stopped
@@ -206,6 +228,12 @@ def describe(network: Network) -> list[str]:
             f"        TLS cert         {hub.tls_cert_file} (sha256 {hub.tls_cert_sha256})",
             f"        admin credential {hub.admin_credential_file}",
         ]
+    if network.tower:
+        tower = network.tower_endpoint()
+        lines += [f"tower:  running at {tower.target} (pid {tower.pid}), node id "
+                  f"{tower.tower_node_id.hex()}",
+                  f"        TLS cert         {tower.tls_cert_file} (sha256 "
+                  f"{tower.tls_cert_sha256})"] if tower else ["tower:  stopped"]
     for name in network.client_names:
         client = network.client(name)
         if client is None:
