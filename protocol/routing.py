@@ -3,16 +3,18 @@
 Theory of operation. Chanhub is hub-and-spoke: every payment crosses exactly one hub,
 so BOLT #4's layered Sphinx onion (one layer per hop, 1,366 bytes, 20 hops) would be
 all padding. Instead the payer's ``update_add_htlc.onion_routing_packet`` is one
-fixed-size packet of ``PACKET_BYTES`` (200) bytes in two parts:
+fixed-size packet of ``PACKET_BYTES`` (233) bytes in two parts (version 2; a version 1
+packet, 200 bytes without the payer's node id, still decodes and opens):
 
 - a header the hub reads in the clear: the payee's node id, the amount and the CLTV
   expiry the hub is asked to forward, and the payer's ephemeral public key;
 - a payee payload the hub cannot read or change: ChaCha20-Poly1305 under a key that
   HKDF-SHA256 derives from ECDH(ephemeral key, payee node key), holding the payment
-  secret (or, for a spontaneous payment, the preimage), the total amount and an
-  optional "refund of payment X" link. The AEAD's associated data is the header and
-  the HTLC's payment hash, so the payee detects a header the hub rewrote, and a
-  payload cannot be moved onto another HTLC.
+  secret (or, for a spontaneous payment, the preimage), the total amount, an
+  optional "refund of payment X" link and the payer's node id (where the payee sends
+  a refund; nothing binds it to the payer's channel: see ``PayeePayload``). The
+  AEAD's associated data is the header and the HTLC's payment hash, so the payee
+  detects a header the hub rewrote, and a payload cannot be moved onto another HTLC.
 
 The hub forwards the packet byte for byte in the outgoing HTLC (same payment hash);
 the payee opens it with its node secret. Every payload has the same length whatever it
@@ -70,16 +72,23 @@ from protocol.config import (
     MIN_CLTV_EXPIRY_MARGIN_BLOCKS,
 )
 
-PACKET_VERSION = 1
+PACKET_VERSION = 2  # what build_packet writes; version 1 packets still decode
 FAILURE_VERSION = 1
 
 _HEADER = 1 + 33 + 8 + 4 + 33  # version, payee node id, amount, cltv, ephemeral key
-_PLAINTEXT = 1 + 8 + 32 + 32 + 32  # flags, total amount, secret, preimage, refund link
+_PLAINTEXT_V1 = 1 + 8 + 32 + 32 + 32  # flags, total amount, secret, preimage, refund link
+_PLAINTEXT = _PLAINTEXT_V1 + 33  # version 2: and the payer's node id
 _TAG = 16  # Poly1305
-PACKET_BYTES = _HEADER + _PLAINTEXT + _TAG  # 200: one hop needs none of BOLT #4's padding
+PACKET_BYTES = _HEADER + _PLAINTEXT + _TAG  # 233: one hop needs none of BOLT #4's padding
+PACKET_BYTES_V1 = _HEADER + _PLAINTEXT_V1 + _TAG  # 200: older payers' packets
+_PACKET_BYTES_OF_VERSION = {1: PACKET_BYTES_V1, 2: PACKET_BYTES}
 
 _FLAG_SPONTANEOUS = 0x01
 _FLAG_REFUND = 0x02
+_FLAG_PAYER = 0x04  # version 2 only
+_FLAGS_OF_VERSION = {1: _FLAG_SPONTANEOUS | _FLAG_REFUND,
+                     2: _FLAG_SPONTANEOUS | _FLAG_REFUND | _FLAG_PAYER}
+_ZERO33 = bytes(33)
 _ZERO32 = bytes(32)
 _N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141  # secp256k1 order
 _NONCE = bytes(12)  # the key is fresh per ephemeral key and payment hash: one message per key
@@ -118,12 +127,20 @@ class PayeePayload:
     spontaneous payment has ``payment_preimage`` and no secret, and only a spontaneous
     payment may carry ``refund_of_payment_hash`` (the payment hash of the payment it
     refunds). ``total_amount_msat`` is the payment's total (no multi-part payments:
-    the payee expects it to equal the forwarded amount)."""
+    the payee expects it to equal the forwarded amount).
+
+    ``payer_node_id`` is the payer's node id as the payer states it, where the payee's
+    ``Refund`` sends money back (None: not stated, as in every version 1 packet).
+    Nothing binds it to the channel the HTLC came from: the hub cannot read or change
+    it (AEAD), but a payer can name any node, so a refund goes to whoever the payer
+    said. That costs the payee nothing it did not accept to pay: a refund is bounded
+    by what the payment brought in."""
 
     total_amount_msat: int
     payment_secret: bytes | None = None
     payment_preimage: bytes | None = None
     refund_of_payment_hash: bytes | None = None
+    payer_node_id: bytes | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.total_amount_msat <= _U64_MAX:
@@ -136,6 +153,8 @@ class PayeePayload:
                 raise RoutingFormatError(f"{name} must be 32 bytes")
         if self.refund_of_payment_hash is not None and self.payment_preimage is None:
             raise RoutingFormatError("a refund is a spontaneous payment (it carries the preimage)")
+        if self.payer_node_id is not None and len(self.payer_node_id) != 33:
+            raise RoutingFormatError("payer_node_id must be 33 bytes")
 
     @property
     def spontaneous(self) -> bool:
@@ -203,6 +222,8 @@ def build_packet(*, payee_node_id: bytes, amount_to_forward_msat: int,
     if len(payment_hash) != 32:
         raise RoutingFormatError("payment_hash must be 32 bytes")
     _check_point(payee_node_id, "payee_node_id")
+    if payload.payer_node_id is not None:
+        _check_point(payload.payer_node_id, "payer_node_id")
     if not 0 < amount_to_forward_msat <= _U64_MAX:
         raise RoutingFormatError(f"amount_to_forward_msat {amount_to_forward_msat} out of range")
     if not 0 < outgoing_cltv_value < CLTV_EXPIRY_LOCKTIME_THRESHOLD:
@@ -217,10 +238,12 @@ def build_packet(*, payee_node_id: bytes, amount_to_forward_msat: int,
               + amount_to_forward_msat.to_bytes(8, "big")
               + outgoing_cltv_value.to_bytes(4, "big") + ephemeral_pubkey)
     flags = ((_FLAG_SPONTANEOUS if payload.spontaneous else 0)
-             | (_FLAG_REFUND if payload.refund_of_payment_hash is not None else 0))
+             | (_FLAG_REFUND if payload.refund_of_payment_hash is not None else 0)
+             | (_FLAG_PAYER if payload.payer_node_id is not None else 0))
     plaintext = (bytes((flags,)) + payload.total_amount_msat.to_bytes(8, "big")
                  + (payload.payment_secret or _ZERO32) + (payload.payment_preimage or _ZERO32)
-                 + (payload.refund_of_payment_hash or _ZERO32))
+                 + (payload.refund_of_payment_hash or _ZERO32)
+                 + (payload.payer_node_id or _ZERO33))
     key = _payload_key(shared_secret, ephemeral_pubkey, payee_node_id, payment_hash)
     sealed = ChaCha20Poly1305(key).encrypt(_NONCE, plaintext,
                                            _associated_data(header, payment_hash))
@@ -231,10 +254,13 @@ def decode_forward(packet: bytes) -> ForwardInstructions:
     """The header, as the hub reads it. Checks the shape only: the hub's policy
     (hub/policy.py) judges the amounts and expiries, and the keys are checked for
     their encoding, not for being on the curve (see below)."""
-    if not isinstance(packet, bytes) or len(packet) != PACKET_BYTES:
-        raise RoutingFormatError(f"packet must be {PACKET_BYTES} bytes")
-    if packet[0] != PACKET_VERSION:
+    if not isinstance(packet, bytes) or len(packet) not in (PACKET_BYTES_V1, PACKET_BYTES):
+        raise RoutingFormatError(f"packet must be {PACKET_BYTES_V1} or {PACKET_BYTES} bytes")
+    expected_bytes = _PACKET_BYTES_OF_VERSION.get(packet[0])
+    if expected_bytes is None:
         raise RoutingFormatError(f"unknown packet version {packet[0]}")
+    if len(packet) != expected_bytes:
+        raise RoutingFormatError(f"a version {packet[0]} packet must be {expected_bytes} bytes")
     payee_node_id = packet[1:34]
     amount_to_forward_msat = int.from_bytes(packet[34:42], "big")
     outgoing_cltv_value = int.from_bytes(packet[42:46], "big")
@@ -257,8 +283,9 @@ def open_payee_payload(packet: bytes, *, payment_hash: bytes, node_secret: bytes
     """The payee's side: the header and the decrypted payload of an HTLC's packet.
 
     Refused (RoutingFormatError): a packet for another node, one whose header or
-    payload was altered, one built for another payment hash, or a non-canonical
-    payload (a field its flags say is absent but that is not zero)."""
+    payload was altered, one built for another payment hash, a non-canonical payload
+    (a field its flags say is absent but that is not zero), or a payer node id that
+    is not a point. A version 1 packet opens with ``payer_node_id`` None."""
     forward = decode_forward(packet)
     if len(payment_hash) != 32:
         raise RoutingFormatError("payment_hash must be 32 bytes")
@@ -279,7 +306,8 @@ def open_payee_payload(packet: bytes, *, payment_hash: bytes, node_secret: bytes
     flags, rest = plaintext[0], plaintext[1:]
     total_amount_msat = int.from_bytes(rest[:8], "big")
     secret, preimage, refund = rest[8:40], rest[40:72], rest[72:104]
-    if flags & ~(_FLAG_SPONTANEOUS | _FLAG_REFUND):
+    payer = rest[104:137]  # empty in a version 1 payload
+    if flags & ~_FLAGS_OF_VERSION[packet[0]]:
         raise RoutingFormatError(f"unknown payload flags {flags:#x}")
     spontaneous = bool(flags & _FLAG_SPONTANEOUS)
     # Canonical: an absent field is zeros (so one payload has exactly one encoding).
@@ -287,10 +315,18 @@ def open_payee_payload(packet: bytes, *, payment_hash: bytes, node_secret: bytes
         raise RoutingFormatError("payload carries both a payment secret and a preimage")
     if not flags & _FLAG_REFUND and refund != _ZERO32:
         raise RoutingFormatError("payload has refund bytes without the refund flag")
+    if flags & _FLAG_PAYER:
+        try:
+            parse_pubkey(payer)  # not the cached parse: anyone may put any bytes here
+        except ValueError:
+            raise RoutingFormatError("payer_node_id is not a compressed secp256k1 point") from None
+    elif payer not in (b"", _ZERO33):
+        raise RoutingFormatError("payload has payer bytes without the payer flag")
     payload = PayeePayload(total_amount_msat,
                            payment_secret=None if spontaneous else secret,
                            payment_preimage=preimage if spontaneous else None,
-                           refund_of_payment_hash=refund if flags & _FLAG_REFUND else None)
+                           refund_of_payment_hash=refund if flags & _FLAG_REFUND else None,
+                           payer_node_id=payer if flags & _FLAG_PAYER else None)
     return PayeePacket(forward, payload)
 
 

@@ -27,20 +27,22 @@ def ephemeral(n: int) -> bytes:
 def invoice_packet(amount_msat: int = 100_000, cltv: int = 500,
                    payment_hash: bytes = PAYMENT_HASH, secret: bytes = PAYMENT_SECRET,
                    total_msat: int | None = None, ephemeral_secret: bytes = EPHEMERAL,
-                   payee_id: bytes = PAYEE_ID) -> bytes:
+                   payee_id: bytes = PAYEE_ID, payer_id: bytes | None = None) -> bytes:
     return build_packet(
         payee_node_id=payee_id, amount_to_forward_msat=amount_msat, outgoing_cltv_value=cltv,
         payment_hash=payment_hash,
-        payload=PayeePayload(total_msat or amount_msat, payment_secret=secret),
+        payload=PayeePayload(total_msat or amount_msat, payment_secret=secret,
+                             payer_node_id=payer_id),
         ephemeral_secret=ephemeral_secret)
 
 
 def spontaneous_packet(amount_msat: int = 100_000, cltv: int = 500,
                        preimage: bytes = PREIMAGE, refund_of: bytes | None = None,
-                       ephemeral_secret: bytes = EPHEMERAL) -> bytes:
+                       ephemeral_secret: bytes = EPHEMERAL,
+                       payer_id: bytes | None = None) -> bytes:
     return build_packet(
         payee_node_id=PAYEE_ID, amount_to_forward_msat=amount_msat, outgoing_cltv_value=cltv,
         payment_hash=hashlib.sha256(preimage).digest(),
         payload=PayeePayload(amount_msat, payment_preimage=preimage,
-                             refund_of_payment_hash=refund_of),
+                             refund_of_payment_hash=refund_of, payer_node_id=payer_id),
         ephemeral_secret=ephemeral_secret)

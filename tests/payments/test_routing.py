@@ -37,6 +37,7 @@ from tests.payments.keys import (
     HUB_SECRET,
     PAYEE_ID,
     PAYEE_SECRET,
+    PAYER_ID,
     PAYER_SECRET,
     PAYMENT_HASH,
     PAYMENT_SECRET,
@@ -63,21 +64,63 @@ def test_invoice_payment_round_trip() -> None:
     assert not opened.payload.spontaneous
 
 
-def test_the_packet_is_what_the_doc_says() -> None:
+def _doc_packet(version: int, plaintext: bytes) -> bytes:
     """docs/payment-format.md section 1, re-implemented from the text alone."""
-    refund_of = hashlib.sha256(b"refunded").digest()
-    packet = spontaneous_packet(amount_msat=0x0A0B0C, cltv=0x0D0E, refund_of=refund_of)
     ephemeral_pubkey = pubkey_from_secret(EPHEMERAL)
-    header = (b"\x01" + PAYEE_ID + (0x0A0B0C).to_bytes(8, "big") + (0x0D0E).to_bytes(4, "big")
-              + ephemeral_pubkey)
+    header = (bytes((version,)) + PAYEE_ID + (0x0A0B0C).to_bytes(8, "big")
+              + (0x0D0E).to_bytes(4, "big") + ephemeral_pubkey)
     shared = PrivateKey(EPHEMERAL).ecdh(PAYEE_ID)
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"chanhub/onion/v1",
                info=ephemeral_pubkey + PAYEE_ID + PAYMENT_HASH).derive(shared)
-    plaintext = (b"\x03" + (0x0A0B0C).to_bytes(8, "big") + bytes(32) + PREIMAGE + refund_of)
     sealed = ChaCha20Poly1305(key).encrypt(bytes(12), plaintext,
                                            b"chanhub/payee-payload/v1" + PAYMENT_HASH + header)
-    assert packet == header + sealed
-    assert len(header) == 79 and len(sealed) == 105 + 16
+    assert len(header) == 79
+    return header + sealed
+
+
+def test_the_packet_is_what_the_doc_says() -> None:
+    refund_of = hashlib.sha256(b"refunded").digest()
+    packet = spontaneous_packet(amount_msat=0x0A0B0C, cltv=0x0D0E, refund_of=refund_of,
+                                payer_id=PAYER_ID)
+    plaintext = (b"\x07" + (0x0A0B0C).to_bytes(8, "big") + bytes(32) + PREIMAGE + refund_of
+                 + PAYER_ID)
+    assert packet == _doc_packet(2, plaintext)
+    assert len(packet) == PACKET_BYTES == 79 + 138 + 16
+
+
+def test_a_version_1_packet_still_opens_without_a_payer() -> None:
+    """What payers sent before the payer's node id: 200 bytes, version 1."""
+    refund_of = hashlib.sha256(b"refunded").digest()
+    plaintext = (b"\x03" + (0x0A0B0C).to_bytes(8, "big") + bytes(32) + PREIMAGE + refund_of)
+    packet = _doc_packet(1, plaintext)
+    assert len(packet) == routing.PACKET_BYTES_V1 == 200
+    forward = decode_forward(packet)
+    assert (forward.payee_node_id, forward.amount_to_forward_msat) == (PAYEE_ID, 0x0A0B0C)
+    opened = open_payee_payload(packet, payment_hash=PAYMENT_HASH, node_secret=PAYEE_SECRET)
+    assert opened.payload == PayeePayload(0x0A0B0C, payment_preimage=PREIMAGE,
+                                          refund_of_payment_hash=refund_of)
+    assert opened.payload.payer_node_id is None
+    # version 1 knows no payer flag; and its length is its own
+    with pytest.raises(RoutingFormatError, match="flags"):
+        open_payee_payload(_doc_packet(1, b"\x05" + plaintext[1:]), payment_hash=PAYMENT_HASH,
+                           node_secret=PAYEE_SECRET)
+    with pytest.raises(RoutingFormatError, match="version 1 packet must be 200"):
+        decode_forward(b"\x01" + invoice_packet()[1:])
+    with pytest.raises(RoutingFormatError, match="version 2 packet must be 233"):
+        decode_forward(b"\x02" + packet[1:])
+
+
+def test_the_payer_node_id_round_trips_and_is_hidden_from_the_hub() -> None:
+    packet = invoice_packet(payer_id=PAYER_ID)
+    assert PAYER_ID not in packet and PAYER_ID[1:9] not in packet
+    opened = open_payee_payload(packet, payment_hash=PAYMENT_HASH, node_secret=PAYEE_SECRET)
+    assert opened.payload.payer_node_id == PAYER_ID
+    assert open_payee_payload(invoice_packet(), payment_hash=PAYMENT_HASH,
+                              node_secret=PAYEE_SECRET).payload.payer_node_id is None
+    with pytest.raises(RoutingFormatError, match="point"):
+        invoice_packet(payer_id=b"\x04" + bytes(32))
+    with pytest.raises(RoutingFormatError, match="33 bytes"):
+        PayeePayload(1, payment_secret=PAYMENT_SECRET, payer_node_id=PAYER_ID[:32])
 
 
 def test_spontaneous_refund_round_trip() -> None:
@@ -150,16 +193,22 @@ def _seal(plaintext: bytes, payment_hash: bytes = PAYMENT_HASH) -> bytes:
 
 
 def _plaintext(flags: int, total: int = 100_000, secret: bytes = bytes(32),
-               preimage: bytes = bytes(32), refund: bytes = bytes(32)) -> bytes:
-    return bytes((flags,)) + total.to_bytes(8, "big") + secret + preimage + refund
+               preimage: bytes = bytes(32), refund: bytes = bytes(32),
+               payer: bytes = bytes(33)) -> bytes:
+    return bytes((flags,)) + total.to_bytes(8, "big") + secret + preimage + refund + payer
 
 
 def test_sealed_helper_matches_the_real_encoder() -> None:
     assert _seal(_plaintext(0, secret=PAYMENT_SECRET)) == invoice_packet()
+    assert _seal(_plaintext(4, secret=PAYMENT_SECRET, payer=PAYER_ID)) == invoice_packet(
+        payer_id=PAYER_ID)
 
 
 @pytest.mark.parametrize("plaintext, match", [
-    (_plaintext(0x04, secret=PAYMENT_SECRET), "flags"),
+    (_plaintext(0x08, secret=PAYMENT_SECRET), "flags"),
+    (_plaintext(0x00, secret=PAYMENT_SECRET, payer=PAYER_ID), "payer bytes"),
+    (_plaintext(0x04, secret=PAYMENT_SECRET), "payer_node_id"),
+    (_plaintext(0x04, secret=PAYMENT_SECRET, payer=b"\x04" + PAYER_ID[1:]), "payer_node_id"),
     (_plaintext(0x00, secret=PAYMENT_SECRET, preimage=PREIMAGE), "both"),
     (_plaintext(0x01, secret=PAYMENT_SECRET, preimage=PREIMAGE), "both"),
     (_plaintext(0x01, preimage=PREIMAGE, refund=OTHER_HASH), "refund bytes"),
@@ -231,7 +280,7 @@ def test_off_curve_keys_pass_the_hubs_shape_check_but_never_open() -> None:
     (invoice_packet()[:-1], "bytes"),
     (invoice_packet() + b"\x00", "bytes"),
     (bytes(MAX_ONION_ROUTING_PACKET_BYTES + 1), "bytes"),
-    (b"\x02" + invoice_packet()[1:], "version"),
+    (b"\x03" + invoice_packet()[1:], "version"),
     (invoice_packet()[:1] + b"\x05" + invoice_packet()[2:], "point"),
     (invoice_packet()[:34] + bytes(8) + invoice_packet()[42:], "zero"),
     (invoice_packet()[:42] + (500_000_000).to_bytes(4, "big") + invoice_packet()[46:], "height"),
@@ -430,7 +479,8 @@ def test_relayed_payee_failure_verifies_for_the_hub_too() -> None:
 
 # -- the barrage: every decoder, random and mutated input, one error type --------------------
 
-VALID_PACKETS = [invoice_packet(), spontaneous_packet(), spontaneous_packet(refund_of=OTHER_HASH)]
+VALID_PACKETS = [invoice_packet(), spontaneous_packet(), spontaneous_packet(refund_of=OTHER_HASH),
+                 invoice_packet(payer_id=PAYER_ID)]
 VALID_REASONS = [encode_failure(f, origin=FailureOrigin.HUB, payment_hash=PAYMENT_HASH,
                                 onion_routing_packet=VALID_PACKETS[0], node_secret=HUB_SECRET)
                  for f in FAILURES]
@@ -460,6 +510,8 @@ def mutated(draw: st.DrawFn, pool: list[bytes]) -> bytes:
 
 packets = st.one_of(st.binary(max_size=1500), st.binary(min_size=PACKET_BYTES,
                                                         max_size=PACKET_BYTES),
+                    st.binary(min_size=routing.PACKET_BYTES_V1,
+                              max_size=routing.PACKET_BYTES_V1),
                     mutated(VALID_PACKETS))
 reasons = st.one_of(st.binary(max_size=1100), st.binary(min_size=70, max_size=100),
                     mutated(VALID_REASONS))
