@@ -14,6 +14,8 @@
     ├── AlreadyPaid                   this client already paid (or is paying) this invoice
     ├── IdempotencyConflict           the key was used for a different payment
     ├── RefundExceedsReceived         refunds would total more than the payment received
+    ├── RefundDestinationUnknown      the payment does not say who paid it: name the payer
+    ├── FeeAboveMaximum               the hub's fee for the amount exceeds the payer's max_fee_msat
     ├── PaymentFailed                 the hub or the payee failed the HTLC (``report``)
     │   ├── PayeeOffline
     │   ├── NoLiquidity
@@ -27,7 +29,8 @@
 ``from_status`` (gRPC status codes), ``from_failure`` (the hub's or payee's signed
 failure reasons) and ``translate`` (a context manager turning the lower layers'
 exceptions into these) are the only places where anything is mapped, so the CLI prints
-one clear line for any of them (``str(error)``).
+one clear line for any of them (``str(error)``). ``status_of`` is the other direction:
+the gRPC status the ``Client`` service (proto/client.proto) answers for each error.
 """
 
 from __future__ import annotations
@@ -100,6 +103,20 @@ class RefundExceedsReceived(ChanhubError):
     pass
 
 
+class RefundDestinationUnknown(ChanhubError):
+    """A refund of a payment whose packet did not state the payer's node id (an older
+    payer, or received before payers stated it): the caller must name the destination."""
+
+
+class FeeAboveMaximum(ChanhubError):
+    """The hub's fee for this amount (base + ppm, from the hub's terms) is above the
+    payer's ``max_fee_msat``: refused before any HTLC is offered, nothing recorded."""
+
+    def __init__(self, message: str, *, fee_msat: int, max_fee_msat: int) -> None:
+        super().__init__(message)
+        self.fee_msat, self.max_fee_msat = fee_msat, max_fee_msat
+
+
 class PaymentFailed(ChanhubError):
     """The payment failed; ``report`` is the authenticated reason (None: failed
     locally, e.g. the HTLC was reverted by a restart before it left)."""
@@ -166,6 +183,39 @@ _BY_FAILURE: dict[FailureCode, type[PaymentFailed]] = {
     FailureCode.FINAL_INCORRECT_CLTV_EXPIRY: PaymentRefused,
     FailureCode.FINAL_INCORRECT_HTLC_AMOUNT: PaymentRefused,
 }
+
+
+# The status the Client service answers with for each error (the nearest class in its
+# MRO): the other direction of _BY_STATUS. A refusal because of the state of the
+# channel, the hub's terms or a payment is FAILED_PRECONDITION; of the request itself,
+# INVALID_ARGUMENT.
+_STATUS_OF: dict[type[ChanhubError], grpc.StatusCode] = {
+    HubConnectionError: grpc.StatusCode.UNAVAILABLE,
+    AuthenticationError: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    InsufficientBalance: grpc.StatusCode.FAILED_PRECONDITION,
+    NoChannel: grpc.StatusCode.FAILED_PRECONDITION,
+    AlreadyPaid: grpc.StatusCode.ALREADY_EXISTS,
+    IdempotencyConflict: grpc.StatusCode.ALREADY_EXISTS,
+    RefundExceedsReceived: grpc.StatusCode.OUT_OF_RANGE,
+    RefundDestinationUnknown: grpc.StatusCode.FAILED_PRECONDITION,
+    FeeAboveMaximum: grpc.StatusCode.FAILED_PRECONDITION,
+    PaymentFailed: grpc.StatusCode.ABORTED,
+    StoreLocked: grpc.StatusCode.UNAVAILABLE,
+    WrongPassphrase: grpc.StatusCode.UNAUTHENTICATED,
+    HubRefused: grpc.StatusCode.FAILED_PRECONDITION,
+    InternalError: grpc.StatusCode.INTERNAL,
+}
+
+
+def status_of(error: ChanhubError) -> grpc.StatusCode:
+    """The gRPC status the ``Client`` service answers for ``error``."""
+    for cls in type(error).__mro__:
+        if cls in _STATUS_OF:
+            return _STATUS_OF[cls]
+    return grpc.StatusCode.INTERNAL
 
 
 def from_status(error: RpcStatusError) -> ChanhubError:

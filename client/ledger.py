@@ -36,7 +36,7 @@ payments = sa.Table(
     sa.Column("direction", sa.String(8), nullable=False),
     sa.Column("idempotency_key", sa.String(200), nullable=True, unique=True),
     sa.Column("payment_hash", sa.LargeBinary(32), nullable=False),
-    sa.Column("counterparty_node_id", sa.LargeBinary(33), nullable=True),
+    sa.Column("counterparty_node_id", sa.LargeBinary(33), nullable=True),  # sent: the payee
     sa.Column("amount_msat", sa.BigInteger, nullable=False),
     sa.Column("fee_msat", sa.BigInteger, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
@@ -50,6 +50,9 @@ payments = sa.Table(
     sa.Column("failure_message", sa.Text, nullable=False),
     sa.Column("created_unix", sa.BigInteger, nullable=False),
     sa.Column("resolved_unix", sa.BigInteger, nullable=False),
+    # received: the payer's node id as the payer stated it in the packet, unauthenticated
+    # (Refund's destination); NULL when not stated (older payers, rows before client_0002)
+    sa.Column("payer_node_id", sa.LargeBinary(33), nullable=True),
 )
 
 events = sa.Table(

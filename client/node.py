@@ -24,7 +24,10 @@ Receiving: on ``HtlcReceived`` the packet is opened with the node key and checke
 (``client.invoices.check_incoming_payment``); an accepted HTLC marks the invoice paid
 in memory at once (a second HTLC in the same batch is refused), then the invoice,
 the received payment and the event are written in one transaction, and only then is
-the preimage released (``fulfill_htlc``). A refused HTLC is failed with a signed
+the preimage released (``fulfill_htlc``). The received payment keeps the payer's node
+id as the payer stated it in the packet (every packet this client builds states its
+own), so ``refund`` needs no destination; nothing binds that id to the channel the
+HTLC came from (docs/payment-format.md). A refused HTLC is failed with a signed
 PAYEE failure. An answer the channel refuses (the link dropped while the receipt was
 written, or the channel failed meanwhile) is logged, never raised out of the event
 handler; the watch gets the preimage (an on-chain claim needs it), and every new link
@@ -399,11 +402,27 @@ class ClientNode:
 
     async def pay(self, *, idempotency_key: str, bolt11: str | None = None,
                   payee_node_id: bytes | None = None, amount_msat: int | None = None,
-                  refund_of: str | None = None) -> dict[str, Any]:
+                  refund_of: str | None = None, max_fee_msat: int | None = None,
+                  timeout_seconds: float | None = None) -> dict[str, Any]:
         """Start a payment; returns its record (in flight, or the earlier one for a key
-        already used). ``wait_payment`` waits for the outcome."""
+        already used). ``wait_payment`` waits for the outcome.
+
+        ``max_fee_msat``: refused (``FeeAboveMaximum``) before any HTLC is offered and
+        with nothing recorded when the hub's fee for the amount, from its terms, is
+        above it (None: no bound). The fee computed here is what the HTLC carries above
+        the amount, so the hub can never keep more.
+        ``timeout_seconds``: how long to wait for the channel to the hub to be up
+        before offering the HTLC (None or 0: not at all); past it ``HubUnavailable``,
+        nothing recorded. An HTLC once offered cannot be taken back by the payer: it
+        ends when the payee settles or the hub fails it, by its CLTV expiry at worst."""
         if not idempotency_key or len(idempotency_key) > 200:
             raise errors.InvalidRequest("idempotency_key must be 1-200 characters")
+        if max_fee_msat is not None and max_fee_msat < 0:
+            raise errors.InvalidRequest("max_fee_msat must not be negative")
+        if timeout_seconds is not None and timeout_seconds < 0:
+            raise errors.InvalidRequest("timeout_seconds must not be negative")
+        if timeout_seconds and idempotency_key not in self._by_key:
+            await self._wait_until_up(timeout_seconds)
         if idempotency_key in self._by_key:
             earlier = self._payments[self._by_key[idempotency_key]]
             if bolt11 is not None and earlier["bolt11"] != bolt11:
@@ -422,8 +441,8 @@ class ClientNode:
             earlier_id = self._sent_by_hash.get(payment_hash)
             if earlier_id is not None and self._payments[earlier_id]["state"] != ledger.FAILED:
                 raise errors.AlreadyPaid(f"invoice already paid (payment {earlier_id})")
-            payload = PayeePayload(amount_msat or 0, payment_secret=invoice.payment_secret) \
-                if amount_msat else None
+            payload = PayeePayload(amount_msat or 0, payment_secret=invoice.payment_secret,
+                                   payer_node_id=self.node_id) if amount_msat else None
             final_blocks = invoice.min_final_cltv_expiry_blocks
         else:
             if payee_node_id is None or amount_msat is None:
@@ -433,7 +452,8 @@ class ClientNode:
             refund_hash = (self._payments[refund_of]["payment_hash"]
                            if refund_of is not None else None)
             payload = PayeePayload(amount_msat, payment_preimage=preimage,
-                                   refund_of_payment_hash=refund_hash)
+                                   refund_of_payment_hash=refund_hash,
+                                   payer_node_id=self.node_id)
             final_blocks = SPONTANEOUS_FINAL_CLTV_BLOCKS
         if not amount_msat or amount_msat <= 0 or payload is None:
             raise errors.InvalidRequest("amount_msat must be positive")
@@ -441,6 +461,12 @@ class ClientNode:
                             height=self.height(), base_msat=self.terms.base_fee_msat,
                             fee_ppm=self.terms.fee_ppm,
                             cltv_expiry_delta_blocks=self.terms.cltv_expiry_delta_blocks)
+        if max_fee_msat is not None and terms.fee_msat > max_fee_msat:
+            raise errors.FeeAboveMaximum(
+                f"the hub's fee for {amount_msat} msat is {terms.fee_msat} msat "
+                f"({self.terms.base_fee_msat} msat + {self.terms.fee_ppm} ppm), above the "
+                f"maximum of {max_fee_msat} msat", fee_msat=terms.fee_msat,
+                max_fee_msat=max_fee_msat)
         try:
             packet = build_packet(payee_node_id=payee, amount_to_forward_msat=amount_msat,
                                   outgoing_cltv_value=terms.outgoing_cltv_value,
@@ -462,7 +488,7 @@ class ClientNode:
                    payment_preimage=None, bolt11=bolt11, packet=packet,
                    channel_key=drivers[0].channel_key, refund_of_payment_id=refund_of,
                    refunded_msat=0, failure_code=0, failure_message="",
-                   created_unix=self.clock(), resolved_unix=0)
+                   created_unix=self.clock(), resolved_unix=0, payer_node_id=None)
         # One trio step, no await: the HTLC is queued, and the record is submitted before
         # the driver's Persist of it can be (module docstring).
         try:
@@ -482,15 +508,37 @@ class ClientNode:
         await pending.wait()
         return dict(row)
 
+    async def _wait_until_up(self, timeout_seconds: float) -> None:
+        """Wait at most ``timeout_seconds`` for the link and every open channel to be up
+        (``pay`` then refuses what is still down, typed)."""
+        with trio.move_on_after(timeout_seconds):
+            while not (self.session.connected and self.channels_up()):
+                await self.session.wait_changed()
+
     async def refund(self, payment_id: str, amount_msat: int, *, idempotency_key: str,
-                     payer_node_id: bytes) -> dict[str, Any]:
-        """Send ``amount_msat`` of a received payment back to its payer (the payee cannot
-        learn the payer from the packet: the caller names it)."""
+                     payer_node_id: bytes | None = None, max_fee_msat: int | None = None,
+                     timeout_seconds: float | None = None) -> dict[str, Any]:
+        """Send ``amount_msat`` of a received payment back to its payer: to the node id
+        the payer stated in its packet, or to ``payer_node_id`` if given (it wins over
+        the stated one). ``RefundDestinationUnknown`` when neither is known (a payment
+        from an older payer, or received before payers stated it)."""
+        if timeout_seconds and idempotency_key not in self._by_key:
+            # here, not in pay: no await may come between the bound check below and the HTLC
+            await self._wait_until_up(timeout_seconds)
         original = self._payments.get(payment_id)
         if original is None or original["direction"] != ledger.RECEIVED:
             raise errors.NotFound(f"no received payment {payment_id}")
         if idempotency_key in self._by_key:
             return await self.pay(idempotency_key=idempotency_key)
+        stated = original.get("payer_node_id")
+        destination = payer_node_id if payer_node_id is not None else (
+            bytes(stated) if stated is not None else None)
+        if destination is None:
+            raise errors.RefundDestinationUnknown(
+                f"payment {payment_id} does not say who paid it (an older payer): name the "
+                f"refund's destination")
+        if destination == self.node_id:
+            raise errors.InvalidRequest("the refund's destination is this client itself")
         in_flight = sum(p["amount_msat"] for p in self._payments.values()
                         if p["refund_of_payment_id"] == payment_id
                         and p["state"] != ledger.FAILED)
@@ -498,8 +546,9 @@ class ClientNode:
             raise errors.RefundExceedsReceived(
                 f"refunds would total {in_flight + amount_msat} msat of "
                 f"{original['amount_msat']} received")
-        return await self.pay(idempotency_key=idempotency_key, payee_node_id=payer_node_id,
-                              amount_msat=amount_msat, refund_of=payment_id)
+        return await self.pay(idempotency_key=idempotency_key, payee_node_id=destination,
+                              amount_msat=amount_msat, refund_of=payment_id,
+                              max_fee_msat=max_fee_msat)
 
     async def wait_payment(self, payment_id: str) -> dict[str, Any]:
         row = self._payments[payment_id]
@@ -614,14 +663,19 @@ class ClientNode:
             return
         payment_id = _secrets.token_hex(16)
         now = self.clock()
+        # A refund names the payment hash it refunds: linked when it is one we paid (anyone
+        # may name us as a refund's destination; then it is a plain payment received).
+        refund_of = (self._sent_by_hash.get(verdict.refund_of_payment_hash)
+                     if verdict.refund_of_payment_hash is not None else None)
         row = dict(payment_id=payment_id, direction=ledger.RECEIVED, idempotency_key=None,
                    payment_hash=payment_hash, counterparty_node_id=None,
                    amount_msat=amount_msat, fee_msat=0, state=ledger.SUCCEEDED,
                    payment_preimage=verdict.payment_preimage,
                    bolt11=invoice.invoice.bolt11 if invoice else None, packet=None,
-                   channel_key=driver.channel_key, refund_of_payment_id=None,
+                   channel_key=driver.channel_key, refund_of_payment_id=refund_of,
                    refunded_msat=0, failure_code=0, failure_message="",
-                   created_unix=now, resolved_unix=now)
+                   created_unix=now, resolved_unix=now,
+                   payer_node_id=opened.payload.payer_node_id)
         if invoice is not None:  # before any await: a second HTLC is refused as paid
             self._invoices[payment_hash] = InvoiceRecord(invoice.invoice, invoice.payment_preimage,
                                                          True)
@@ -630,7 +684,7 @@ class ClientNode:
         writes = [ledger.payment_insert(row)]
         if invoice is not None:
             writes.append(ledger.invoice_paid(payment_hash, amount_msat, payment_id))
-        kind = "refund_received" if verdict.refund_of_payment_hash else "invoice_paid" \
+        kind = "refund_received" if refund_of is not None else "invoice_paid" \
             if invoice is not None else "payment_received"
         writes.append(ledger.event_write(kind, payment_id, amount_msat, now))
         await self.store.writer.write(ledger.compose(*writes))

@@ -212,18 +212,36 @@ class AsyncHubClient:
 
     async def pay(self, *, idempotency_key: str, invoice: str | None = None,
                   payee_node_id: bytes | None = None, amount_msat: int | None = None,
+                  max_fee_msat: int | None = None, timeout_seconds: float | None = None,
                   wait: bool = True) -> Payment:
         """Pay an invoice, or ``amount_msat`` to ``payee_node_id`` (spontaneous). The same
         key never pays twice. With ``wait``: the outcome; a failure raises the typed
-        ``PaymentFailed`` subclass."""
+        ``PaymentFailed`` subclass.
+
+        ``max_fee_msat``: the most the hub may keep; when its fee for this amount (base
+        + ppm, its terms) is more, ``FeeAboveMaximum`` before any HTLC is offered, and
+        nothing is recorded (the key stays unused). ``timeout_seconds``: wait that long
+        at most for the channel to the hub to be up before offering the HTLC (None: do
+        not wait), then ``HubUnavailable`` with nothing recorded. Once offered, an HTLC
+        cannot be taken back: ``wait`` returns when the payee settles or the hub fails
+        it (at the latest as its expiry nears)."""
         row = await self.node.pay(idempotency_key=idempotency_key, bolt11=invoice,
-                                  payee_node_id=payee_node_id, amount_msat=amount_msat)
+                                  payee_node_id=payee_node_id, amount_msat=amount_msat,
+                                  max_fee_msat=max_fee_msat, timeout_seconds=timeout_seconds)
         return await self._outcome(row, wait)
 
     async def refund(self, payment_id: str, amount_msat: int, *, idempotency_key: str,
-                     payer_node_id: bytes, wait: bool = True) -> Payment:
+                     payer_node_id: bytes | None = None, max_fee_msat: int | None = None,
+                     timeout_seconds: float | None = None, wait: bool = True) -> Payment:
+        """Send ``amount_msat`` of a received payment back to the node id its payer stated
+        in the packet (``payer_node_id`` overrides it; a payment from an older payer,
+        which stated none, needs it: ``RefundDestinationUnknown``). The refund goes to
+        whoever the payer said: nothing authenticates that id (docs/payment-format.md).
+        The refunds of one payment never total more than it brought in. ``max_fee_msat``
+        and ``timeout_seconds`` as for ``pay``."""
         row = await self.node.refund(payment_id, amount_msat, idempotency_key=idempotency_key,
-                                     payer_node_id=payer_node_id)
+                                     payer_node_id=payer_node_id, max_fee_msat=max_fee_msat,
+                                     timeout_seconds=timeout_seconds)
         return await self._outcome(row, wait)
 
     async def _outcome(self, row: dict[str, Any], wait: bool) -> Payment:
@@ -543,19 +561,23 @@ class HubClient:
 
     def pay(self, *, idempotency_key: str, invoice: str | None = None,
             payee_node_id: bytes | None = None, amount_msat: int | None = None,
+            max_fee_msat: int | None = None, timeout_seconds: float | None = None,
             wait: bool = True) -> Payment:
         assert self._client is not None
         result: Payment = self._run(self._client.pay, idempotency_key=idempotency_key,
                                     invoice=invoice, payee_node_id=payee_node_id,
-                                    amount_msat=amount_msat, wait=wait)
+                                    amount_msat=amount_msat, max_fee_msat=max_fee_msat,
+                                    timeout_seconds=timeout_seconds, wait=wait)
         return result
 
     def refund(self, payment_id: str, amount_msat: int, *, idempotency_key: str,
-               payer_node_id: bytes, wait: bool = True) -> Payment:
+               payer_node_id: bytes | None = None, max_fee_msat: int | None = None,
+               timeout_seconds: float | None = None, wait: bool = True) -> Payment:
         assert self._client is not None
         result: Payment = self._run(self._client.refund, payment_id, amount_msat,
                                     idempotency_key=idempotency_key,
-                                    payer_node_id=payer_node_id, wait=wait)
+                                    payer_node_id=payer_node_id, max_fee_msat=max_fee_msat,
+                                    timeout_seconds=timeout_seconds, wait=wait)
         return result
 
     def list_payments(self) -> list[Payment]:
