@@ -19,12 +19,22 @@ validation.cpp):
   not yet confirmed or not yet broadcast), -26 "non-final" (nLockTime not yet
   reached) and "non-BIP68-final" (a CSV delay not yet passed). The tx stays
   pending with the reason in `last_error` and is retried on the next block.
-  (Missing inputs can also mean a conflicting spend confirmed; that case never
-  resolves, and the tx stays pending until the owner drops it with `forget`.)
+  (Missing inputs can also mean a conflicting spend confirmed: see below.)
 - anything else is a refusal: `BroadcastRefused` with bitcoind's code and
   reason, and the tx is not kept (it would be refused again).
 - a node that cannot be reached: `ChainUnavailable` from `broadcast`, with the
   tx kept, so it goes out on the next block; a rebroadcast failure is logged.
+
+A conflict: a tx whose input a *different* confirmed tx spends (the peer's
+commitment confirmed instead of ours, a cheater's HTLC tx instead of our claim)
+cannot confirm while that block stands. It is not sent again while the conflict
+is in the best chain (the node would only answer "missing inputs" every block),
+and once the conflict is `confirm_depth` deep it is forgotten, logged at INFO; a
+reorg that disconnects the conflict makes it pending again. A refusal because a
+conflicting tx is in the *mempool* (replacement refused: our own commitment
+re-sent while the peer's is unconfirmed) is the normal life of a channel's
+transactions, logged at INFO, not as an error; `BroadcastRefused.mempool_conflict`
+names that case.
 
 The pending set lives in memory; `pending()` / `to_json()` expose it so that
 the owner persists it with the follower's tip, and `from_json` restores it.
@@ -50,6 +60,14 @@ from channel.tx import Tx
 log = logging.getLogger(__name__)
 
 _ALREADY_KNOWN_REASONS = ("txn-already-known", "txn-already-in-mempool")
+# Replacement refused (Core v28 full RBF, src/policy/rbf.cpp) or, before RBF, the
+# plain conflict: another tx spending one of our inputs is in the mempool.
+_MEMPOOL_CONFLICT_REASONS = (
+    "insufficient fee",
+    "rejecting replacement",
+    "txn-mempool-conflict",
+    "too many potential replacements",
+)
 _NOT_YET_REASONS = (
     "missingorspent",
     "missing inputs",
@@ -68,6 +86,12 @@ class BroadcastRefused(ChainError):
         self.code = code
         self.reason = reason
 
+    @property
+    def mempool_conflict(self) -> bool:
+        """Refused because a conflicting tx is in the mempool (see the module docstring)."""
+        reason = self.reason.lower()
+        return any(r in reason for r in _MEMPOOL_CONFLICT_REASONS)
+
 
 @dataclass(slots=True)
 class PendingTx:
@@ -76,6 +100,11 @@ class PendingTx:
     label: str
     confirmed_height: int | None = None
     last_error: str | None = None
+    # Height of the block holding a different tx that spends one of our inputs.
+    conflict_height: int | None = None
+
+    def spent_outpoints(self) -> set[tuple[bytes, int]]:
+        return {(i.outpoint.txid, i.outpoint.index) for i in Tx.parse(self.raw_tx).inputs}
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +113,7 @@ class PendingTx:
             "label": self.label,
             "confirmed_height": self.confirmed_height,
             "last_error": self.last_error,
+            "conflict_height": self.conflict_height,
         }
 
 
@@ -161,24 +191,41 @@ class RpcBroadcaster:
                 entry = self._pending.get(tx.txid_hex())
                 if entry is not None and entry.confirmed_height is None:
                     entry.confirmed_height = height
-        for txid in [
-            e.txid
-            for e in self._pending.values()
-            if e.confirmed_height is not None
-            and height - e.confirmed_height + 1 >= self.confirm_depth
-        ]:
-            del self._pending[txid]
+            self._mark_conflicts(height, txs)
+        for entry in list(self._pending.values()):
+            if (entry.confirmed_height is not None
+                    and height - entry.confirmed_height + 1 >= self.confirm_depth):
+                del self._pending[entry.txid]
+            elif (entry.confirmed_height is None and entry.conflict_height is not None
+                    and height - entry.conflict_height + 1 >= self.confirm_depth):
+                log.info("%s (%s) forgotten: a conflicting spend is %d deep", entry.txid,
+                         entry.label, self.confirm_depth)
+                del self._pending[entry.txid]
+
+    def _mark_conflicts(self, height: int, txs: Sequence[Tx]) -> None:
+        spenders: dict[tuple[bytes, int], str] = {}
+        for tx in txs:
+            txid = tx.txid_hex()
+            for txin in tx.inputs:
+                spenders[(txin.outpoint.txid, txin.outpoint.index)] = txid
+        for entry in self._pending.values():
+            if entry.confirmed_height is not None or entry.conflict_height is not None:
+                continue
+            if any(spenders.get(o, entry.txid) != entry.txid for o in entry.spent_outpoints()):
+                entry.conflict_height = height
 
     def block_disconnected(self, height: int, block_hash: str) -> None:
         self.tip_height = height - 1
         for entry in self._pending.values():
             if entry.confirmed_height == height:
                 entry.confirmed_height = None
+            if entry.conflict_height == height:
+                entry.conflict_height = None
 
     async def best_block_updated(self, tip: BlockRef) -> None:
         """Send again every pending tx that is not in the best chain."""
         for entry in list(self._pending.values()):
-            if entry.confirmed_height is not None:
+            if entry.confirmed_height is not None or entry.conflict_height is not None:
                 continue
             try:
                 await self._send(entry)
@@ -187,7 +234,8 @@ class RpcBroadcaster:
                 # Refused now though accepted before: a conflicting spend won, or
                 # policy changed. Keep it (the owner decides) but say why.
                 entry.last_error = f"{exc.reason} (code {exc.code})"
-                log.warning("rebroadcast of %s (%s) refused: %s", entry.txid, entry.label, exc)
+                log.log(logging.INFO if exc.mempool_conflict else logging.WARNING,
+                        "rebroadcast of %s (%s) refused: %s", entry.txid, entry.label, exc)
             except ChainUnavailable as exc:
                 log.warning("rebroadcast of %s deferred: %s", entry.txid, exc)
                 return
@@ -211,7 +259,8 @@ class RpcBroadcaster:
             if txid != item["txid"]:
                 raise ValueError(f"pending entry {item['txid']} holds transaction {txid}")
             broadcaster._pending[txid] = PendingTx(
-                txid, raw, str(item["label"]), item["confirmed_height"], item["last_error"]
+                txid, raw, str(item["label"]), item["confirmed_height"], item["last_error"],
+                item.get("conflict_height"),  # absent in bundles written before it
             )
         return broadcaster
 
@@ -238,6 +287,7 @@ class ActionBroadcaster:
         try:
             await self.inner.broadcast(tx, label=reason, keep_if_refused=True)
         except BroadcastRefused as exc:
-            log.error("%s: %s; retrying every block", reason, exc)
+            log.log(logging.INFO if exc.mempool_conflict else logging.ERROR,
+                    "%s: %s; retrying every block", reason, exc)
         except ChainUnavailable as exc:
             log.warning("%s: node unreachable (%s); retrying every block", reason, exc)

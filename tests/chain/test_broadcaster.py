@@ -5,6 +5,7 @@ for later, refusals reported with bitcoind's code and reason."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -101,6 +102,7 @@ async def test_pending_set_round_trips_through_json(rpc: BitcoinRpc) -> None:
 async def test_driver_adapter_never_drops_a_must_confirm_tx(
     rpc: BitcoinRpc, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="channel.chain.broadcaster")  # a conflict: INFO
     broadcaster = RpcBroadcaster(rpc, tip_height=await rpc.getblockcount())
     for_driver = broadcaster.for_driver()
     # protocol.driver's interface, checked statically by mypy here.
