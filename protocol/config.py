@@ -45,6 +45,26 @@ MIN_FEERATE_PER_KW = 253
 COMMITMENT_BASE_WEIGHT = 724
 HTLC_OUTPUT_WEIGHT = 172
 
+# BOLT #2 update_add_htlc, the funder's "fee spike buffer": it "SHOULD NOT offer
+# amount_msat if, after adding that HTLC to its commitment transaction, its remaining
+# balance doesn't allow it to pay the commitment transaction fee when receiving or
+# sending a future additional non-dust HTLC while maintaining its channel reserve. It is
+# recommended that this 'fee spike buffer' can handle twice the current feerate_per_kw".
+# So the funder keeps, besides its reserve, the fee at 2x the feerate of a commitment with
+# every HTLC, its new one and one more (core-lightning and rust-lightning do the same).
+# The same buffer is what the non-funder's adds crossing the funder's on the wire may use
+# (how many it may have unacknowledged: ``protocol.rules``, module docstring).
+FEE_SPIKE_FEERATE_MULTIPLE = 2
+FEE_SPIKE_EXTRA_HTLCS = 1
+# The non-funder's adds that may cross the funder's on the wire are paid by the funder's
+# headroom: besides its fee spike buffer, the funder keeps the fee of as many more HTLCs
+# as 1/20 of its balance above its reserve pays for (at most the HTLCs it accepts), and
+# the non-funder keeps its adds the funder has not acknowledged within that. A funder
+# spends 95% of its balance in one go (its fee spike buffer at high feerates), and the
+# other side can still put a burst of HTLCs in flight (``protocol.rules``, module
+# docstring, for the rule and the figures).
+FEE_CROSSING_SHARE_DIVISOR = 20
+
 # BOLT #4: an onion_routing_packet is exactly 1,366 bytes (version, 33-byte key, 1,300
 # bytes of hop payloads, 32-byte HMAC). We also accept none (b"": the last hop of a
 # regtest payment carries no onion); anything longer is refused: it would be stored in

@@ -29,9 +29,52 @@ The views used (see ``protocol.book``):
 Keeping "funder's floor >= the fee of every commitment the book can produce" true after
 every accepted change (adds from either side and fee updates: removals never lower it)
 is what guarantees no commitment we will be asked to build or sign has a fee its funder
-cannot pay. A sender checks with the fee *bound* plus headroom for what may cross on the
-wire; the receiver exactly, on its own book, which holds at least everything the sender
-counted once messages are ordered, so an honest sender never trips it.
+cannot pay. The receiver checks exactly, on its own book, its own adds the sender has
+not seen included (issue 11): an add or update_fee of the funder's must leave it its
+reserve and the fee, one of the other side's must leave it the fee. A sender checks with
+the fee *bound* plus headroom for what may cross on the wire, so that an honest sender
+never trips the receiver's check (a refused message fails the channel).
+
+The headroom (issue 9). What crosses is the non-funder's adds, which the funder's own
+add or update_fee did not count and the receiver does. So both sides keep one rule:
+
+- the funder, after its add, keeps its reserve plus the larger of BOLT #2's fee spike
+  buffer (``fee_spike_buffer_msat``: the fee at twice the highest feerate pending with
+  every HTLC in the book, this one and one more) and the fee at the highest feerate with
+  N HTLCs more than the book and this one (``funder_headroom_msat``). N
+  (``crossing_htlcs``) is as many HTLCs (172 weight each) as 1/20 of its balance above
+  its reserve pays for, at most the HTLCs it accepts from the other side; the balance
+  is the one before its adds the other side has not acknowledged (the most the other
+  side can think it has), the feerate the lowest it may know. After an update_fee it
+  keeps the same with no add (BOLT's buffer with one HTLC more than the book);
+- the non-funder keeps every HTLC of its book, its new add and one add of the funder's
+  within what that headroom pays for (``crossing_problem``, ``covered_htlcs``): at
+  most ``max(2 k + 8, k + 1 + N)`` HTLCs, k the HTLCs of the book the funder has
+  acknowledged or offered and that are not being removed, N from the funder's floor
+  as it sees it and its highest feerate. An add the funder sent before seeing ours
+  left it this much, so when it reaches us, after our adds, our exact check holds; our
+  adds reaching the funder after its own find it the fee (and the reserve) likewise.
+  Over the limit our add is refused locally ("wait for its acknowledgement"): the next
+  round trip raises k.
+
+Figures (reserve 10,000 sat, defaults of hub and client; the most a funder of a new
+channel can add, in sat; ``tests/protocol/test_fee_headroom.py``):
+
+    channel  feerate  N (limit)  headroom  sends (limit 200)  forwards (limit 483)
+    100,000      253     103       4,708       85,292              85,292
+    100,000    2,500      10       6,540       83,460              83,460
+    200,000      253  218 (200)    8,929       181,071             180,287 (N 218)
+    200,000    2,500      22      11,700       178,300             178,300
+
+BOLT's buffer alone would let it send 89,460 / 84,660 / 189,460 / 184,660; the rule
+before kept the fee of every HTLC the peer might still add (483 at 2,500 sat/kw:
+209,930 sat: nothing could be sent, and an 80,000 sat forward over a 100,000 sat channel
+was refused). Against a funder of 600,000 sat at 2,500 sat/kw, N = 68: the hub can
+put 68 forwards in flight on a channel its client funded before any is acknowledged.
+With a poor funder N is small and BOLT's buffer binds: 100,000 sat at 20,000 sat/kw
+leaves room for 7 of the other side's adds in flight (issue 11's crossing test needs 8:
+an honest peer never sends them). A peer that is not ours may put more in flight than
+this rule lets us; a race then fails the channel, as BOLT #2 accepts for its buffer.
 """
 
 from __future__ import annotations
@@ -44,6 +87,11 @@ from protocol.book import LOCAL, REMOTE, Book, Htlc, Mark, Pred, View
 from protocol.commitments import is_trimmed
 from protocol.config import (
     CLTV_EXPIRY_LOCKTIME_THRESHOLD,
+    COMMITMENT_BASE_WEIGHT,
+    FEE_CROSSING_SHARE_DIVISOR,
+    FEE_SPIKE_EXTRA_HTLCS,
+    FEE_SPIKE_FEERATE_MULTIPLE,
+    HTLC_OUTPUT_WEIGHT,
     MAX_ACCEPTED_HTLCS_LIMIT,
     MAX_CLTV_EXPIRY_DELTA_BLOCKS,
     MAX_MONEY_SAT,
@@ -143,6 +191,64 @@ def fee_bound_msat(book: Book, extra_htlcs: int = 0, feerate_per_kw: int | None 
     return 1000 * fee_upper_bound_sat(feerate, len(book.htlcs) + extra_htlcs)
 
 
+def fee_spike_buffer_msat(book: Book, extra_htlcs: int = 0,
+                          feerate_per_kw: int | None = None) -> int:
+    """BOLT #2's fee spike buffer (module docstring, ``config.FEE_SPIKE_*``): the fee
+    bound at twice the highest feerate pending (or ``feerate_per_kw`` if higher) with
+    every HTLC in the book, ``extra_htlcs`` more and one future HTLC. Never below the
+    exact fee of any commitment the book can build with them."""
+    feerate = book.max_feerate() if feerate_per_kw is None else max(book.max_feerate(),
+                                                                     feerate_per_kw)
+    return 1000 * fee_upper_bound_sat(FEE_SPIKE_FEERATE_MULTIPLE * feerate,
+                                      len(book.htlcs) + extra_htlcs + FEE_SPIKE_EXTRA_HTLCS)
+
+
+def crossing_htlcs(d: ChannelData, funder_msat: int, feerate_per_kw: int) -> int:
+    """N (module docstring): how many HTLCs of the non-funder's, beyond what the fee
+    spike buffer pays for, the funder's headroom pays the fee of: as many as 1/20 of
+    ``funder_msat`` above its reserve pays for at ``feerate_per_kw``, at most the HTLCs
+    the funder accepts from the other side."""
+    assert d.remote is not None
+    fundee = funder(d).other()
+    limit = d.config.max_accepted_htlcs if fundee is REMOTE else d.remote.max_accepted_htlcs
+    spare_msat = funder_msat - reserve_msat(d, funder(d))
+    per_htlc_msat = HTLC_OUTPUT_WEIGHT * feerate_per_kw  # 172 weight at r sat per 1000
+    if spare_msat <= 0:
+        return 0
+    return min(limit, spare_msat // (FEE_CROSSING_SHARE_DIVISOR * per_htlc_msat))
+
+
+def funder_headroom_msat(d: ChannelData, adding: bool,
+                         feerate_per_kw: int | None = None) -> int:
+    """What we, the funder, keep beyond our reserve after our own add (``adding``) or
+    our update_fee to ``feerate_per_kw``: BOLT #2's fee spike buffer with one HTLC more
+    than the book (an add still fits after an update_fee), or, if more, the fee at the
+    highest feerate with the book, the add and ``crossing_htlcs`` more HTLCs. Those are
+    counted from our balance before our adds the peer has not acknowledged (the most
+    the peer can think we have) at the lowest feerate it may know (module docstring)."""
+    book = d.book
+    pred = min_view_pred(d, REMOTE)
+    _, end = funder_floor_msat(d)
+    unacknowledged = sum(h.amount_msat for h in book.htlcs.values()
+                         if h.offered_by is LOCAL and not pred(h.add))
+    rates = feerates(book) if feerate_per_kw is None else [*feerates(book), feerate_per_kw]
+    crossing = crossing_htlcs(d, end + unacknowledged, min(rates))
+    return max(fee_spike_buffer_msat(book, 1, feerate_per_kw),
+               fee_bound_msat(book, int(adding) + crossing, feerate_per_kw))
+
+
+def covered_htlcs(known_htlcs: int, crossing: int) -> int:
+    """How many HTLCs a commitment may hold, at the feerate of the funder's headroom,
+    for the headroom kept after an add with ``known_htlcs`` HTLCs in the funder's book
+    (that add included) to pay its fee: the weight 724 + 172 n within the fee spike
+    buffer's 2 (724 + 172 (known + 1)), that is ``2 known + 6``, or ``known + crossing``
+    (``funder_headroom_msat``, ``crossing_htlcs``)."""
+    buffer_weight = FEE_SPIKE_FEERATE_MULTIPLE * (
+        COMMITMENT_BASE_WEIGHT + HTLC_OUTPUT_WEIGHT * (known_htlcs + FEE_SPIKE_EXTRA_HTLCS))
+    return max((buffer_weight - COMMITMENT_BASE_WEIGHT) // HTLC_OUTPUT_WEIGHT,
+               known_htlcs + crossing)
+
+
 def add_problem(d: ChannelData, static: ChannelStatic, sender: Side, htlc_id: int,
                 amount_msat: int, payment_hash: bytes, cltv_expiry: int,
                 height: int) -> Problem | None:
@@ -190,27 +296,23 @@ def add_problem(d: ChannelData, static: ChannelStatic, sender: Side, htlc_id: in
     return _remote_affordability(d, static, candidate)
 
 
-def _peer_slots(d: ChannelData) -> int:
-    """How many more HTLCs the non-funder may still add without asking the funder."""
-    assert d.remote is not None
-    fundee = funder(d).other()
-    limit = d.config.max_accepted_htlcs if fundee is REMOTE else d.remote.max_accepted_htlcs
-    count = sum(1 for h in d.book.htlcs.values() if h.offered_by is fundee)
-    return max(0, limit - count)
-
-
 def _local_affordability(d: ChannelData, view: View, amount_msat: int) -> Problem | None:
-    """Our own add. As funder we keep, besides our reserve, the fee of a commitment with
-    every live HTLC, this one, and every HTLC the peer may still add, at the highest
-    feerate pending: the peer's adds cross ours on the wire and we pay for them (the
-    fee-spike problem of BOLT #2; rust-lightning keeps a similar buffer)."""
+    """Our own add. As funder (BOLT #2: the sending node responsible for the fee) we
+    keep our reserve plus the fee spike buffer (``fee_spike_buffer_msat``): the fee at
+    twice the highest feerate pending of a commitment with every HTLC in the book, this
+    one and one more. As the other side we keep our reserve, the funder must still pay
+    reserve and fee with this HTLC, and our adds the funder has not acknowledged stay
+    within what its buffer absorbs (``crossing_problem``)."""
     if funder(d) is LOCAL:
         floor, end = funder_floor_msat(d)
         left = min(floor, end - amount_msat)
-        needed = reserve_msat(d, LOCAL) + fee_bound_msat(d.book, 1 + _peer_slots(d))
-        if left < needed:
+        reserve = reserve_msat(d, LOCAL)
+        headroom = funder_headroom_msat(d, adding=True)
+        if left < reserve + headroom:
             return Problem(f"cannot afford {amount_msat} msat: {left} msat would be left, "
-                           f"needs {needed} msat of reserve and fee headroom left")
+                           f"needs {reserve + headroom} msat ({reserve} of channel reserve "
+                           f"and {headroom} of fee headroom: the fee spike buffer, or "
+                           f"the fee of the peer's adds that may cross this one)")
         return None
     if view.local_msat - amount_msat < reserve_msat(d, LOCAL):
         return Problem(f"cannot afford {amount_msat} msat and keep the channel reserve")
@@ -219,6 +321,24 @@ def _local_affordability(d: ChannelData, view: View, amount_msat: int) -> Proble
     f_floor, _ = funder_floor_msat(d)
     if f_floor < reserve_msat(d, REMOTE) + fee_bound_msat(d.book, 1):
         return Problem("the funder could not pay the commitment fee with one more HTLC")
+    return crossing_problem(d)
+
+
+def crossing_problem(d: ChannelData) -> Problem | None:
+    """Our add as the non-funder: the funder's adds and update_fee that cross it on the
+    wire were checked without it, and the funder's buffer is what pays for it when they
+    reach us (module docstring). So the HTLCs we count (every one in our book, this one
+    and one add of the funder's) stay within ``crossing_allowance`` of the HTLCs the
+    funder surely counted: those it acknowledged or offered, not being removed."""
+    pred = min_view_pred(d, REMOTE)
+    known = sum(1 for h in d.book.htlcs.values() if h.removal is None and pred(h.add))
+    counted = len(d.book.htlcs) + 2
+    f_floor, _ = funder_floor_msat(d)
+    covered = covered_htlcs(known + 1, crossing_htlcs(d, f_floor, d.book.max_feerate()))
+    if counted > covered:
+        return Problem(f"{counted - 2} HTLCs in the book, {known} of them acknowledged by "
+                       f"the funder: wait for its acknowledgement (its fee headroom "
+                       f"covers {covered} HTLCs)")
     return None
 
 
@@ -291,10 +411,13 @@ def fee_problem(d: ChannelData, static: ChannelStatic, sender: Side,
                 feerate_per_kw: int) -> Problem | None:
     """BOLT #2 update_fee: only the funder sends it; the feerate must be sane; the funder
     must afford it and keep its channel reserve, as core-lightning and LND require, so
-    that it cannot push itself below the reserve through fees: we, as funder, with the
-    same headroom as for our adds (the fee bound, never below the exact fee, so an
-    honest funder never trips the peer's check); the peer exactly, on the commitments
-    built next with it."""
+    that it cannot push itself below the reserve through fees: we, as funder, keep the
+    fee spike buffer an add of one more HTLC would need at the new feerate (twice it,
+    every HTLC and two more), so the update never leaves us unable to offer an HTLC (the
+    "degraded channel" of BOLT #2's rationale), it is never below the exact fee (an
+    honest funder never trips the peer's check), and the peer's adds crossing it fit as
+    they do an add's (module docstring); the peer exactly, on the commitments built next
+    with it."""
     if funder(d) is not sender:
         return Problem("update_fee from the side that is not the funder")
     cfg = d.config
@@ -303,10 +426,11 @@ def fee_problem(d: ChannelData, static: ChannelStatic, sender: Side,
                        f"[{cfg.min_feerate_per_kw}, {cfg.max_feerate_per_kw}]")
     floor, _ = funder_floor_msat(d)
     if sender is LOCAL:
-        needed = reserve_msat(d, LOCAL) + fee_bound_msat(d.book, _peer_slots(d), feerate_per_kw)
+        needed = reserve_msat(d, LOCAL) + funder_headroom_msat(d, False, feerate_per_kw)
         if floor < needed:
             return Problem(f"cannot afford feerate_per_kw {feerate_per_kw} "
-                           f"({floor} < {needed} msat)")
+                           f"({floor} < {needed} msat of channel reserve and fee spike "
+                           f"buffer)")
     else:
         fee_msat = worst_fee_msat(static, list(d.book.htlcs.values()), [feerate_per_kw])
         needed = reserve_msat(d, REMOTE) + fee_msat

@@ -2,7 +2,7 @@
 accepts and the first it refuses (issue 11: "almost every limit can move by one or lose
 a term without a failing test"). Figures are worked out in each test from the BOLT #3
 fee formula (weight 724 + 172 per untrimmed HTLC), so a moved bound, a dropped term
-(HTLCs already offered, the fee-spike headroom, whose reserve it is) or a swapped side
+(HTLCs already offered, the fee headroom, whose reserve it is) or a swapped side
 changes the answer at the boundary.
 
 The channel: 1,000,000 sat, a funds and keeps 600,000 sat, b has 400,000 sat, 1,000
@@ -151,19 +151,21 @@ def test_funder_keeps_its_reserve_and_the_fee(pair: ChannelPair) -> None:
 
 
 def test_funder_headroom_for_the_peers_adds(pair: ChannelPair) -> None:
-    """a's own add keeps the fee of a commitment with this HTLC and every HTLC b may
-    still add (a accepts 30 from b) at the highest feerate: 20,000,000 + (724 + 172 * 31)
-    * 1000 = 26,056,000 msat must be left: 573,944,000 msat at most."""
+    """a's own add keeps the fee of a commitment with this HTLC and the HTLCs b may add
+    crossing it at the highest feerate: 1/20 of a's 580,000 sat above its reserve pays
+    for 168 HTLCs at 172 sat each, capped at the 30 a accepts from b, so 20,000,000 +
+    (724 + 172 * 31) * 1000 = 26,056,000 msat must be left: 573,944,000 msat at most
+    (more than BOLT #2's buffer, 2 * (724 + 172 * 2) = 2,136 sat)."""
     pair.a.channel.d.remote.max_htlc_value_in_flight_msat = 10**12  # type: ignore[union-attr]
     limit = 600_000_000 - 20_000_000 - fee_1000(31)
     assert own_add_problem(pair, "a", limit) is None
     p = own_add_problem(pair, "a", limit + 1)
     assert p is not None and "headroom" in p.message
-    # Each HTLC b already offered is one slot less of headroom but one HTLC more.
+    # Each HTLC already in the book is one output more (172 sat), whoever offered it.
     pair.add("b", 2_000_000, 5)
     pair.settle()
-    assert own_add_problem(pair, "a", limit) is None
-    assert own_add_problem(pair, "a", limit + 1) is not None
+    assert own_add_problem(pair, "a", limit - 172_000) is None
+    assert own_add_problem(pair, "a", limit - 172_000 + 1) is not None
 
 
 def test_fundee_checks_the_funder_can_pay(pair: ChannelPair) -> None:
@@ -344,15 +346,16 @@ def test_our_open_keeps_the_first_fee(push_delta: int, ok: bool) -> None:
             pair.a.channel.open(funding_sat=1_000_000, push_msat=push, feerate_per_kw=1000)
 
 
-def test_funder_headroom_when_the_peer_has_no_slot_left() -> None:
-    """a accepts 2 HTLCs from b and b has offered 2: no slot left, so a's headroom is
-    this HTLC and the 2 in flight (fee with 3 HTLCs), nothing more."""
+def test_funder_keeps_the_fee_spike_buffer_when_the_peer_adds_few() -> None:
+    """a accepts 2 HTLCs from b and b has offered 2: the fee of 2 crossing HTLCs more
+    (1,584 sat with 5) is below BOLT #2's fee spike buffer, the fee at twice the feerate
+    with b's 2, this HTLC and one more: 2 * (724 + 172 * 4) = 2,824 sat."""
     cfg_a = LocalConfig(channel_reserve_sat=10_000, max_accepted_htlcs=2)
     pair = ChannelPair(config_a=cfg_a, config_b=CFG_B)
     for n in range(2):
         pair.add("b", 2_000_000, n)
     pair.settle()
-    limit = 600_000_000 - 20_000_000 - fee_1000(3)
+    limit = 600_000_000 - 20_000_000 - 2 * fee_1000(4)
     assert own_add_problem(pair, "a", limit) is None
     assert own_add_problem(pair, "a", limit + 1) is not None
 
