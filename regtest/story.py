@@ -32,12 +32,20 @@ the tail of its log.
 `clock_offset_s`: the actor's client clock (invoice creation and expiry checks) is
 the wall clock plus an offset the parent can move (`advance_clock`), so a test makes
 an invoice expire without waiting for it.
+
+`hold` (TEST-ONLY): while on, the actor records each payment it receives as a client
+does (the receipt is durable, the invoice paid) but does not fulfill the HTLC: the
+preimage goes to the channel's watch only, so a force close then claims the HTLC on
+chain with it (BOLT #5 HTLC-success), the scenario "a payee reveals the preimage on
+chain". `wait_held` returns once an HTLC is held. A client fulfills at once by design;
+this switch exists for the harness, in the actor, not as a client option.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -60,6 +68,7 @@ from client.transport import HubPin
 from protocol import ChannelState
 from protocol.driver.crypto import Passphrase
 from protocol.driver.db import sqlite_url
+from protocol.driver.driver import ChannelDriver
 from protocol.driver.grpc_bridge import open_grpc_bridge
 
 ACTOR_LOG_FILE = "actor.log"
@@ -306,6 +315,23 @@ class Actor:
     def __init__(self, client: AsyncHubClient, clock_offset_s: list[int]) -> None:
         self.client = client
         self.clock_offset_s = clock_offset_s
+        self.holding = False
+        self.held: list[dict[str, Any]] = []
+        self._held_changed = trio.Event()
+        node = client.node
+        fulfill = node._answer  # the node's one place that fulfills a received HTLC
+
+        def answer(driver: ChannelDriver, htlc_id: int, preimage: bytes) -> None:
+            if not self.holding:
+                fulfill(driver, htlc_id, preimage)
+                return
+            node._preimage_to_watch(driver, preimage)  # the watch claims it on chain
+            self.held.append({"channel_id": driver.channel_id, "htlc_id": htlc_id,
+                              "payment_hash": hashlib.sha256(preimage).digest()})
+            self._held_changed.set()
+            self._held_changed = trio.Event()
+
+        setattr(node, "_answer", answer)  # noqa: B010 (TEST-ONLY: the hold switch)
         self.commands: dict[str, Callable[..., Awaitable[Any]]] = {
             "info": self.op_info, "wallet_address": self.op_wallet_address,
             "wallet_balance": self.op_wallet_balance, "sync": self.op_sync,
@@ -315,7 +341,8 @@ class Actor:
             "invoices": self.op_invoices, "pay": self.op_pay, "pay_many": self.op_pay_many,
             "refund": self.op_refund, "payments": self.op_payments,
             "events": self.op_events, "close": self.op_close,
-            "advance_clock": self.op_advance_clock,
+            "advance_clock": self.op_advance_clock, "hold": self.op_hold,
+            "wait_held": self.op_wait_held,
         }
 
     async def op_info(self) -> dict[str, Any]:
@@ -442,6 +469,17 @@ class Actor:
         while driver.channel.state in (ChannelState.SHUTDOWN, ChannelState.NEGOTIATING):
             await self.client.node.changed.wait()
         return self._channel(driver.channel_id)
+
+    async def op_hold(self, on: bool) -> bool:
+        """Hold received HTLCs (see the module docstring) while ``on``."""
+        self.holding = on
+        return on
+
+    async def op_wait_held(self, count: int = 1) -> list[dict[str, Any]]:
+        """Wait until ``count`` HTLCs are held; the held HTLCs."""
+        while len(self.held) < count:
+            await self._held_changed.wait()
+        return self.held
 
     async def op_advance_clock(self, seconds: int) -> int:
         self.clock_offset_s[0] += seconds
