@@ -52,6 +52,7 @@ from regtest.harness import (
     TowerEndpoint,
     chanhub_command,
     client_env,
+    client_towers,
     file_tail,
     free_port,
     hub_store_url,
@@ -239,11 +240,16 @@ def describe(network: Network) -> list[str]:
         if client is None:
             lines.append(f"{name + ':':<8}stopped (data dir {network.client_dir(name)})")
             continue
+        hint = client.command_hint
+        if node is not None and client_towers(client.datadir):
+            # a client with towers needs the chain for every online command
+            hint = hint.replace(" <command>", f" --bitcoind-rpc {node.url} --bitcoind-cookie "
+                                              f"{node.cookie_file} <command>")
         lines += [
             f"{name + ':':<8}online (pid {client.pid}), node id {client.node_id.hex()}",
             f"        data dir {client.datadir}",
             f"        wallet   {client.wallet_address or NO_WALLET}",
-            f"        use      {client.command_hint}",
+            f"        use      {hint}",
         ]
         proxy = running_proxy(client.datadir)
         if proxy is not None:

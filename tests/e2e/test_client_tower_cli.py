@@ -1,4 +1,4 @@
-"""`chanhub init --tower`, `chanhub tower add|list|remove` against a real `chanhub-tower`
+"""`chanhub init|serve --tower`, `chanhub tower add|list|remove` against a real `chanhub-tower`
 process: a wrong pin, an unreachable tower or a pin without a tower is one error line,
 exit status 1 and nothing stored; a good one is registered and kept for later commands,
 which then need the chain (their penalties pay our wallet)."""
@@ -79,6 +79,14 @@ def test_a_tower_is_registered_stored_and_listed(tmp_path: Path, node_process: N
     # a command that goes online needs the chain once a tower is set
     needs_chain = one_error_line(chanhub(alice, hub_process, "balance"))
     assert "give --bitcoind-rpc" in needs_chain
+    # serve registers its --tower before it goes online: refused ones stop it there
+    assert "--tower needs --bitcoind-rpc" in one_error_line(chanhub(
+        alice, hub_process, "serve", "--tower", tower.target, "--tower-fingerprint",
+        tower.tls_cert_sha256))
+    assert down in one_error_line(chanhub(alice, hub_process, "serve", "--tower", down,
+                                          "--tower-fingerprint", tower.tls_cert_sha256,
+                                          node=node_process))
+    assert [t.target for t in load_towers(alice)] == [tower.target]
 
     # a tower that went away: the table still shows it, and the exit status says so
     stop_tower(tower.datadir)

@@ -55,6 +55,7 @@ def test_the_tower_punishes_the_hub_while_the_client_is_offline(network_dir: Pat
                                           "--datadir", str(network_dir)])
     assert up.exit_code == 0, up.output
     assert "tower:  running at" in up.output
+    assert up.output.count("--bitcoind-rpc") == 2  # each client's command line has it
     network = Network.load(network_dir)
     node, hub, tower = network.node(), network.hub(), network.tower_endpoint()
     assert node is not None and hub is not None and tower is not None
