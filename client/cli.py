@@ -604,7 +604,8 @@ def channels(ctx: click.Context) -> None:
         try:
             return [{"channel_id": d.channel_id, "state": d.channel.state.value,
                      "local_msat": int(d.channel.latest_view(Side.LOCAL).local_msat),
-                     "remote_msat": int(d.channel.latest_view(Side.LOCAL).remote_msat)}
+                     "remote_msat": int(d.channel.latest_view(Side.LOCAL).remote_msat),
+                     "feerate_per_kw": d.channel.d.book.base_feerate_per_kw}
                     for d in node.session.drivers]
         finally:
             node.close()

@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from channel.chain import btc_to_sat
+from channel.htlc import commitment_weight, weight_fee_sat
 from regtest import cheat
 from regtest.cli import main as regtest_cli
 from regtest.harness import run_chanhub, running_client
@@ -101,6 +102,8 @@ def test_the_tower_punishes_the_hub_while_the_client_is_offline(network_dir: Pat
     # one a revoked commitment of the hub with something revocable: the HTLC of the
     # first payment; the first payment settled; the second payment in flight
     assert listed["appointments"] == 3
+    [channel] = json.loads(run_chanhub(alice.datadir, hub, "--json", "channels"))
+    feerate = int(channel["feerate_per_kw"])  # the opening one: nobody sent update_fee
 
     # the hub publishes its revoked commitment, which held the HTLC
     [revoked] = [c for c in cheat.stored_commitments(
@@ -123,8 +126,13 @@ def test_the_tower_punishes_the_hub_while_the_client_is_offline(network_dir: Pat
     htlc_sat = (IN_FLIGHT_MSAT + second_fee_msat) // 1000
     assert hub_local_sat in values and htlc_sat in values and len(values) == 3
     [to_remote_index] = [i for i, v in enumerate(values) if v not in (hub_local_sat, htlc_sat)]
+    # Alice funded the channel: her output pays the commitment's fee (BOLT #3); each
+    # output is rounded down to the satoshi, the msat remainders going to the fee
+    alice_msat = (CHANNEL_SAT * 1000 - FIRST_MSAT - first_fee_msat - IN_FLIGHT_MSAT
+                  - second_fee_msat)
+    assert values[to_remote_index] == (alice_msat // 1000
+                                       - weight_fee_sat(commitment_weight(1), feerate))
     commitment_fee_sat = CHANNEL_SAT - sum(values)
-    assert 0 < commitment_fee_sat < 10_000
 
     # the penalty takes both revocable outputs, and nothing else, into Alice's wallet
     taken = sorted((i["txid"], i["vout"]) for i in penalty["vin"])
