@@ -10,7 +10,7 @@ from hub import ledger
 from hub.edge import FailedPrecondition, InvalidArgument, NotFound
 from hub.policy import FeePolicy, PolicyError
 from proto import admin_pb2, client_pb2
-from protocol.table import ChannelState
+from protocol.table import ENDED_STATES
 
 if TYPE_CHECKING:
     from hub.node import HubNode
@@ -25,7 +25,7 @@ class AdminApi:
     async def get_info(self) -> admin_pb2.GetInfoResponse:
         node = self.node
         live = [d for d in node.drivers.values()
-                if d.channel.state not in (ChannelState.CLOSED, ChannelState.FAILED)]
+                if d.channel.state not in ENDED_STATES]
         hub_msat = sum(node.channel_proto(d).remote_balance_msat for d in live)
         clients = await node.db.read(ledger.list_clients)
         fees = await node.db.read(ledger.fees_earned_msat)

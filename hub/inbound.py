@@ -33,7 +33,7 @@ from hub.edge import FailedPrecondition, InvalidArgument, NotFound
 from proto import client_pb2
 from protocol.actions import ChannelFailed, ChannelOpened, Event
 from protocol.driver.driver import ChannelDriver
-from protocol.table import ChannelState
+from protocol.table import ENDED_STATES, ChannelState
 
 if TYPE_CHECKING:
     from hub.node import HubNode
@@ -171,8 +171,7 @@ class InboundOrders:
         if session is None or not session.connected:
             raise FailedPrecondition("open the peer link first: the hub opens the channel "
                                      "over it")
-        live = sum(d.channel.state not in (ChannelState.CLOSED, ChannelState.FAILED)
-                   for d in session.drivers)
+        live = sum(d.channel.state not in ENDED_STATES for d in session.drivers)
         if live >= s.max_channels_per_client:
             raise FailedPrecondition(f"you have {live} channels, the most this hub allows")
         confirmed_sat = node.onchain.chain.wallet.balance().confirmed_sat

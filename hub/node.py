@@ -44,7 +44,7 @@ from channel.chain.services import ChainServices
 from channel.commitment import Side
 from channel.keys import pubkey_from_secret
 from channel.scripts import p2wpkh
-from channel.watch import ChannelClosedOnChain, ClaimConfirmed, PreimageLearned
+from channel.watch import ChannelClosedOnChain, ClaimBuried, PreimageLearned
 from hub import ledger
 from hub.admin import AdminApi
 from hub.config import HubConfig
@@ -73,7 +73,7 @@ from protocol.driver.peer import PeerSession
 from protocol.driver.store import new_channel_key, open_secret_box
 from protocol.driver.writer import GroupWriter
 from protocol.errors import LocalProtocolError
-from protocol.table import ChannelState, LinkState
+from protocol.table import ENDED_STATES, ChannelState, LinkState
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,9 @@ class HubSettings:
                            min_funding_sat=self.min_channel_size_sat)
 
 
+# Closed on chain: nothing settles off chain any more (the watch does it all).
+_OFF_CHAIN_ENDED = (ChannelState.ON_CHAIN, ChannelState.RESOLVED)
+
 # gettxout as bitcoind answers it (None: spent or unknown), for check_fundings.
 TxOutLookup = Callable[[str, int], Awaitable[dict[str, Any] | None]]
 
@@ -135,6 +138,9 @@ _CHANNEL_STATES = {
     ChannelState.NEGOTIATING: client_pb2.CHANNEL_STATE_CLOSING,
     ChannelState.CLOSED: client_pb2.CHANNEL_STATE_CLOSED,
     ChannelState.FAILED: client_pb2.CHANNEL_STATE_FORCE_CLOSING,
+    # Closed on chain, outputs being claimed: closing; every one settled: closed.
+    ChannelState.ON_CHAIN: client_pb2.CHANNEL_STATE_FORCE_CLOSING,
+    ChannelState.RESOLVED: client_pb2.CHANNEL_STATE_CLOSED,
 }
 
 
@@ -167,7 +173,7 @@ class HubNode:
                              drivers=self.drivers, fee_policy=lambda: self.fee_policy,
                              cltv_expiry_delta_blocks=settings.cltv_expiry_delta_blocks,
                              min_htlc_msat=settings.min_htlc_msat, height=self.height,
-                             now_unix=now_unix)
+                             now_unix=now_unix, preimage_to_chain=self._preimage_to_watch)
         for stored in store.load_channels():
             self._add_driver(ChannelDriver.restore(stored, self.ctx))
         for watch in store.load_watches():
@@ -246,11 +252,58 @@ class HubNode:
                 self.router.on_event(driver, HtlcFulfilled(
                     htlc.htlc_id, htlc.payment_hash, event.payment_preimage))
 
+    def _preimage_to_watch(self, driver: ChannelDriver, preimage: bytes) -> None:
+        """A preimage the channel cannot take off chain (it is on chain, or failed):
+        its watch claims the client's HTLC with it on chain, from the next block (the
+        preimage is in the forward record first; ``_feed_watches`` gives it again after
+        a restart)."""
+        if self.onchain is None:
+            return
+        enforcer = self.onchain.enforcer
+        enforcer.refresh()
+        watch = enforcer.watch_of(driver)
+        if watch is not None:
+            watch.add_preimage(preimage)
+
+    async def _feed_watches(self) -> None:
+        """After a restart, before the follower runs: every preimage stored for an HTLC
+        still open on a channel that cannot settle off chain goes to its watch; every
+        outgoing HTLC whose timeout claim is buried (``ClaimBuried``, reported before
+        the restart, perhaps with its fail-back not yet stored) is failed back."""
+        assert self.onchain is not None
+        enforcer = self.onchain.enforcer
+        enforcer.refresh()
+        for driver in list(self.drivers.values()):
+            watch = enforcer.watch_of(driver)
+            if watch is None:
+                continue
+            for event in list(watch.reported.values()):
+                if isinstance(event, ClaimBuried):
+                    self._buried(driver, event)
+            off_chain_ended = driver.channel.state in (*_OFF_CHAIN_ENDED, ChannelState.FAILED)
+            if (off_chain_ended or watch.closed_on_chain() is not None) and \
+                    driver.channel.received_htlcs():
+                key = driver.channel_key
+
+                def read(conn: sa.Connection, key: bytes = key
+                         ) -> dict[int, ledger.ForwardRecord]:
+                    return ledger.load_forwards_for_incoming(conn, key)
+
+                for record in (await self.db.read(read)).values():
+                    if record.state == ledger.SUCCEEDED and record.payment_preimage:
+                        watch.add_preimage(record.payment_preimage)
+
+    def _buried(self, driver: ChannelDriver, event: ClaimBuried) -> None:
+        if event.label.startswith("htlc_timeout "):
+            self.router.outgoing_timed_out_on_chain(driver, int(event.label.split()[1]))
+
     async def _chain_report(self, driver: ChannelDriver, event: object) -> None:
         """A unilateral close confirmed: the client's event log says so. An outgoing
-        HTLC timed out on chain: its upstream HTLC is failed back off chain."""
-        if isinstance(event, ClaimConfirmed) and event.label.startswith("htlc_timeout "):
-            self.router.outgoing_timed_out_on_chain(driver, int(event.label.split()[1]))
+        HTLC timed out on chain and the claim is buried (``ANTI_REORG_DELAY`` deep: a
+        shallower reorg could still let the payee claim it with the preimage): its
+        upstream HTLC is failed back off chain."""
+        if isinstance(event, ClaimBuried):
+            self._buried(driver, event)
         if isinstance(event, ChannelClosedOnChain) and event.kind != "cooperative":
             body = client_pb2.Event(channel_closed=client_pb2.ChannelChanged(
                 channel=self.channel_proto(driver)))
@@ -270,6 +323,7 @@ class HubNode:
             self.router.reconcile(await self.db.read(ledger.load_in_flight))
             if self.chain is not None and self.onchain is not None:
                 await self.onchain.restore()  # before the follower replays blocks
+                await self._feed_watches()
                 await nursery.start(self.chain.run)
                 await nursery.start(self.onchain.run)
             await self.inbound.restore()
@@ -312,8 +366,7 @@ class HubNode:
     def _accept_channel(self, session: PeerSession, msg: peer_pb2.OpenChannel
                         ) -> ChannelDriver | None:
         s = self.settings
-        open_count = sum(d.channel.state not in (ChannelState.CLOSED, ChannelState.FAILED)
-                         for d in session.drivers)
+        open_count = sum(d.channel.state not in ENDED_STATES for d in session.drivers)
         if bytes(msg.chain_hash) != s.chain_hash:
             log.info("open_channel from %s refused: another chain", session.peer_node_id.hex())
             return None

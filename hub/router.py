@@ -32,8 +32,13 @@ and the restored channel books: outgoing fulfilled -> fulfill incoming; outgoing
 failed or absent -> fail incoming; still pending -> wait for its event; an incoming
 HTLC with no record -> routed as new.
 
-Not handled here (the disputes issue): an outgoing HTLC the payee holds past its
-deadline (``HtlcDeadline``) has to be settled on chain.
+On chain (the channels' watches, protocol/driver/enforce.py): only a NORMAL channel
+is forwarded into (an ON_CHAIN or RESOLVED one never: ``UNKNOWN_PAYEE``, as for a
+closed one). An outgoing HTLC the payee holds past its deadline is settled on chain by
+the watch; ``outgoing_timed_out_on_chain`` fails the incoming one back once the
+timeout claim is buried (HubNode, on ``ClaimBuried``). An incoming HTLC whose channel
+refuses the fulfill (on chain, failed) gets its preimage to that channel's watch
+(``preimage_to_chain``), which claims it on chain.
 """
 
 from __future__ import annotations
@@ -138,7 +143,12 @@ class Router:
                  hub_node_id: bytes, sessions: dict[bytes, PeerSession],
                  drivers: dict[bytes, ChannelDriver], fee_policy: Callable[[], FeePolicy],
                  cltv_expiry_delta_blocks: int, min_htlc_msat: int,
-                 height: Callable[[], int], now_unix: Callable[[], int]) -> None:
+                 height: Callable[[], int], now_unix: Callable[[], int],
+                 preimage_to_chain: Callable[[ChannelDriver, bytes], None] | None = None
+                 ) -> None:
+        """``preimage_to_chain(driver, preimage)``: hand a preimage to the incoming
+        channel's watch when that channel refuses the fulfill off chain (it is on
+        chain, or failed): the watch claims the payer's HTLC on chain with it."""
         self.store = store
         self.events = events
         self.node_secret = node_secret
@@ -150,6 +160,7 @@ class Router:
         self.min_htlc_msat = min_htlc_msat
         self.height = height
         self.now_unix = now_unix
+        self.preimage_to_chain = preimage_to_chain
         self.stats = RouterStats()
         # In-flight forwards, by incoming and by outgoing HTLC.
         self.by_incoming: dict[tuple[bytes, int], ForwardRecord] = {}
@@ -383,6 +394,15 @@ class Router:
             # ``retry_deferred`` once it is up (HubNode calls it after each frame).
             log.debug("forward %s: incoming not settled now: %s", record.payment_id,
                       exc.message)
+            if record.state == SUCCEEDED and self.preimage_to_chain is not None:
+                # Never wrong to give the watch: claimed on chain if the channel is
+                # (or goes) there; an ON_CHAIN channel has no other way to settle.
+                assert record.payment_preimage is not None
+                self.preimage_to_chain(driver, record.payment_preimage)
+            if driver.channel.state in (ChannelState.ON_CHAIN, ChannelState.RESOLVED):
+                if self.by_incoming.get(record.incoming) is record:
+                    del self.by_incoming[record.incoming]
+                return  # settled on chain by the watch, or timed out there by the payer
             if driver.channel.link is not LinkState.UP:
                 self.deferred.setdefault(record.incoming_channel_key, {})[
                     record.incoming_htlc_id] = record

@@ -14,9 +14,12 @@ operation and docs/dev/watch-api.md).
 from channel.watch.core import ChannelWatch
 from channel.watch.listener import WatchSet
 from channel.watch.types import (
+    ANTI_REORG_DELAY,
     MAX_STANDARD_TX_WEIGHT,
     Broadcast,
     ChannelClosedOnChain,
+    ChannelResolved,
+    ClaimBuried,
     ClaimConfirmed,
     ClaimUneconomical,
     FundingConfirmed,
@@ -34,10 +37,13 @@ from channel.watch.types import (
 )
 
 __all__ = [
+    "ANTI_REORG_DELAY",
     "MAX_STANDARD_TX_WEIGHT",
     "Broadcast",
     "ChannelClosedOnChain",
+    "ChannelResolved",
     "ChannelWatch",
+    "ClaimBuried",
     "ClaimConfirmed",
     "ClaimUneconomical",
     "FundingConfirmed",

@@ -97,7 +97,8 @@ def revoked_to_json(r: t.RevokedCommitment) -> dict[str, Any]:
     return {"commitment_number": r.commitment_number, "txid": r.txid.hex(),
             "htlc_outputs": [[i, htlc_to_json(h)] for i, h in r.htlc_outputs],
             "to_local_output_index": r.to_local_output_index,
-            "to_local_amount_sat": r.to_local_amount_sat}
+            "to_local_amount_sat": r.to_local_amount_sat,
+            "feerate_per_kw": r.feerate_per_kw}
 
 
 def revoked_from_json(x: dict[str, Any]) -> t.RevokedCommitment:
@@ -105,12 +106,14 @@ def revoked_from_json(x: dict[str, Any]) -> t.RevokedCommitment:
     return t.RevokedCommitment(
         int(x["commitment_number"]), bytes.fromhex(x["txid"]),
         tuple((int(i), htlc_from_json(h)) for i, h in x["htlc_outputs"]),
-        None if index is None else int(index), int(x["to_local_amount_sat"]))
+        None if index is None else int(index), int(x["to_local_amount_sat"]),
+        None if x.get("feerate_per_kw") is None else int(x["feerate_per_kw"]))
 
 
 _EVENTS: dict[str, type[Any]] = {cls.__name__: cls for cls in (
     t.FundingConfirmed, t.FundingDepthReached, t.ChannelClosedOnChain, t.PreimageLearned,
-    t.ClaimConfirmed, t.OutputLost, t.GoOnChain, t.ClaimUneconomical)}
+    t.ClaimConfirmed, t.ClaimBuried, t.ChannelResolved, t.OutputLost, t.GoOnChain,
+    t.ClaimUneconomical)}
 
 
 def event_to_json(e: t.WatchEvent) -> dict[str, Any]:

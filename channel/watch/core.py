@@ -48,11 +48,21 @@ from channel.watch.claims import (
     sign_claim,
     target_feerate,
 )
-from channel.watch.resolve import ChainView, KeptTx, LocalData, Resolver, htlc_deadlines
+from channel.watch.resolve import (
+    ChainView,
+    KeptTx,
+    LocalData,
+    Resolution,
+    Resolver,
+    htlc_deadlines,
+)
 from channel.watch.types import (
+    ANTI_REORG_DELAY,
     STICKY_EVENTS,
     URGENT_CLAIM_BLOCKS,
     Broadcast,
+    ChannelClosedOnChain,
+    ChannelResolved,
     ClaimUneconomical,
     GoOnChain,
     LocalCommitment,
@@ -63,11 +73,6 @@ from channel.watch.types import (
     WatchEvent,
     WatchOutput,
 )
-
-#: How deep a transaction is kept by the watch: it holds every relevant block (a few
-#: per channel), so nothing is pruned; the constant names the depth a driver may
-#: stop feeding a resolved channel after (LDK's ANTI_REORG_DELAY).
-ANTI_REORG_DELAY = 6
 
 
 @dataclass(slots=True)
@@ -328,7 +333,31 @@ class ChannelWatch:
                                 self.tip_height + URGENT_CLAIM_BLOCKS, presigned=tx))
         events = dict(resolution.events)
         broadcasts = self._price(claims, chain, events)
+        self._resolved(resolution, events)
         return self._diff(events) + broadcasts
+
+    def _resolved(self, resolution: Resolution, events: dict[str, WatchEvent]) -> None:
+        """``ChannelResolved`` once the close holds nothing more for us: no claim left
+        (one left as uneconomical counts as done), no HTLC output open, and the last
+        transaction that settled one of ours (``Resolution.settled_height``) is
+        ``ANTI_REORG_DELAY`` deep."""
+        close = events.get("closed")
+        if not isinstance(close, ChannelClosedOnChain) or resolution.waiting or any(
+                f"uneconomical:{c.key}" not in events for c in resolution.claims):
+            return
+        last = resolution.settled_height
+        if self.tip_height - last + 1 >= ANTI_REORG_DELAY:
+            events["resolved"] = ChannelResolved(close.txid, last + ANTI_REORG_DELAY - 1)
+
+    def closed_on_chain(self) -> ChannelClosedOnChain | None:
+        """The close reported and holding now (None before it, or after a reorg took it)."""
+        event = self.reported.get("closed")
+        return event if isinstance(event, ChannelClosedOnChain) else None
+
+    def resolved_on_chain(self) -> ChannelResolved | None:
+        """The ``ChannelResolved`` reported and holding now."""
+        event = self.reported.get("resolved")
+        return event if isinstance(event, ChannelResolved) else None
 
     def _price(self, claims: list[Claim], chain: ChainView,
                events: dict[str, WatchEvent]) -> list[WatchOutput]:

@@ -45,9 +45,11 @@ from channel.sweep import own_delayed_output, remote_htlc_claim_outputs, to_remo
 from channel.tx import OutPoint, Tx
 from channel.watch.claims import Claim, split_by_weight
 from channel.watch.types import (
+    ANTI_REORG_DELAY,
     RELAXED_DEADLINE_BLOCKS,
     URGENT_CLAIM_BLOCKS,
     ChannelClosedOnChain,
+    ClaimBuried,
     ClaimConfirmed,
     FundingConfirmed,
     FundingDepthReached,
@@ -110,6 +112,13 @@ class Resolution:
     events: dict[str, WatchEvent] = field(default_factory=dict)
     claims: list[Claim] = field(default_factory=list)
     closed: bool = False
+    # An HTLC output of the close is unspent with no claim of ours (we lack its
+    # preimage): the peer may time it out, or a preimage learned later claims it.
+    waiting: bool = False
+    # The height of the last transaction that settled an output of ours (or the close
+    # itself): ``ChannelResolved`` counts its depth from there. The peer's own sweeps
+    # of its outputs do not count.
+    settled_height: int = 0
 
     def event(self, key: str, event: WatchEvent) -> None:
         self.events.setdefault(key, event)
@@ -174,10 +183,15 @@ class Resolver:
         )
 
     def confirmed_ours(self, spender: Confirmed, label: str) -> None:
+        self.out.settled_height = max(self.out.settled_height, spender.height)
         self.out.event(f"claim:{spender.txid_hex()}", ClaimConfirmed(
             label, spender.txid, spender.height, sum(o.amount_sat for o in spender.tx.outputs)))
+        if self.tip_height - spender.height + 1 >= ANTI_REORG_DELAY:
+            self.out.event(f"buried:{spender.txid_hex()}", ClaimBuried(
+                label, spender.txid, spender.height, spender.height + ANTI_REORG_DELAY - 1))
 
     def lost(self, spender: Confirmed, label: str) -> None:
+        self.out.settled_height = max(self.out.settled_height, spender.height)
         self.out.event(f"lost:{spender.txid_hex()}:{label}",
                        OutputLost(label, spender.txid, spender.height))
 
@@ -222,6 +236,7 @@ class Resolver:
             self.stuck_htlcs()
         else:
             self.out.closed = True
+            self.out.settled_height = max(self.out.settled_height, spender.height)
             self.closed(spender)
         return self.out
 
@@ -311,7 +326,9 @@ class Resolver:
                            presigned=finalize(None))
             else:
                 preimage = self.preimages.get(h.payment_hash)
-                if preimage is not None:
+                if preimage is None:
+                    self.out.waiting = True
+                else:
                     # The peer may time it out from cltv_expiry: confirm before.
                     self.claim(label, spender.height, h.cltv_expiry - 1,
                                presigned=finalize(preimage))
@@ -339,6 +356,7 @@ class Resolver:
             else:
                 preimage = self.preimages.get(h.payment_hash)
                 if preimage is None:
+                    self.out.waiting = True
                     continue
                 inputs, locktime = remote_htlc_claim_outputs(
                     self.static, self.secrets, spender.tx, point, [(index, h, preimage)])

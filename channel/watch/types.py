@@ -33,6 +33,12 @@ RELAXED_DEADLINE_BLOCKS = 1008
 #: is the usual reorg-safety depth; fees rise as the deadline nears.
 URGENT_CLAIM_BLOCKS = 6
 
+#: LDK's ANTI_REORG_DELAY: how deep a transaction must be before a decision that a
+#: reorg would make wrong is taken on it (``ClaimBuried``: the hub fails an upstream
+#: HTLC back only when its timeout claim is this deep; ``ChannelResolved``). Six
+#: blocks is Bitcoin's customary finality; a deeper reorg is not defended against.
+ANTI_REORG_DELAY = 6
+
 
 @dataclass(frozen=True, slots=True)
 class WatchConfig:
@@ -170,6 +176,30 @@ class ClaimConfirmed:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimBuried:
+    """The claim ``label`` confirmed in ``txid`` at ``height`` is ``ANTI_REORG_DELAY``
+    deep (at tip ``buried_height``): a decision a reorg could undo may be taken on it
+    now (the hub fails the upstream HTLC of an ``htlc_timeout`` claim back). Reversed
+    only by a reorg deeper than that."""
+
+    label: str
+    txid: bytes
+    height: int
+    buried_height: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelResolved:
+    """The close ``txid`` is over: every output of it we could claim is claimed or
+    lost (or left as uneconomical), no HTLC output is open, and the last of those
+    transactions is ``ANTI_REORG_DELAY`` deep (at tip ``height``). The driver calls
+    ``Channel.resolved()``; the watch may be dropped once it is buried deeper still."""
+
+    txid: bytes
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
 class OutputLost:
     """An output we could claim was taken by the peer (``txid``): a race lost, e.g. an
     HTLC we offered claimed with its preimage, or one we received timed out."""
@@ -210,7 +240,8 @@ class Reversed:
 
 WatchEvent = (
     FundingConfirmed | FundingDepthReached | ChannelClosedOnChain | PreimageLearned
-    | ClaimConfirmed | OutputLost | GoOnChain | ClaimUneconomical
+    | ClaimConfirmed | ClaimBuried | ChannelResolved | OutputLost | GoOnChain
+    | ClaimUneconomical
 )
 #: Events never reversed: a decision taken on them (fail the channel, leave an output)
 #: stays right after a reorg.

@@ -203,6 +203,14 @@ class ChannelDriver:
     def fail(self, reason: str) -> None:
         self._enqueue(self.channel.fail(reason))
 
+    def funding_spent(self) -> None:
+        """The watch saw the funding output spent on chain (``Channel.funding_spent``)."""
+        self._enqueue(self.channel.funding_spent())
+
+    def resolved(self) -> None:
+        """The watch found the close resolved (``Channel.resolved``)."""
+        self._enqueue(self.channel.resolved())
+
     # -- execution (the session's task) -------------------------------------------------
 
     async def run_queued(self, outbox: list[peer_pb2.PeerMessage]) -> None:

@@ -20,9 +20,10 @@ After the sync step, before the chain bundle is stored (``ChainServices``'
 ``before_persist``), ``act`` executes what the watches returned, in order:
 ``Broadcast`` -> the party's broadcaster (a replaced version forgotten first; kept and
 retried every block if refused), ``GoOnChain`` -> ``driver.fail()`` (its commitment
-goes out through the driver's Broadcast), ``PreimageLearned`` -> ``on_preimage`` (the
-hub settles the upstream HTLC), the rest (closes, claims confirmed, outputs lost,
-reversals) -> logged and ``on_report``. Then the feerate for the next step is read
+goes out through the driver's Broadcast; nothing for a channel already ON_CHAIN),
+``PreimageLearned`` -> ``on_preimage`` (the hub settles the upstream HTLC), the rest
+(closes, claims confirmed or buried, outputs lost, reversals) -> logged and
+``on_report``. Then the feerate for the next step is read
 from the estimator. The watches' JSON (``to_json``) is a section of the chain bundle,
 so it is stored in the same write as the follower's tip, the wallet (which holds each
 watch's destination address) and the broadcaster's pending set (which holds what was
@@ -31,8 +32,18 @@ the watches return the same outputs again, and each consumer takes a repeat calm
 (the broadcaster knows the tx, ``fail`` of a failed channel is refused, the router
 settles a forward once).
 
-A watch is never removed while its channel is known (resolving a close takes the
-blocks after it, and a reorg may undo it).
+The channel's state follows its watch (``sync_states``, after every step, and at once
+on the event): a funding spend confirmed (``ChannelClosedOnChain``, any kind but our
+agreed close of a channel already CLOSED) -> ``driver.funding_spent()``: ON_CHAIN for
+good, stored, so the hub routes nothing into it, the client pays nothing over it, and
+no ``GoOnChain`` sends a commitment that would double spend the close. A
+``Reversed(ChannelClosedOnChain)`` leaves it ON_CHAIN: the watch broadcasts the spend
+again (``closing``), and no commitment of ours may follow it, so the channel is
+unusable for good. ``ChannelResolved`` (every output claimed or lost, no HTLC output
+open, ``ANTI_REORG_DELAY`` deep) -> ``driver.resolved()``. Made from the watch's
+reported events every step, so a state change a crash lost is made again. A RESOLVED
+channel's watch is dropped ``WATCH_PRUNE_BLOCKS`` after its resolution (from the
+WatchSet and, at the next write, the chain bundle), and never made again.
 """
 
 from __future__ import annotations
@@ -49,6 +60,8 @@ from channel.commitment import Side
 from channel.tx import Tx
 from channel.watch import (
     Broadcast,
+    ChannelClosedOnChain,
+    ChannelResolved,
     ChannelWatch,
     ClaimUneconomical,
     GoOnChain,
@@ -78,6 +91,15 @@ FEE_CONF_TARGET_BLOCKS = 6
 _UNSIGNED = (ChannelState.INIT, ChannelState.AWAIT_ACCEPT,
              ChannelState.AWAIT_FUNDING_OUTPOINT, ChannelState.AWAIT_FUNDING_CREATED,
              ChannelState.AWAIT_FUNDING_SIGNED)
+
+#: How long a RESOLVED channel's watch is kept after its ``ChannelResolved`` height
+#: before it is dropped from the WatchSet and the chain bundle: the resolution is
+#: already ``ANTI_REORG_DELAY`` (6) deep; the watch stays for a reorg far deeper than
+#: any seen on mainnet since 2013 (24 blocks), at 9 us per block, then costs nothing.
+WATCH_PRUNE_BLOCKS = 100
+
+# States whose channel has no off-chain life left to end: the close is the watch's.
+_SPENT = (ChannelState.ON_CHAIN, ChannelState.RESOLVED)
 
 DriverCallback = Callable[[ChannelDriver, Any], Awaitable[None]]
 
@@ -118,7 +140,8 @@ def remote_commitments(driver: ChannelDriver) -> list[RemoteCommitment]:
 def revoked_record(watch: Watch) -> RevokedCommitment:
     """``Watch("revoked_commitment")`` -> the watch's record, field for field."""
     return RevokedCommitment(int(watch.commitment_number or 0), watch.txid, watch.htlc_outputs,
-                             watch.to_local_output_index, watch.to_local_amount_sat)
+                             watch.to_local_output_index, watch.to_local_amount_sat,
+                             watch.feerate_per_kw)
 
 
 def known_preimages(driver: ChannelDriver) -> list[bytes]:
@@ -208,6 +231,9 @@ class Enforcer:
                 continue
             key = watch_key(driver)
             watch = self.watches.watches.get(key)
+            if watch is None and channel.state is ChannelState.RESOLVED and \
+                    key not in self._saved:
+                continue  # resolved and pruned: watched no more
             if watch is None:
                 watch = self._create(driver)
                 self.watches.add(key, watch)
@@ -236,6 +262,7 @@ class Enforcer:
     async def best_block_updated(self, tip: BlockRef) -> None:
         """After the sync step, before the bundle is stored: act, then the feerate."""
         await self.act(self.watches.take_outputs())
+        await self.sync_states(tip.height)
         self.feerate_per_kw = await self.chain.fee_estimator.feerate_sat_per_kw(
             FEE_CONF_TARGET_BLOCKS)
 
@@ -274,6 +301,8 @@ class Enforcer:
             log.warning("%r: %s %s deferred: %s", driver, out.label, tx.txid_hex(), exc)
 
     async def _go_on_chain(self, driver: ChannelDriver, out: GoOnChain) -> None:
+        if driver.channel.state in _SPENT:
+            return  # the close is on chain already: our commitment would double spend
         log.warning("%r: HTLC %d (%s by us) unresolved at its on-chain deadline %d: "
                     "force close", driver, out.htlc_id,
                     "offered" if out.offered_by_us else "received", out.deadline_height)
@@ -285,7 +314,59 @@ class Enforcer:
         if self._settle is not None:
             await self._settle(driver)
 
+    async def sync_states(self, tip_height: int) -> None:
+        """Every channel's state as its watch says it is now: a close on chain moves it
+        to ON_CHAIN, a resolved close to RESOLVED (``_to_chain_state``); a resolved
+        watch buried ``WATCH_PRUNE_BLOCKS`` deep is dropped. Run after every step, so
+        a state change a crash lost (the bundle holds the reported event, the channel
+        store not yet its Persist) is made again."""
+        for key, watch in list(self.watches.watches.items()):
+            driver = self._driver(key)
+            if driver is None:
+                continue
+            await self._to_chain_state(driver, watch)
+            resolved = watch.resolved_on_chain()
+            if resolved is not None and driver.channel.state is ChannelState.RESOLVED \
+                    and tip_height >= resolved.height + WATCH_PRUNE_BLOCKS:
+                log.info("%r: resolved at %d, buried: no longer watched", driver,
+                         resolved.height)
+                self.watches.remove(key)
+                self._fed.pop(key, None)
+
+    async def _to_chain_state(self, driver: ChannelDriver, watch: ChannelWatch) -> None:
+        """ON_CHAIN once the funding output is spent by a confirmed transaction, unless
+        it is our agreed close (the channel is CLOSED: it stays so, nothing off chain
+        was left). A reorg of the spend leaves ON_CHAIN: the spend is broadcast again
+        (``closing``) and no commitment of ours may follow it, so the channel is
+        unusable for good. RESOLVED once the watch says the close is resolved."""
+        state = driver.channel.state
+        if state is ChannelState.RESOLVED:
+            return
+        close = watch.closed_on_chain()
+        resolved = watch.resolved_on_chain()
+        queued = False
+        try:
+            if close is not None and state is not ChannelState.ON_CHAIN and not (
+                    close.kind == "cooperative" and state is ChannelState.CLOSED):
+                log.warning("%r: funding output spent on chain by %s (%s): no update off "
+                            "chain from now on", driver, close.txid[::-1].hex(), close.kind)
+                driver.funding_spent()
+                queued = True
+            if resolved is not None and driver.channel.state in (ChannelState.ON_CHAIN,
+                                                                  ChannelState.CLOSED):
+                log.info("%r: close resolved at %d", driver, resolved.height)
+                driver.resolved()
+                queued = True
+        except LocalProtocolError as exc:
+            log.info("%r: %s", driver, exc.message)
+        if queued and self._settle is not None:
+            await self._settle(driver)
+
     async def _report(self, driver: ChannelDriver, event: WatchEvent | Reversed) -> None:
+        if isinstance(event, ChannelClosedOnChain | ChannelResolved):
+            watch = self.watch_of(driver)
+            if watch is not None:  # the state first: the owner's report tells it
+                await self._to_chain_state(driver, watch)
         if isinstance(event, ClaimUneconomical):
             log.warning("%r: %s (%d sat) not claimed: worth less than its fee at %d sat/kw",
                         driver, event.label, event.amount_sat, event.feerate_per_kw)

@@ -18,6 +18,7 @@ from channel.chain import BitcoinRpc
 from channel.chain.services import ChainServices
 from channel.commitment import Side
 from channel.tx import Tx
+from channel.watch import ANTI_REORG_DELAY
 from client.node import ClientNode
 from hub.node import HubNode
 from protocol.commitments import finalize_local
@@ -344,7 +345,7 @@ async def test_payee_force_closes_with_an_htlc_in_flight_the_hub_times_it_out(
             await until(lambda: spent_outputs(claims_of(net, net.hub_chain, commitment),
                                               commitment) == {htlc_index})
             claims += claims_of(net, net.hub_chain, commitment)
-            await net.mine(1)
+            await net.mine(ANTI_REORG_DELAY)  # the claim buried: reorg-safe
             # failed back off chain: gone from alice's channel on both sides
             await until(lambda: net.alice_driver.channel.d.book.htlcs == {}
                         and net.hub_driver.channel.d.book.htlcs == {})
@@ -360,7 +361,7 @@ async def test_payee_force_closes_with_an_htlc_in_flight_the_hub_times_it_out(
             # past the HTLC's go-on-chain height: the close is already on chain, so no
             # commitment of ours (a double spend the node refuses) is sent after it
             await net.mine(3)
-            assert hub_carol.channel.state is ChannelState.NORMAL
+            assert hub_carol.channel.state is ChannelState.RESOLVED  # all claimed, deep
             assert [e.label for e in net.hub_chain.broadcaster.pending()
                     if e.last_error is not None] == []
             nursery.cancel_scope.cancel()
