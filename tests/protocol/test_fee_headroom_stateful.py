@@ -2,10 +2,10 @@
 of its fee headroom (issue 9): a holds 100,000 sat of 1,000,000 at 4,000 sat/kw (its
 headroom pays for 6 crossing HTLCs, fewer at the higher feerates it may set), each side
 accepts 40 HTLCs, either side may add the largest amount its own rules allow (or a half
-or a third of it) or a burst of adds while the other side's adds are in flight. Two honest parties never fail
-the channel: the funder's headroom pays for every add of the other side's that can
-cross its own (``protocol.rules``, module docstring), whatever the interleaving,
-disconnects and crashes."""
+or a third of it) or a burst of adds while the other side's adds are in flight. Two
+honest parties never fail the channel: the funder's headroom pays for every add of the
+other side's that can cross its own (``protocol.rules``, module docstring), whatever
+the interleaving, disconnects and crashes."""
 
 from __future__ import annotations
 
