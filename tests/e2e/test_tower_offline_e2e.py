@@ -23,6 +23,7 @@ from click.testing import CliRunner
 
 from channel.chain import btc_to_sat
 from channel.htlc import commitment_weight, weight_fee_sat
+from client.tower import PENALTY_FEERATE_MULTIPLIER
 from regtest import cheat
 from regtest.cli import main as regtest_cli
 from regtest.harness import run_chanhub, running_client
@@ -139,7 +140,13 @@ def test_the_tower_punishes_the_hub_while_the_client_is_offline(network_dir: Pat
     assert taken == sorted((revoked.txid, i) for i in range(3) if i != to_remote_index)
     [paid_out] = penalty["vout"]
     penalty_fee_sat = hub_local_sat + htlc_sat - sat(paid_out["value"])
-    assert 0 < penalty_fee_sat < 10_000
+    # signed ahead at twice the 2-block estimate (the node has none: the fallback, the
+    # channel's opening feerate too): it cannot be bumped later. Priced on the weight
+    # with the longest signatures (73 bytes), so up to 2 weight units an input above
+    # the signed transaction's
+    penalty_feerate = PENALTY_FEERATE_MULTIPLIER * feerate
+    slack_wu = penalty_fee_sat * 1000 // penalty_feerate - int(penalty["weight"])
+    assert 0 <= slack_wu <= 2 * len(penalty["vin"])
     alice_sat = values[to_remote_index] + sat(paid_out["value"])
     assert alice_sat + commitment_fee_sat + penalty_fee_sat == CHANNEL_SAT
 
