@@ -298,11 +298,11 @@ def add_problem(d: ChannelData, static: ChannelStatic, sender: Side, htlc_id: in
 
 def _local_affordability(d: ChannelData, view: View, amount_msat: int) -> Problem | None:
     """Our own add. As funder (BOLT #2: the sending node responsible for the fee) we
-    keep our reserve plus the fee spike buffer (``fee_spike_buffer_msat``): the fee at
-    twice the highest feerate pending of a commitment with every HTLC in the book, this
-    one and one more. As the other side we keep our reserve, the funder must still pay
-    reserve and fee with this HTLC, and our adds the funder has not acknowledged stay
-    within what its buffer absorbs (``crossing_problem``)."""
+    keep our reserve plus the fee headroom (``funder_headroom_msat``: BOLT #2's fee
+    spike buffer, or the fee of the other side's adds that may cross this one). As the
+    other side we keep our reserve, the funder must still pay reserve and fee with this
+    HTLC, and our adds the funder has not acknowledged stay within what its headroom
+    pays for (``crossing_problem``)."""
     if funder(d) is LOCAL:
         floor, end = funder_floor_msat(d)
         left = min(floor, end - amount_msat)
@@ -326,10 +326,11 @@ def _local_affordability(d: ChannelData, view: View, amount_msat: int) -> Proble
 
 def crossing_problem(d: ChannelData) -> Problem | None:
     """Our add as the non-funder: the funder's adds and update_fee that cross it on the
-    wire were checked without it, and the funder's buffer is what pays for it when they
-    reach us (module docstring). So the HTLCs we count (every one in our book, this one
-    and one add of the funder's) stay within ``crossing_allowance`` of the HTLCs the
-    funder surely counted: those it acknowledged or offered, not being removed."""
+    wire were checked without it, and the funder's headroom is what pays for it when
+    they reach us (module docstring). So the HTLCs we count (every one in our book, this
+    one and one add of the funder's) stay within what ``covered_htlcs`` allows for the
+    HTLCs the funder surely counted: those it acknowledged or offered, not being
+    removed."""
     pred = min_view_pred(d, REMOTE)
     known = sum(1 for h in d.book.htlcs.values() if h.removal is None and pred(h.add))
     counted = len(d.book.htlcs) + 2
@@ -412,12 +413,12 @@ def fee_problem(d: ChannelData, static: ChannelStatic, sender: Side,
     """BOLT #2 update_fee: only the funder sends it; the feerate must be sane; the funder
     must afford it and keep its channel reserve, as core-lightning and LND require, so
     that it cannot push itself below the reserve through fees: we, as funder, keep the
-    fee spike buffer an add of one more HTLC would need at the new feerate (twice it,
-    every HTLC and two more), so the update never leaves us unable to offer an HTLC (the
-    "degraded channel" of BOLT #2's rationale), it is never below the exact fee (an
-    honest funder never trips the peer's check), and the peer's adds crossing it fit as
-    they do an add's (module docstring); the peer exactly, on the commitments built next
-    with it."""
+    fee headroom at the new feerate (``funder_headroom_msat``): the fee spike buffer an
+    add would need after it (twice it, every HTLC and two more), so the update never
+    leaves us unable to offer an HTLC (the "degraded channel" of BOLT #2's rationale),
+    or the fee of the peer's adds that may cross it if more; never below the exact fee,
+    so an honest funder never trips the peer's check. The peer exactly, on the
+    commitments built next with it."""
     if funder(d) is not sender:
         return Problem("update_fee from the side that is not the funder")
     cfg = d.config
@@ -429,8 +430,8 @@ def fee_problem(d: ChannelData, static: ChannelStatic, sender: Side,
         needed = reserve_msat(d, LOCAL) + funder_headroom_msat(d, False, feerate_per_kw)
         if floor < needed:
             return Problem(f"cannot afford feerate_per_kw {feerate_per_kw} "
-                           f"({floor} < {needed} msat of channel reserve and fee spike "
-                           f"buffer)")
+                           f"({floor} < {needed} msat of channel reserve and fee "
+                           f"headroom)")
     else:
         fee_msat = worst_fee_msat(static, list(d.book.htlcs.values()), [feerate_per_kw])
         needed = reserve_msat(d, REMOTE) + fee_msat
