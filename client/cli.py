@@ -457,13 +457,17 @@ def invoice(ctx: click.Context, amount_msat: int, description: str, expiry_secon
 @click.argument("bolt11")
 @click.option("--idempotency-key", required=True,
               help="The same key never pays twice (retry with the same key).")
+@click.option("--max-fee-msat", type=click.IntRange(0), default=None,
+              help="Refuse before paying if the hub's fee is above this (default: no limit).")
 @click.pass_context
-def pay(ctx: click.Context, bolt11: str, idempotency_key: str) -> None:
+def pay(ctx: click.Context, bolt11: str, idempotency_key: str,
+        max_fee_msat: int | None) -> None:
     """Pay an invoice and wait for the outcome."""
     async def action(s: Settings) -> dict[str, Any]:
         async with s.client() as client:
             await client.ready()
-            return asdict(await client.pay(idempotency_key=idempotency_key, invoice=bolt11))
+            return asdict(await client.pay(idempotency_key=idempotency_key, invoice=bolt11,
+                                           max_fee_msat=max_fee_msat))
     _run(ctx, action)
 
 
@@ -495,16 +499,17 @@ def history(ctx: click.Context) -> None:
 @main.command()
 @click.argument("payment_id")
 @click.argument("amount_msat", type=int)
-@click.option("--to", "payer_node_id", required=True,
-              help="The payer's node id (hex): the packet does not reveal it.")
+@click.option("--to", "payer_node_id", default=None,
+              help="The payer's node id (hex); by default the one the payer stated in the "
+                   "payment (a payment from an older payer stated none: then required).")
 @click.option("--idempotency-key", required=True)
 @click.pass_context
-def refund(ctx: click.Context, payment_id: str, amount_msat: int, payer_node_id: str,
+def refund(ctx: click.Context, payment_id: str, amount_msat: int, payer_node_id: str | None,
            idempotency_key: str) -> None:
     """Send all or part of a received payment back to its payer."""
     async def action(s: Settings) -> dict[str, Any]:
         try:
-            payer = bytes.fromhex(payer_node_id)
+            payer = bytes.fromhex(payer_node_id) if payer_node_id is not None else None
         except ValueError as exc:
             raise errors.InvalidRequest("--to must be a hex node id") from exc
         async with s.client() as client:

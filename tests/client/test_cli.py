@@ -68,7 +68,13 @@ async def test_cli_init_pay_balance_history_and_a_locked_store(
                 await bob.ready()
                 await world.open_channel(bob_node, 1_000_000, 400_000_000)
                 invoice = await bob.add_invoice(3_000_000, "cli")
-                paid = await cli(dirs["alice"], "pay", invoice, "--idempotency-key", "c1")
+                # The hub's fee is 1,000 + 3,000 msat: one below it is refused, nothing paid
+                capped = await cli(dirs["alice"], "pay", invoice, "--idempotency-key", "c0",
+                                   "--max-fee-msat", "3999")
+                assert capped.exit_code == 1 and "3999" in capped.output, capped.output
+                assert len(capped.output.strip().splitlines()) == 1
+                paid = await cli(dirs["alice"], "pay", invoice, "--idempotency-key", "c1",
+                                 "--max-fee-msat", "4000")
                 assert paid.exit_code == 0, paid.output
                 assert json.loads(paid.output)["state"] == "succeeded"
                 again = await cli(dirs["alice"], "pay", invoice, "--idempotency-key", "c2")
@@ -91,6 +97,10 @@ async def test_cli_init_pay_balance_history_and_a_locked_store(
                             if p["direction"] == "received"]
             over = await cli(dirs["bob"], "refund", bob_received[0]["payment_id"], "3000001",
                              "--to", alice_node.node_id.hex(), "--idempotency-key", "x")
+            assert over.exit_code == 1 and "refunds would total" in over.output
+            # without --to: the payer the payment stated (refused here for its amount only)
+            over = await cli(dirs["bob"], "refund", bob_received[0]["payment_id"], "3000001",
+                             "--idempotency-key", "x")
             assert over.exit_code == 1 and "refunds would total" in over.output
             # Bob stays online with `serve` and sees the payment of his CLI invoice
             made = await cli(dirs["bob"], "invoice", "2000000", "--description", "served")
