@@ -4,6 +4,7 @@ through the SDK over a real hub in-process; the gRPC status of the new errors.""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -143,9 +144,12 @@ async def test_timeout_bounds_the_wait_for_the_hub_before_the_htlc_is_offered(
             await world.connect(nursery, alice)
 
         nursery.start_soon(reconnect_soon)
+        # No finite bound here: under the autojumping clock any deadline fires as soon as
+        # every task waits, the store's writer thread included, so a 60 s bound could
+        # end the reestablish that follows the reconnect (it did, 1 run in 6).
         row = await alice.pay(idempotency_key="later", payee_node_id=bob.node_id,
-                              amount_msat=2_000_000, timeout_seconds=60)
-        assert 3 <= trio.current_time() - waited_from < 60
+                              amount_msat=2_000_000, timeout_seconds=math.inf)
+        assert trio.current_time() - waited_from >= 3
         done = await alice.wait_payment(row["payment_id"])
         assert done["state"] == ledger.SUCCEEDED, done["failure_message"]
         with pytest.raises(errors.InvalidRequest):
