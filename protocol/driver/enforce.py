@@ -320,8 +320,13 @@ class Enforcer:
         watch buried ``WATCH_PRUNE_BLOCKS`` deep is dropped. Run after every step, so
         a state change a crash lost (the bundle holds the reported event, the channel
         store not yet its Persist) is made again."""
+        by_key: dict[str, ChannelDriver] | None = None
         for key, watch in list(self.watches.watches.items()):
-            driver = self._driver(key)
+            if watch.closed_on_chain() is None and watch.resolved_on_chain() is None:
+                continue  # open (or its close reorged out: nothing to change back)
+            if by_key is None:  # once per step, only when a watch has a close
+                by_key = {watch_key(d): d for d in self.drivers()}
+            driver = by_key.get(key)
             if driver is None:
                 continue
             await self._to_chain_state(driver, watch)
