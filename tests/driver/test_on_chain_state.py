@@ -143,3 +143,34 @@ async def test_a_resolved_channel_is_pruned_from_the_watches_and_stays_so(
         assert net.hub.onchain.enforcer.watch_of(net.hub_driver) is None
         await net.mine(1)
         assert net.hub.onchain.enforcer.watch_of(net.hub_driver) is None
+
+
+async def test_a_close_reorged_out_leaves_the_channel_on_chain_and_goes_out_again(
+        regtest_node: Node, regtest_rpc: Any, tmp_path: Path, autojump_clock: Any) -> None:
+    """The block with alice's commitment leaves the chain for a longer branch without
+    it (the node's mempool forgotten too): the channel stays ON_CHAIN on both sides
+    (that commitment was published; no other may follow), and the hub's watch sends it
+    again (``closing``), so it confirms in the new branch."""
+    async with network(regtest_node, regtest_rpc, tmp_path) as net:
+        commitment = latest_signed_commitment(net.alice_driver)
+        regtest_node.call("sendrawtransaction", commitment.serialize().hex())
+        [close_block] = regtest_node.mine(1)
+        await net.synced()
+        await until(lambda: net.hub_driver.channel.state is ChannelState.ON_CHAIN
+                    and net.alice_driver.channel.state is ChannelState.ON_CHAIN)
+        regtest_node.call("invalidateblock", close_block)
+        regtest_node.mempool.clear()
+        regtest_node.mine(2)
+        await net.synced()
+        assert net.hub.onchain is not None
+        reorged = net.hub.onchain.enforcer.watch_of(net.hub_driver)
+        assert reorged is not None and reorged.closed_on_chain() is None  # reversed
+        assert net.hub_driver.channel.state is ChannelState.ON_CHAIN
+        assert net.alice_driver.channel.state is ChannelState.ON_CHAIN
+        await until(lambda: commitment.txid_hex() in regtest_node.call("getrawmempool"))
+        await net.mine(1)
+        watch = net.hub.onchain.enforcer.watch_of(net.hub_driver)
+        assert watch is not None
+        close = watch.closed_on_chain()
+        assert close is not None and close.txid == commitment.txid()
+        assert net.hub_driver.channel.state is ChannelState.ON_CHAIN
