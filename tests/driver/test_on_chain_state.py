@@ -16,6 +16,7 @@ import trio
 
 from channel.watch import ANTI_REORG_DELAY
 from client.node import ClientNode
+from hub.node import HubNode
 from proto import client_pb2
 from protocol.driver.driver import ChannelDriver
 from protocol.driver.enforce import WATCH_PRUNE_BLOCKS, watch_key
@@ -32,6 +33,7 @@ from tests.driver.test_enforce import (
     claims_of,
     latest_signed_commitment,
     network,
+    start_hub,
 )
 from tests.hub.parties import NullBroadcaster
 
@@ -174,3 +176,43 @@ async def test_a_close_reorged_out_leaves_the_channel_on_chain_and_goes_out_agai
         close = watch.closed_on_chain()
         assert close is not None and close.txid == commitment.txid()
         assert net.hub_driver.channel.state is ChannelState.ON_CHAIN
+
+
+async def test_a_restart_makes_the_on_chain_state_a_crash_lost_again(
+        regtest_node: Node, regtest_rpc: Any, tmp_path: Path, autojump_clock: Any) -> None:
+    """The chain bundle (the watch's reported close) was written, the channel's
+    ON_CHAIN snapshot was not (the hub stopped in between): the stored channel says
+    NORMAL. After the restart the watch's state moves it to ON_CHAIN again, at the
+    first step, before anything can route into it."""
+    async with network(regtest_node, regtest_rpc, tmp_path) as net:
+        commitment = latest_signed_commitment(net.alice_driver)
+        regtest_node.call("sendrawtransaction", commitment.serialize().hex())
+        await net.mine(1)
+        await until(lambda: net.hub_driver.channel.state is ChannelState.ON_CHAIN)
+        await net.hub.sessions[net.alice.node_id].idle()
+        await net.world.disconnect(net.alice)
+        net.hub_scope.cancel()
+        await until(net.hub_ended.is_set)
+        # the crash: the last snapshot is one from before funding_spent
+        store = net.hub.store
+        [stored] = [c for c in store.load_channels() if c.channel_key ==
+                    net.hub_driver.channel_key]
+        assert stored.snapshot["state"] == "on_chain"
+        with net.hub.db.engine.begin() as conn:
+            store.snapshot_write(stored.channel_key, stored.peer_node_id,
+                                 stored.update_id + 1,
+                                 {**stored.snapshot, "state": "normal",
+                                  "update_id": stored.update_id + 1})(conn)
+        net.hub.close()
+        net.hub = net.world.hub = HubNode.open(net.hub.settings, height=net.world.height,
+                                               broadcaster=NullBroadcaster())
+        net.hub_driver = net.hub.drivers[net.hub_driver.channel_key]
+        assert net.hub_driver.channel.state is ChannelState.NORMAL  # as stored
+        net.hub_chain = await net.hub.attach_chain(net.rpc, poll_interval_s=0.5)
+        net.hub_scope, net.hub_ended = await start_hub(net.nursery, net.hub)
+        await net.mine(1)
+        await until(lambda: net.hub_driver.channel.state is ChannelState.ON_CHAIN)
+        await net.hub.sessions[net.alice.node_id].idle()
+        [stored] = [c for c in net.hub.store.load_channels()
+                    if c.channel_key == net.hub_driver.channel_key]
+        assert stored.snapshot["state"] == "on_chain"
