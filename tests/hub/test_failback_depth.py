@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from channel.tx import Tx
 from channel.watch import ANTI_REORG_DELAY
 from client.node import ClientNode
@@ -163,11 +165,15 @@ class HoldingPayee(ClientNode):
             await super()._received(*args)
 
 
+@pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted"])
 async def test_a_preimage_learned_downstream_is_claimed_on_the_payers_channel_on_chain(
-        regtest_node: Node, regtest_rpc: Any, tmp_path: Path, autojump_clock: Any) -> None:
+        regtest_node: Node, regtest_rpc: Any, tmp_path: Path, autojump_clock: Any,
+        restart: bool) -> None:
     """Alice's commitment, with her HTLC to the hub in it, confirms while carol holds
     the payment; carol then fulfils off chain. The hub cannot fulfil alice's HTLC off
-    chain any more (ON_CHAIN): its watch claims it on chain with the preimage."""
+    chain any more (ON_CHAIN): its watch claims it on chain with the preimage. Also
+    with the hub restarted before the next block (the chain bundle stored last holds
+    no preimage: the stored forward gives it to the restored watch)."""
     async with network(regtest_node, regtest_rpc, tmp_path) as net, \
             second_client(net, "carol", HoldingPayee) as (carol, carol_driver, hub_carol):
         assert isinstance(carol, HoldingPayee)
@@ -195,6 +201,10 @@ async def test_a_preimage_learned_downstream_is_claimed_on_the_payers_channel_on
                     and hub_carol.channel.d.book.htlcs == {})
         await net.hub.router.idle()
         assert net.hub_driver.channel.d.book.htlcs  # not settled off chain (on chain)
+        if restart:
+            await net.world.disconnect(carol)
+            await net.restart_hub()
+            await net.synced()
         await net.mine(1)  # the to_remote claim confirms; the watch has the preimage
         await until(lambda: htlc_index in spent_outputs(
             claims_of(net, net.hub_chain, commitment), commitment))
