@@ -17,6 +17,7 @@ import trio
 import trio.testing
 
 from protocol.driver.link import memory_link_pair
+from tests.conftest import AUTOJUMP_THRESHOLD_SECONDS
 from tests.driver.parties import Party, until
 
 PAYMENTS = 200
@@ -61,4 +62,4 @@ async def main(url_a: str, url_b: str, height: int, victim: str, kill_at: int,
 if __name__ == "__main__":
     url_a, url_b, height, victim, kill_at, label = sys.argv[1:]
     trio.run(main, url_a, url_b, int(height), victim, int(kill_at), label,
-             clock=trio.testing.MockClock(autojump_threshold=0))
+             clock=trio.testing.MockClock(autojump_threshold=AUTOJUMP_THRESHOLD_SECONDS))

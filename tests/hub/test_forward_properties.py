@@ -28,6 +28,7 @@ from hub import ledger
 from protocol.driver.db import sqlite_url
 from regtest.node import Node
 from regtest.pytest_plugin import ManualClock
+from tests.conftest import AUTOJUMP_THRESHOLD_SECONDS
 from tests.hub.parties import Client, Net
 from tests.hub.test_restart import setup
 from tests.hub.test_routing import fee
@@ -157,7 +158,7 @@ def run_scenario(ops: list[str], template: Path, workdir: Path) -> None:
                 timer.cancel()
         assert not scope.cancelled_caught, f"no progress within {REAL_SECONDS_PER_RUN} s: {ops}"
 
-    trio.run(guarded, clock=trio.testing.MockClock(autojump_threshold=0))
+    trio.run(guarded, clock=trio.testing.MockClock(autojump_threshold=AUTOJUMP_THRESHOLD_SECONDS))
 
 
 @settings(max_examples=10)
