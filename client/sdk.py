@@ -46,7 +46,7 @@ from proto import client_pb2
 from protocol.driver.grpc_bridge import GrpcBridge, open_grpc_bridge
 from protocol.driver.link import FrameLink
 from protocol.routing import FailureCode
-from protocol.table import ChannelState
+from protocol.table import ENDED_STATES, ChannelState
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +339,7 @@ class AsyncHubClient:
             if state is ChannelState.NORMAL:
                 report("open", chain.tracker.depth(funding_txid()))
                 return driver.channel_id
-            if state in (ChannelState.FAILED, ChannelState.CLOSED):
+            if state in ENDED_STATES:  # failed, closed, or its funding spent on chain
                 raise errors.InvalidRequest(f"the channel open failed ({state.value})")
             if broadcast():
                 report("confirming" if chain.tracker.depth(funding_txid()) else "broadcast",
