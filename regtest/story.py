@@ -397,7 +397,11 @@ class Actor:
                 "funding_sat": d.funding_sat, "feerate_per_kw": d.book.base_feerate_per_kw,
                 "local_msat": int(view.local_msat), "remote_msat": int(view.remote_msat),
                 # what our to_local waits after we force-close (the hub's demand of us)
-                "to_self_delay_blocks": static.remote.to_self_delay if static else 0}
+                "to_self_delay_blocks": static.remote.to_self_delay if static else 0,
+                # in flight now, on our latest commitment (a test reads their expiries)
+                "htlcs": [{"htlc_id": h.htlc_id, "offered": h.offered_by is Side.LOCAL,
+                           "amount_msat": h.amount_msat, "cltv_expiry": h.cltv_expiry}
+                          for h in view.htlcs]}
 
     async def op_request_inbound(self, amount_sat: int, idempotency_key: str) -> Any:
         """Ask the hub for a channel it funds toward us; return once it is open here
@@ -420,9 +424,12 @@ class Actor:
         return [await self.client.add_invoice(amount_msat, f"{description} {i + 1}".strip(),
                                               expiry_seconds) for i in range(count)]
 
-    async def op_pay(self, invoice: str, idempotency_key: str) -> Any:
+    async def op_pay(self, invoice: str, idempotency_key: str, wait: bool = True) -> Any:
+        """Pay; without ``wait``, answer once the payment is recorded (in flight), so
+        the actor takes other commands meanwhile (``payments`` shows how it ends)."""
         await self.client.ready()
-        return await self.client.pay(idempotency_key=idempotency_key, invoice=invoice)
+        return await self.client.pay(idempotency_key=idempotency_key, invoice=invoice,
+                                     wait=wait)
 
     async def op_pay_many(self, invoices: list[str], key_prefix: str,
                           in_flight: int = 10) -> dict[str, Any]:
