@@ -171,6 +171,10 @@ def test_a_funding_reorged_out_before_its_depth_leaves_the_channel_unusable_not_
     assert funding_txid in node_call(node, "getrawmempool")
     assert node_call(node, "getrawtransaction", funding_txid, True).get(
         "confirmations", 0) == 0
+    # alice broadcast it; the hub's watch, which saw it fall out, broadcasts it again
+    # (a node that had dropped it from its mempool would take it back)
+    wait_until(lambda: _logged(hub.datadir / HUB_LOG_FILE, f"broadcast funding {funding_txid}"),
+               what="the hub broadcasting the reorged funding again")
 
     # -- meanwhile: not usable, not lost -------------------------------------------------
     assert _hub_state(admin, channel_id) == PENDING
