@@ -29,7 +29,6 @@ from proto import admin_pb2, client_pb2
 from protocol.routing import forwarding_fee_msat
 from regtest import cheat
 from regtest.harness import (
-    CLIENT_LOG_FILE,
     HUB_LOG_FILE,
     ClientEndpoint,
     HarnessError,
@@ -163,11 +162,11 @@ def test_a_funding_reorged_out_before_its_depth_leaves_the_channel_unusable_not_
     assert done.disconnected == [depth_one] and done.excluded == [funding_txid]
     tip = node_call(node, "getblockcount")
     wait_until(lambda: _hub_height(admin) == tip, what="the hub following the reorg")
-    # both sides saw the funding at depth 1 and its block go
+    # the hub saw the funding at depth 1 and its block go. (Alice's serve process, just
+    # restarted, may not have followed the depth-1 block before the reorg: then she has
+    # nothing to reverse, so her side is checked by its state below, not by her log.)
     wait_until(lambda: _logged(hub.datadir / HUB_LOG_FILE, REVERSED_FUNDING),
                what="the hub reversing the funding's confirmation")
-    wait_until(lambda: _logged(alice.datadir / CLIENT_LOG_FILE, REVERSED_FUNDING),
-               what="alice reversing the funding's confirmation")
     assert funding_txid in node_call(node, "getrawmempool")
     assert node_call(node, "getrawtransaction", funding_txid, True).get(
         "confirmations", 0) == 0
