@@ -342,4 +342,6 @@ class PeerSession:
             if not (self._queued or self._wakeup.is_set()):
                 return
             # The executor's next round, or the end of the link (then: offline above).
-            await self._drained.wait()
+            # Not ``_drained``: a link whose run is cancelled ends without a drain, and
+            # an idle waiting for one waited for ever (seen: a shielded SDK exit hung).
+            await self.wait_changed()
