@@ -717,13 +717,8 @@ class ClientNode:
         the HTLC with it, and goes on chain for it by its deadline. The preimage is in
         our ledger first; ``run`` gives the watches every such preimage again after a
         restart."""
-        if self.onchain is None:
-            return
-        enforcer = self.onchain.enforcer
-        enforcer.refresh()
-        watch = enforcer.watch_of(driver)
-        if watch is not None:
-            watch.add_preimage(preimage)
+        if self.onchain is not None:
+            self.onchain.enforcer.add_preimage(driver, preimage)
 
     def _feed_watches(self) -> None:
         """After a restart: every preimage we know of an HTLC still in a channel, to

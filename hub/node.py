@@ -257,13 +257,8 @@ class HubNode:
         its watch claims the client's HTLC with it on chain, from the next block (the
         preimage is in the forward record first; ``_feed_watches`` gives it again after
         a restart)."""
-        if self.onchain is None:
-            return
-        enforcer = self.onchain.enforcer
-        enforcer.refresh()
-        watch = enforcer.watch_of(driver)
-        if watch is not None:
-            watch.add_preimage(preimage)
+        if self.onchain is not None:
+            self.onchain.enforcer.add_preimage(driver, preimage)
 
     async def _feed_watches(self) -> None:
         """After a restart, before the follower runs: every preimage stored for an HTLC

@@ -179,6 +179,15 @@ class Enforcer:
     def watch_of(self, driver: ChannelDriver) -> ChannelWatch | None:
         return self.watches.watches.get(watch_key(driver))
 
+    def add_preimage(self, driver: ChannelDriver, preimage: bytes) -> None:
+        """A preimage the channel itself does not hold (a fulfill refused, not sent, or
+        impossible off chain): its watch claims the HTLC with it if the channel is or
+        goes on chain. The caller stored it first and gives it again after a restart."""
+        self.refresh()
+        watch = self.watch_of(driver)
+        if watch is not None:
+            watch.add_preimage(preimage)
+
     def our_commitment_txid(self, driver: ChannelDriver) -> bytes | None:
         """The txid of our latest commitment as the watch holds it (what ``fail()``
         broadcasts), or None before the channel is watched."""
