@@ -99,7 +99,26 @@ class NullBroadcaster:
 
 # -- the hub process -------------------------------------------------------------------
 
-SIGNATURE_COUNTS = {"sign": 0, "verify": 0}
+SIGNATURE_COUNTS = {"sign": 0, "verify": 0, "frames_in": 0, "frames_out": 0}
+
+
+def _count_frames() -> None:
+    """Count the peer frames the hub receives and sends (every link, one counter)."""
+    from protocol.driver.peer import PeerSession
+
+    real_receive, real_flush = PeerSession._receive_frame, PeerSession._flush
+
+    def receive_frame(self: PeerSession, frame: Any) -> None:
+        SIGNATURE_COUNTS["frames_in"] += 1
+        real_receive(self, frame)
+
+    async def flush(self: PeerSession, link: Any) -> None:
+        per_frame = self.limits.max_messages
+        SIGNATURE_COUNTS["frames_out"] += -(-len(self._outbox) // per_frame)
+        await real_flush(self, link)
+
+    PeerSession._receive_frame = receive_frame  # type: ignore[method-assign]
+    PeerSession._flush = flush  # type: ignore[method-assign]
 
 
 def _count_signatures() -> None:
@@ -126,8 +145,9 @@ def _count_signatures() -> None:
 class CountReporter:
     """On SIGUSR1, write the signature counts to the file the load generator reads."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, hub: HubNode) -> None:
         self.path = path
+        self.hub = hub
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -135,7 +155,9 @@ class CountReporter:
             task_status.started()
             async for _ in signals:
                 tmp = self.path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(SIGNATURE_COUNTS))
+                stats = self.hub.writer.stats
+                tmp.write_text(json.dumps({**SIGNATURE_COUNTS, "commits": stats.commits,
+                                           "writes": stats.writes}))
                 tmp.replace(self.path)
 
 
@@ -144,11 +166,12 @@ async def open_bench_application(config: HubConfig, tls: TlsIdentity
                                  ) -> AsyncIterator[HubApplication]:
     """The ``ApplicationFactory`` of the benchmark's chanhubd (see the docstring)."""
     _count_signatures()
+    _count_frames()
     height = int(os.environ["HUB_BENCH_HEIGHT"])
     hub = HubNode.open(settings(os.environ["HUB_BENCH_STORE_URL"]), height=lambda: height,
                        broadcaster=NullBroadcaster())
     try:
-        reporter = CountReporter(Path(os.environ["HUB_BENCH_COUNTS_FILE"]))
+        reporter = CountReporter(Path(os.environ["HUB_BENCH_COUNTS_FILE"]), hub)
         yield HubApplication(hub.hub_node_id, hub, hub.admin, services=[reporter, hub])
     finally:
         hub.close()
@@ -293,6 +316,8 @@ async def measure(started: dict[str, Any], pid: int, counts_file: Path, terms: H
                 hub_cpu_per_payment=hub_cpu / payments, hub_util=hub_cpu / elapsed,
                 signs=(counts1["sign"] - counts0["sign"]) / payments,
                 verifies=(counts1["verify"] - counts0["verify"]) / payments,
+                **{key: (counts1[key] - counts0[key]) / payments
+                   for key in ("frames_in", "frames_out", "commits", "writes")},
                 peak_rss_mb=proc_peak_rss_mb(pid))
 
 
@@ -311,6 +336,11 @@ def raw_signature_seconds(batches: int = 5, rounds: int = 500) -> tuple[float, f
             assert signing.verify(pubkey, d, s)
         best_verify = min(best_verify, (time.perf_counter() - t0) / rounds)
     return best_sign, best_verify
+
+
+# Extra py-spy options, e.g. PY_SPY_ARGS=--gil to sample only the thread holding the GIL
+# (Python CPU, without the threads that wait).
+PROFILE_EXTRA = os.environ.get("PY_SPY_ARGS", "").split()
 
 
 def py_spy() -> str:
@@ -356,7 +386,7 @@ def run_one(store: str, clients: int, payments: int, concurrency: int, seed: int
             command = [sys.executable, "-m", "hub", "--application",
                        "bench.hub_bench:open_bench_application", "--data-dir",
                        str(tmp / "hubdata"), "--listen", "127.0.0.1:0", "--log-level",
-                       "warning"]
+                       os.environ.get("HUB_BENCH_LOG_LEVEL", "warning")]
             process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True,
                                        cwd=REPO)
             spy = None
@@ -366,8 +396,8 @@ def run_one(store: str, clients: int, payments: int, concurrency: int, seed: int
                 if profile is not None:
                     spy = subprocess.Popen([py_spy(), "record", "-p",
                                             str(process.pid), "-o", str(profile), "-f", "raw",
-                                            "-r", "200"], stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.DEVNULL)
+                                            "-r", "200", *PROFILE_EXTRA],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 result = trio.run(measure, started, process.pid, counts_file, terms,
                                   client_urls, height, payments, concurrency, seed)
             finally:
@@ -399,19 +429,25 @@ def main(argv: list[str] | None = None) -> None:
     sign_s, verify_s = raw_signature_seconds()
     print(f"raw libsecp256k1: sign {sign_s * 1e6:.1f} us, verify {verify_s * 1e6:.1f} us")
     print("| store | clients | payments/s | p50 ms | p99 ms | hub CPU/payment us | "
-          "hub CPU % | signs+verifies/payment (hub) | signature floor us | peak hub RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "hub CPU % | signs+verifies/payment (hub) | signature floor us | peak hub RSS MB | "
+          "hub frames in+out/payment | hub store commits (writes)/payment |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     profile = args.profile
     for store in args.stores.split(","):
         for clients in (int(c) for c in args.clients.split(",")):
-            r = run_one(store, clients, args.payments, min(args.concurrency, clients), args.seed,
-                        profile)
+            # At most one payment in flight per client: with more, a payee's channel
+            # can hit the funder's fee headroom (protocol.rules) and the router fails
+            # the forward instead of waiting a round trip (issue 9's known gap).
+            r = run_one(store, clients, args.payments, min(args.concurrency, clients),
+                        args.seed, profile)
             profile = None
             floor = r["signs"] * sign_s + r["verifies"] * verify_s
             print(f"| {store} | {clients} | {r['rate']:,.1f} | {r['p50'] * 1e3:.0f} | "
                   f"{r['p99'] * 1e3:.0f} | {r['hub_cpu_per_payment'] * 1e6:,.0f} | "
                   f"{r['hub_util'] * 100:.0f} | {r['signs']:.1f} + {r['verifies']:.1f} | "
-                  f"{floor * 1e6:.0f} | {r['peak_rss_mb']:.0f} |"
+                  f"{floor * 1e6:.0f} | {r['peak_rss_mb']:.0f} | "
+                  f"{r['frames_in']:.1f} + {r['frames_out']:.1f} | "
+                  f"{r['commits']:.1f} ({r['writes']:.1f}) |"
                   f"  (setup {r['setup_s']:.0f} s)", flush=True)
 
 
