@@ -99,7 +99,7 @@ class NullBroadcaster:
 
 # -- the hub process -------------------------------------------------------------------
 
-SIGNATURE_COUNTS = {"sign": 0, "verify": 0, "frames_in": 0, "frames_out": 0}
+HUB_COUNTS = {"sign": 0, "verify": 0, "frames_in": 0, "frames_out": 0}
 
 
 def _count_frames() -> None:
@@ -109,12 +109,12 @@ def _count_frames() -> None:
     real_receive, real_flush = PeerSession._receive_frame, PeerSession._flush
 
     def receive_frame(self: PeerSession, frame: Any) -> None:
-        SIGNATURE_COUNTS["frames_in"] += 1
+        HUB_COUNTS["frames_in"] += 1
         real_receive(self, frame)
 
     async def flush(self: PeerSession, link: Any) -> None:
         per_frame = self.limits.max_messages
-        SIGNATURE_COUNTS["frames_out"] += -(-len(self._outbox) // per_frame)
+        HUB_COUNTS["frames_out"] += -(-len(self._outbox) // per_frame)
         await real_flush(self, link)
 
     PeerSession._receive_frame = receive_frame  # type: ignore[method-assign]
@@ -127,11 +127,11 @@ def _count_signatures() -> None:
     real_sign, real_verify = signing.sign, signing.verify
 
     def sign(secret: bytes, sighash: bytes) -> bytes:
-        SIGNATURE_COUNTS["sign"] += 1
+        HUB_COUNTS["sign"] += 1
         return real_sign(secret, sighash)
 
     def verify(pubkey: bytes, sighash: bytes, signature: bytes) -> bool:
-        SIGNATURE_COUNTS["verify"] += 1
+        HUB_COUNTS["verify"] += 1
         return real_verify(pubkey, sighash, signature)
 
     for name in SIGNING_USERS:
@@ -143,7 +143,8 @@ def _count_signatures() -> None:
 
 
 class CountReporter:
-    """On SIGUSR1, write the signature counts to the file the load generator reads."""
+    """On SIGUSR1, write the hub's counts (signatures, frames, store transactions) to the
+    file the load generator reads."""
 
     def __init__(self, path: Path, hub: HubNode) -> None:
         self.path = path
@@ -156,7 +157,7 @@ class CountReporter:
             async for _ in signals:
                 tmp = self.path.with_suffix(".tmp")
                 stats = self.hub.writer.stats
-                tmp.write_text(json.dumps({**SIGNATURE_COUNTS, "commits": stats.commits,
+                tmp.write_text(json.dumps({**HUB_COUNTS, "commits": stats.commits,
                                            "writes": stats.writes}))
                 tmp.replace(self.path)
 
@@ -314,10 +315,9 @@ async def measure(started: dict[str, Any], pid: int, counts_file: Path, terms: H
     return dict(rate=payments / elapsed, p50=statistics.median(latencies),
                 p99=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
                 hub_cpu_per_payment=hub_cpu / payments, hub_util=hub_cpu / elapsed,
-                signs=(counts1["sign"] - counts0["sign"]) / payments,
-                verifies=(counts1["verify"] - counts0["verify"]) / payments,
                 **{key: (counts1[key] - counts0[key]) / payments
-                   for key in ("frames_in", "frames_out", "commits", "writes")},
+                   for key in ("sign", "verify", "frames_in", "frames_out", "commits",
+                               "writes")},
                 peak_rss_mb=proc_peak_rss_mb(pid))
 
 
@@ -441,10 +441,10 @@ def main(argv: list[str] | None = None) -> None:
             r = run_one(store, clients, args.payments, min(args.concurrency, clients),
                         args.seed, profile)
             profile = None
-            floor = r["signs"] * sign_s + r["verifies"] * verify_s
+            floor = r["sign"] * sign_s + r["verify"] * verify_s
             print(f"| {store} | {clients} | {r['rate']:,.1f} | {r['p50'] * 1e3:.0f} | "
                   f"{r['p99'] * 1e3:.0f} | {r['hub_cpu_per_payment'] * 1e6:,.0f} | "
-                  f"{r['hub_util'] * 100:.0f} | {r['signs']:.1f} + {r['verifies']:.1f} | "
+                  f"{r['hub_util'] * 100:.0f} | {r['sign']:.1f} + {r['verify']:.1f} | "
                   f"{floor * 1e6:.0f} | {r['peak_rss_mb']:.0f} | "
                   f"{r['frames_in']:.1f} + {r['frames_out']:.1f} | "
                   f"{r['commits']:.1f} ({r['writes']:.1f}) |"
