@@ -27,13 +27,19 @@ from protocol.actions import (
 )
 from protocol.channel import Channel
 from protocol.config import InvalidConfig, LocalConfig
-from protocol.errors import Disposition, LocalProtocolError, ProtocolError, RemoteProtocolError
+from protocol.errors import (
+    AwaitingAcknowledgement,
+    Disposition,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from protocol.table import ChannelState, LinkState
 
 __all__ = [
-    "Action", "Broadcast", "Channel", "ChannelClosed", "ChannelFailed", "ChannelOpened",
-    "ChannelState", "Disposition", "Event", "FundingNeeded", "FundingSigned", "HtlcDeadline",
-    "HtlcFailed", "HtlcFulfilled", "HtlcReceived", "InvalidConfig", "LinkState",
-    "LocalConfig", "LocalProtocolError", "PeerWarning", "Persist", "ProtocolError",
-    "RemoteProtocolError", "Send", "Watch",
+    "Action", "AwaitingAcknowledgement", "Broadcast", "Channel", "ChannelClosed",
+    "ChannelFailed", "ChannelOpened", "ChannelState", "Disposition", "Event",
+    "FundingNeeded", "FundingSigned", "HtlcDeadline", "HtlcFailed", "HtlcFulfilled",
+    "HtlcReceived", "InvalidConfig", "LinkState", "LocalConfig", "LocalProtocolError",
+    "PeerWarning", "Persist", "ProtocolError", "RemoteProtocolError", "Send", "Watch",
 ]

@@ -53,5 +53,12 @@ class LocalProtocolError(ProtocolError):
         super().__init__(message, disposition)
 
 
+class AwaitingAcknowledgement(LocalProtocolError):
+    """A refused add that the peer's next ``revoke_and_ack`` can make acceptable: the
+    rule is about what the peer has acknowledged, not about the balance
+    (``protocol.rules.crossing_problem``). A caller may hold the HTLC and offer it
+    again once the peer has answered; nothing was sent and nothing changed."""
+
+
 class RemoteProtocolError(ProtocolError):
     """The peer sent something the protocol forbids; see the module docstring."""

@@ -111,6 +111,9 @@ WARN = Disposition.WARN
 class Problem:
     message: str
     disposition: Disposition = CLOSE
+    # Our own add, refused only until the peer acknowledges what it has not yet: the
+    # caller gets ``AwaitingAcknowledgement`` and may offer it again after that.
+    until_acknowledged: bool = False
 
 
 def min_view_pred(d: ChannelData, side: Side) -> Pred:
@@ -339,7 +342,9 @@ def crossing_problem(d: ChannelData) -> Problem | None:
     if counted > covered:
         return Problem(f"{counted - 2} HTLCs in the book, {known} of them acknowledged by "
                        f"the funder: wait for its acknowledgement (its fee headroom "
-                       f"covers {covered} HTLCs)")
+                       f"covers {covered} HTLCs)",
+                       # Waiting helps only if the funder has something to acknowledge.
+                       until_acknowledged=len(d.book.htlcs) > known)
     return None
 
 

@@ -22,7 +22,12 @@ from protocol.config import (
     MAX_ONION_ROUTING_PACKET_BYTES,
     OFFERED_HTLC_GRACE_BLOCKS,
 )
-from protocol.errors import Disposition, LocalProtocolError, RemoteProtocolError
+from protocol.errors import (
+    AwaitingAcknowledgement,
+    Disposition,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
 from protocol.messages import wrap
 from protocol.step import PERSIST, Step
 
@@ -32,6 +37,8 @@ if TYPE_CHECKING:
 
 def _local(problem: rules.Problem | None) -> None:
     if problem is not None:
+        if problem.until_acknowledged:
+            raise AwaitingAcknowledgement(problem.message)
         raise LocalProtocolError(problem.message)
 
 
