@@ -15,6 +15,17 @@ nursery.
   reaches the payee only after that (the driver's Persist ordering). A refusal: the
   failure (signed by the hub, ``encode_failure``) is stored with the record, then the
   incoming HTLC is failed back with it.
+- A forward the payee's channel refuses only *until the payee acknowledges* the
+  HTLCs before it (``AwaitingAcknowledgement``: the payee funds the channel, and its
+  fee headroom pays for the HTLCs it has acknowledged, ``protocol.rules``) is
+  *parked*, not failed: queued per payee in arrival order (a new forward toward a
+  payee with a queue joins its end), offered again after each frame from the payee
+  (``retry_parked``, HubNode) up to the first that must wait again; each attempt
+  re-runs ``decide_forward``, so one whose payee went offline, whose expiry came too
+  close or whose liquidity went is refused as a new one would be. One that waited
+  ``PARKED_FORWARD_TIMEOUT_S`` is refused (``INSUFFICIENT_CAPACITY``). Parked forwards
+  are memory only: nothing of them was offered or stored, and after a restart their
+  incoming HTLCs have no record, so ``settle_received`` routes them as new.
 - ``HtlcFulfilled`` on an outgoing HTLC: the preimage is stored (awaited, retried
   through a failed commit), and only then the incoming HTLC is fulfilled.
 - ``HtlcFailed`` on an outgoing HTLC: the payee's signed reason is relayed unchanged
@@ -44,6 +55,8 @@ refuses the fulfill (on chain, failed) gets its preimage to that channel's watch
 from __future__ import annotations
 
 import logging
+import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -70,11 +83,12 @@ from protocol.actions import HtlcFailed, HtlcFulfilled, HtlcReceived
 from protocol.driver.driver import ChannelDriver
 from protocol.driver.peer import PeerSession
 from protocol.driver.writer import CommitFailed, WriterClosed
-from protocol.errors import LocalProtocolError
+from protocol.errors import AwaitingAcknowledgement, LocalProtocolError
 from protocol.routing import (
     Failure,
     FailureCode,
     FailureOrigin,
+    ForwardInstructions,
     RoutingFormatError,
     decode_failure,
     decode_forward,
@@ -130,12 +144,28 @@ def payment_proto(record: ForwardRecord, client_node_id: bytes) -> client_pb2.Pa
     return payment
 
 
+# How long a forward may wait for the payee's acknowledgement (module docstring)
+# before it is refused as if the channel could not take it.
+PARKED_FORWARD_TIMEOUT_S = 30.0
+
+
+@dataclass
+class _Parked:
+    """A forward waiting for its payee's acknowledgement; ``deadline`` in trio time
+    (0: not parked yet)."""
+    record: ForwardRecord
+    forward: ForwardInstructions
+    packet: bytes
+    deadline: float
+
+
 @dataclass
 class RouterStats:
     forwarded: int = 0
     succeeded: int = 0
     failed: int = 0
     refused: int = 0
+    parked: int = 0
 
 
 class Router:
@@ -167,6 +197,10 @@ class Router:
         self.by_outgoing: dict[tuple[bytes, int], ForwardRecord] = {}
         # Resolved forwards whose incoming HTLC waits for its link: key -> htlc id -> record.
         self.deferred: dict[bytes, dict[int, ForwardRecord]] = {}
+        # Forwards waiting for their payee's acknowledgement, in arrival order per payee.
+        self.parked: dict[bytes, deque[_Parked]] = {}
+        self.parked_incoming: set[tuple[bytes, int]] = set()
+        self._parked_added = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._tasks = 0
         self._idle = trio.Event()
@@ -178,7 +212,29 @@ class Router:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            await trio.sleep_forever()
+            await self._expire_parked()
+
+    async def _expire_parked(self) -> None:
+        """Refuse each parked forward whose deadline passed: sleeps until the earliest
+        deadline, or until something is parked."""
+        while True:
+            deadlines = [queue[0].deadline for queue in self.parked.values()]
+            with trio.move_on_at(min(deadlines) if deadlines else math.inf):
+                await self._parked_added.wait()
+                self._parked_added = trio.Event()
+                continue
+            now = trio.current_time()
+            for payee, queue in list(self.parked.items()):
+                # FIFO with one timeout: the deadlines in a queue never decrease.
+                while queue and queue[0].deadline <= now:
+                    expired = queue.popleft()
+                    self.parked_incoming.discard(expired.record.incoming)
+                    log.info("forward %s: the payee did not acknowledge in time",
+                             expired.record.payment_id)
+                    self._refuse(expired.record, Failure(FailureCode.INSUFFICIENT_CAPACITY),
+                                 expired.packet)
+                if not queue:
+                    del self.parked[payee]
 
     def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
         assert self._nursery is not None, "Router.run is not running"
@@ -214,8 +270,8 @@ class Router:
     def route(self, driver: ChannelDriver, htlc_id: int, amount_msat: int,
               payment_hash: bytes, cltv_expiry: int, packet: bytes) -> None:
         key = (driver.channel_key, htlc_id)
-        if key in self.by_incoming:
-            return  # already being forwarded (a replayed event)
+        if key in self.by_incoming or key in self.parked_incoming:
+            return  # already being forwarded, or held (a replayed event)
         now = self.now_unix()
         record = ForwardRecord(
             payment_id=new_payment_id(), payer_node_id=driver.peer_node_id,
@@ -231,28 +287,59 @@ class Router:
         record = ForwardRecord(**{**record.row(), "payee_node_id": forward.payee_node_id,
                                   "amount_out_msat": forward.amount_to_forward_msat,
                                   "cltv_out": forward.outgoing_cltv_value})
+        parked = _Parked(record, forward, packet, deadline=0.0)
+        if forward.payee_node_id in self.parked or not self._forward(parked):
+            self._park(parked)  # behind the ones already waiting: arrival order
+
+    def _park(self, parked: _Parked) -> None:
+        parked.deadline = trio.current_time() + PARKED_FORWARD_TIMEOUT_S
+        self.parked.setdefault(parked.forward.payee_node_id, deque()).append(parked)
+        self.parked_incoming.add(parked.record.incoming)
+        self.stats.parked += 1
+        self._parked_added.set()
+
+    def retry_parked(self, payee_node_id: bytes) -> None:
+        """Offer the forwards waiting for this payee, in order, up to the first that
+        must wait again (HubNode calls it after each of the payee's frames, and when
+        its link ends: then each is refused, the payee offline)."""
+        queue = self.parked.get(payee_node_id)
+        while queue:
+            head = queue.popleft()
+            if not self._forward(head):
+                queue.appendleft(head)
+                return
+            self.parked_incoming.discard(head.record.incoming)
+        self.parked.pop(payee_node_id, None)
+
+    def _forward(self, parked: _Parked) -> bool:
+        """Decide and offer (or refuse) one forward: False when it must wait for the
+        payee's acknowledgement, and nothing was done."""
+        record, forward = parked.record, parked.forward
         out_driver, outgoing = self._outgoing_channel(forward.payee_node_id)
-        fees = self.fee_policy()
         decision = decide_forward(
-            incoming=IncomingHtlc(amount_msat, cltv_expiry, payment_hash), forward=forward,
-            fee_policy=fees, cltv_expiry_delta_blocks=self.cltv_expiry_delta_blocks,
+            incoming=IncomingHtlc(record.amount_in_msat, record.cltv_in,
+                                  record.payment_hash),
+            forward=forward, fee_policy=self.fee_policy(),
+            cltv_expiry_delta_blocks=self.cltv_expiry_delta_blocks,
             height=self.height(), outgoing=outgoing)
         if isinstance(decision, Failure):
-            self._refuse(record, decision, packet)
-            return
+            self._refuse(record, decision, parked.packet)
+            return True
         assert out_driver is not None
-        self._offer(record, out_driver, decision, packet)
+        return self._offer(parked, out_driver, decision)
 
-    def _offer(self, record: ForwardRecord, out_driver: ChannelDriver, out: OutgoingHtlc,
-               packet: bytes) -> None:
+    def _offer(self, parked: _Parked, out_driver: ChannelDriver, out: OutgoingHtlc) -> bool:
+        record, packet = parked.record, parked.packet
         try:
             out_id = out_driver.add_htlc(out.amount_msat, out.payment_hash, out.cltv_expiry,
                                          onion_routing_packet=out.onion_routing_packet)
+        except AwaitingAcknowledgement:
+            return False
         except LocalProtocolError as exc:
             log.info("forward %s refused by the payee's channel: %s", record.payment_id,
                      exc.message)
             self._refuse(record, Failure(FailureCode.INSUFFICIENT_CAPACITY), packet)
-            return
+            return True
         record = ForwardRecord(**{**record.row(),
                                   "outgoing_channel_key": out_driver.channel_key,
                                   "outgoing_htlc_id": out_id})
@@ -261,6 +348,7 @@ class Router:
         self.by_incoming[record.incoming] = record
         self.by_outgoing[(out_driver.channel_key, out_id)] = record
         self.stats.forwarded += 1
+        return True
 
     def _refuse(self, record: ForwardRecord, failure: Failure, packet: bytes) -> None:
         blob = encode_failure(failure, origin=FailureOrigin.HUB,
