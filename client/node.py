@@ -98,7 +98,7 @@ from protocol.driver.onchain import ChannelsOnChain
 from protocol.driver.peer import PeerSession
 from protocol.driver.store import ChannelStore, new_channel_key, open_secret_box
 from protocol.driver.writer import GroupWriter
-from protocol.errors import LocalProtocolError
+from protocol.errors import AwaitingAcknowledgement, LocalProtocolError
 from protocol.routing import (
     Failure,
     FailureCode,
@@ -199,6 +199,11 @@ class ClientNode:
         # MockClock sets it to math.inf: there the clock jumps to the nearest deadline
         # whenever every task waits, a store write on the writer thread included.
         self.ready_timeout_seconds = 30.0
+        # How long ``pay`` waits, without a timeout of its own, for the hub to
+        # acknowledge the HTLCs before one its fee headroom cannot take yet (the same
+        # caveat under autojump); and how many times a payment waited for it.
+        self.acknowledgement_wait_seconds = 10.0
+        self.acknowledgement_waits = 0
         self.changed = trio.Event()
 
     @classmethod
@@ -407,6 +412,40 @@ class ClientNode:
         """Start a payment; returns its record (in flight, or the earlier one for a key
         already used). ``wait_payment`` waits for the outcome.
 
+        On a channel the hub funded, an HTLC the hub's fee headroom cannot take until it
+        acknowledges the ones before it (``AwaitingAcknowledgement``: nothing offered,
+        nothing recorded) is offered again after each frame from the hub, for at most
+        ``timeout_seconds`` (or ``acknowledgement_wait_seconds``); past it ``HubUnavailable``.
+        Every attempt starts from the idempotency check, so a key is still used once."""
+        return await self._until_acknowledged(timeout_seconds, lambda: self._pay_once(
+            idempotency_key=idempotency_key, bolt11=bolt11, payee_node_id=payee_node_id,
+            amount_msat=amount_msat, refund_of=refund_of, max_fee_msat=max_fee_msat,
+            timeout_seconds=timeout_seconds))
+
+    async def _until_acknowledged(
+            self, timeout_seconds: float | None,
+            attempt: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        """Run ``attempt`` again after each change of the session while it raises
+        ``AwaitingAcknowledgement`` (``pay``'s docstring)."""
+        deadline = trio.current_time() + (timeout_seconds or self.acknowledgement_wait_seconds)
+        while True:
+            try:
+                return await attempt()
+            except AwaitingAcknowledgement as exc:
+                self.acknowledgement_waits += 1
+                if trio.current_time() >= deadline:
+                    raise errors.HubUnavailable(
+                        f"the hub has not acknowledged the HTLCs in flight: {exc}; retry"
+                    ) from exc
+                with trio.move_on_at(deadline):
+                    await self.session.wait_changed()
+
+    async def _pay_once(self, *, idempotency_key: str, bolt11: str | None,
+                        payee_node_id: bytes | None, amount_msat: int | None,
+                        refund_of: str | None, max_fee_msat: int | None,
+                        timeout_seconds: float | None) -> dict[str, Any]:
+        """``pay``, one attempt (its docstring).
+
         ``max_fee_msat``: refused (``FeeAboveMaximum``) before any HTLC is offered and
         with nothing recorded when the hub's fee for the amount, from its terms, is
         above it (None: no bound). The fee computed here is what the HTLC carries above
@@ -494,6 +533,8 @@ class ClientNode:
         try:
             drivers[0].add_htlc(terms.htlc_amount_msat, payment_hash, terms.htlc_cltv_expiry,
                                 onion_routing_packet=packet)
+        except AwaitingAcknowledgement:
+            raise  # pay offers it again once the hub has answered
         except LocalProtocolError as exc:
             raise errors.InsufficientBalance(
                 f"cannot send {terms.htlc_amount_msat} msat (amount + fee): {exc}") from exc
@@ -522,6 +563,15 @@ class ClientNode:
         the payer stated in its packet, or to ``payer_node_id`` if given (it wins over
         the stated one). ``RefundDestinationUnknown`` when neither is known (a payment
         from an older payer, or received before payers stated it)."""
+        return await self._until_acknowledged(timeout_seconds, lambda: self._refund_once(
+            payment_id, amount_msat, idempotency_key=idempotency_key,
+            payer_node_id=payer_node_id, max_fee_msat=max_fee_msat,
+            timeout_seconds=timeout_seconds))
+
+    async def _refund_once(self, payment_id: str, amount_msat: int, *, idempotency_key: str,
+                           payer_node_id: bytes | None, max_fee_msat: int | None,
+                           timeout_seconds: float | None) -> dict[str, Any]:
+        """``refund``, one attempt: the bound is checked again on every attempt."""
         if timeout_seconds and idempotency_key not in self._by_key:
             # here, not in pay: no await may come between the bound check below and the HTLC
             await self._wait_until_up(timeout_seconds)
@@ -529,7 +579,9 @@ class ClientNode:
         if original is None or original["direction"] != ledger.RECEIVED:
             raise errors.NotFound(f"no received payment {payment_id}")
         if idempotency_key in self._by_key:
-            return await self.pay(idempotency_key=idempotency_key)
+            return await self._pay_once(idempotency_key=idempotency_key, bolt11=None,
+                                        payee_node_id=None, amount_msat=None, refund_of=None,
+                                        max_fee_msat=None, timeout_seconds=None)
         stated = original.get("payer_node_id")
         destination = payer_node_id if payer_node_id is not None else (
             bytes(stated) if stated is not None else None)
@@ -546,9 +598,10 @@ class ClientNode:
             raise errors.RefundExceedsReceived(
                 f"refunds would total {in_flight + amount_msat} msat of "
                 f"{original['amount_msat']} received")
-        return await self.pay(idempotency_key=idempotency_key, payee_node_id=destination,
-                              amount_msat=amount_msat, refund_of=payment_id,
-                              max_fee_msat=max_fee_msat)
+        return await self._pay_once(idempotency_key=idempotency_key, bolt11=None,
+                                    payee_node_id=destination, amount_msat=amount_msat,
+                                    refund_of=payment_id, max_fee_msat=max_fee_msat,
+                                    timeout_seconds=None)
 
     async def wait_payment(self, payment_id: str) -> dict[str, Any]:
         row = self._payments[payment_id]

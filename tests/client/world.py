@@ -26,6 +26,7 @@ def under_autojump(client: ClientNode) -> ClientNode:
     deadline fires as soon as all tasks wait, a store write on the writer thread
     included, so a 30 s bound would end a re-establish that is merely writing."""
     client.ready_timeout_seconds = math.inf
+    client.acknowledgement_wait_seconds = math.inf
     return client
 
 

@@ -37,6 +37,14 @@ async def synced(chain: ChainServices, node: Node) -> None:
     await chain.follower.wait_for_height(int(node.call("getblockcount")))
 
 
+async def fund_hub_wallet(hub: HubNode, hub_chain: ChainServices, node: Node) -> None:
+    """The operator sends HUB_WALLET_SAT to the hub's wallet; one block confirms it."""
+    address = (await hub.admin.new_wallet_address()).address
+    node.call("sendtoaddress", address, HUB_WALLET_SAT / 100_000_000)
+    node.mine(1)
+    await synced(hub_chain, node)
+
+
 def request(amount_sat: int, key: str = "", **fields: Any) -> client_pb2.RequestInboundRequest:
     return client_pb2.RequestInboundRequest(lsp_balance_sat=amount_sat, idempotency_key=key,
                                             **fields)
@@ -182,10 +190,7 @@ async def test_order_of_a_channel_lost_in_a_restart_fails(
                                            broadcaster=NullBroadcaster())
             hub_chain = await hub.attach_chain(rpc, poll_interval_s=0.5)
             await nursery.start(hub.run)
-            address = (await hub.admin.new_wallet_address()).address
-            regtest_node.call("sendtoaddress", address, HUB_WALLET_SAT / 100_000_000)
-            regtest_node.mine(1)
-            await synced(hub_chain, regtest_node)
+            await fund_hub_wallet(hub, hub_chain, regtest_node)
             alice = world.open_client("alice")
             await world.start_client(nursery, alice)
             await until(lambda: alice.node_id in hub.sessions
@@ -236,10 +241,7 @@ async def test_sdk_request_inbound(regtest_node: Node, regtest_rpc: Any, tmp_pat
                                        broadcaster=NullBroadcaster())
         hub_chain = await hub.attach_chain(rpc, poll_interval_s=0.5)
         await nursery.start(hub.run)
-        address = (await hub.admin.new_wallet_address()).address
-        regtest_node.call("sendtoaddress", address, HUB_WALLET_SAT / 100_000_000)
-        regtest_node.mine(1)
-        await synced(hub_chain, regtest_node)
+        await fund_hub_wallet(hub, hub_chain, regtest_node)
         alice_node = under_autojump(
             ClientNode.open(world.client_url("alice"), TEST_PASSPHRASE, world.terms()))
 
@@ -280,4 +282,71 @@ async def test_sdk_request_inbound(regtest_node: Node, regtest_rpc: Any, tmp_pat
             await synced(hub_chain, regtest_node)
             assert hub_chain.wallet.balance().confirmed_sat == before + hub_output.amount_sat
         nursery.cancel_scope.cancel()
+    hub.close()
+
+
+THIN_INBOUND_SAT = 200_000
+RECEIVED_MSAT = 150_000_000  # what Bob pays Alice: the hub keeps ~50,000 sat of it
+BACK = 40
+BACK_MSAT = 3_000_000
+
+
+async def test_many_payments_at_once_on_a_channel_the_hub_funds(
+        regtest_node: Node, regtest_rpc: Any, tmp_path: Path, autojump_clock: Any) -> None:
+    """Alice's channel is the hub's, and what the hub kept pays the commitment fee of
+    only a few more HTLCs than it has acknowledged: her SDK's ``pay`` waits for the
+    hub's acknowledgement (``AwaitingAcknowledgement``) instead of refusing, and all
+    BACK payments started at once succeed."""
+    url = sqlite_url(tmp_path / "hub.sqlite")
+    world = World(regtest_node, tmp_path, url)
+    async with BitcoinRpc(regtest_rpc.url, cookie_file=Path(regtest_rpc.cookie_path),
+                          timeout_s=None) as rpc, trio.open_nursery() as nursery:
+        hub = world.hub = HubNode.open(hub_settings(url), height=world.height,
+                                       broadcaster=NullBroadcaster())
+        hub_chain = await hub.attach_chain(rpc, poll_interval_s=0.5)
+        await nursery.start(hub.run)
+        await fund_hub_wallet(hub, hub_chain, regtest_node)
+        alice = world.open_client("alice")
+        alice_chain = await alice.attach_chain(rpc, poll_interval_s=0.5)
+        await world.start_client(nursery, alice)
+        await until(lambda: alice.node_id in hub.sessions
+                    and hub.sessions[alice.node_id].connected)
+        await hub.request_inbound(alice.node_id, request(THIN_INBOUND_SAT, "thin"))
+        await until(lambda: len(regtest_node.call("getrawmempool")) == 1)
+        regtest_node.mine(hub.settings.minimum_depth)
+        await synced(hub_chain, regtest_node)
+        await synced(alice_chain, regtest_node)
+        [driver] = alice.session.drivers
+        await until(lambda: is_normal(driver))
+
+        bob = world.open_client("bob")
+        await world.start_client(nursery, bob)
+        bob_driver = bob.open_channel(1_000_000)
+        await until(lambda: bob_driver.channel.state is ChannelState.AWAIT_CHANNEL_READY)
+        await hub.sessions[bob.node_id].idle()
+        regtest_node.mine(hub.settings.minimum_depth)
+        await synced(hub_chain, regtest_node)
+        bob_driver.funding_confirmed()  # bob follows no chain of his own
+        await until(lambda: is_normal(bob_driver))
+        paid = await bob.pay(idempotency_key="in",
+                             bolt11=await alice.add_invoice(RECEIVED_MSAT, "in"))
+        assert (await bob.wait_payment(paid["payment_id"]))["state"] == ledger.SUCCEEDED
+
+        invoices = [await bob.add_invoice(BACK_MSAT, f"back {i}") for i in range(BACK)]
+        outcomes: list[dict[str, Any]] = []
+
+        async def pay_back(i: int) -> None:
+            started = await alice.pay(idempotency_key=f"back {i}", bolt11=invoices[i])
+            outcomes.append(await alice.wait_payment(started["payment_id"]))
+
+        async with trio.open_nursery() as payers:
+            for i in range(BACK):
+                payers.start_soon(pay_back, i)
+        assert [o["state"] for o in outcomes] == [ledger.SUCCEEDED] * BACK
+        assert alice.acknowledgement_waits > 0  # the path under test was taken
+        received = [p for p in bob.payments() if p["direction"] == ledger.RECEIVED]
+        assert len(received) == BACK and {p["state"] for p in received} == {ledger.SUCCEEDED}
+        nursery.cancel_scope.cancel()
+    alice.close()
+    bob.close()
     hub.close()
