@@ -116,6 +116,8 @@ async def test_cli_init_pay_balance_history_and_a_locked_store(
                     bridge, target, node_secret=alice_node.node_secret, pin=pin)) as alice:
                 await alice.ready()
                 while bob_node.node_id not in edge.connected_clients():
+                    # `serve` ended before it connected: say why, do not wait forever
+                    assert not served, served[0].output
                     await trio.sleep(0.01)
                 paid_served = await alice.pay(idempotency_key="c3", invoice=bolt11)
                 assert paid_served.state == "succeeded"
