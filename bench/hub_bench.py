@@ -143,8 +143,9 @@ def _count_signatures() -> None:
 
 
 class CountReporter:
-    """On SIGUSR1, write the hub's counts (signatures, frames, store transactions) to the
-    file the load generator reads."""
+    """On SIGUSR1, write the hub's counts (signatures, frames, store transactions,
+    forwards parked for the payee's acknowledgement) to the file the load generator
+    reads."""
 
     def __init__(self, path: Path, hub: HubNode) -> None:
         self.path = path
@@ -158,7 +159,8 @@ class CountReporter:
                 tmp = self.path.with_suffix(".tmp")
                 stats = self.hub.writer.stats
                 tmp.write_text(json.dumps({**HUB_COUNTS, "commits": stats.commits,
-                                           "writes": stats.writes}))
+                                           "writes": stats.writes,
+                                           "parked": self.hub.router.stats.parked}))
                 tmp.replace(self.path)
 
 
@@ -303,6 +305,7 @@ async def measure(started: dict[str, Any], pid: int, counts_file: Path, terms: H
                 for _ in range(concurrency):
                     workers.start_soon(worker)
 
+        counts_warm_up = read_counts(pid, counts_file)
         await run_many(0, concurrency)  # warm up: every code path once, caches filled
         latencies.clear()
         counts0 = read_counts(pid, counts_file)
@@ -317,7 +320,8 @@ async def measure(started: dict[str, Any], pid: int, counts_file: Path, terms: H
                 hub_cpu_per_payment=hub_cpu / payments, hub_util=hub_cpu / elapsed,
                 **{key: (counts1[key] - counts0[key]) / payments
                    for key in ("sign", "verify", "frames_in", "frames_out", "commits",
-                               "writes")},
+                               "writes", "parked")},
+                parked_in_warm_up=counts0["parked"] - counts_warm_up["parked"],
                 peak_rss_mb=proc_peak_rss_mb(pid))
 
 
@@ -430,16 +434,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"raw libsecp256k1: sign {sign_s * 1e6:.1f} us, verify {verify_s * 1e6:.1f} us")
     print("| store | clients | payments/s | p50 ms | p99 ms | hub CPU/payment us | "
           "hub CPU % | signs+verifies/payment (hub) | signature floor us | peak hub RSS MB | "
-          "hub frames in+out/payment | hub store commits (writes)/payment |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "hub frames in+out/payment | hub store commits (writes)/payment | "
+          "forwards parked % |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     profile = args.profile
     for store in args.stores.split(","):
         for clients in (int(c) for c in args.clients.split(",")):
-            # At most one payment in flight per client: with more, a payee's channel
-            # can hit the funder's fee headroom (protocol.rules) and the router fails
-            # the forward instead of waiting a round trip (issue 9's known gap).
-            r = run_one(store, clients, args.payments, min(args.concurrency, clients),
-                        args.seed, profile)
+            r = run_one(store, clients, args.payments, args.concurrency, args.seed,
+                        profile)
             profile = None
             floor = r["sign"] * sign_s + r["verify"] * verify_s
             print(f"| {store} | {clients} | {r['rate']:,.1f} | {r['p50'] * 1e3:.0f} | "
@@ -447,8 +449,9 @@ def main(argv: list[str] | None = None) -> None:
                   f"{r['hub_util'] * 100:.0f} | {r['sign']:.1f} + {r['verify']:.1f} | "
                   f"{floor * 1e6:.0f} | {r['peak_rss_mb']:.0f} | "
                   f"{r['frames_in']:.1f} + {r['frames_out']:.1f} | "
-                  f"{r['commits']:.1f} ({r['writes']:.1f}) |"
-                  f"  (setup {r['setup_s']:.0f} s)", flush=True)
+                  f"{r['commits']:.1f} ({r['writes']:.1f}) | {r['parked'] * 100:.0f} |"
+                  f"  (setup {r['setup_s']:.0f} s; forwards parked in the warm-up: "
+                  f"{r['parked_in_warm_up']:.0f})", flush=True)
 
 
 if __name__ == "__main__":
