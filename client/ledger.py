@@ -94,13 +94,23 @@ class RefundTooLarge(Exception):
     """Raised inside a write: the refunds would exceed the received amount."""
 
 
+# The per-payment statements, built once: SQLAlchemy memoizes a statement's cache key
+# on the object, so one built per write pays it (and .values()) every time.
+_LAST_EVENT = sa.select(sa.func.max(events.c.sequence))
+_INSERT_EVENT = events.insert()
+_INSERT_PAYMENT = payments.insert()
+_UPDATE_PAYMENT = payments.update().where(payments.c.payment_id == sa.bindparam("of_payment"))
+_INSERT_INVOICE = invoices.insert()
+_INVOICE_PAID = invoices.update().where(invoices.c.payment_hash == sa.bindparam("of_invoice"))
+
+
 def event_write(kind: str, payment_id: str | None, amount_msat: int, now: int) -> Write:
     def write(conn: Connection) -> int:
-        last = conn.execute(sa.select(sa.func.max(events.c.sequence))).scalar_one_or_none()
+        last = conn.execute(_LAST_EVENT).scalar_one_or_none()
         sequence = int(last or 0) + 1
-        conn.execute(events.insert().values(sequence=sequence, kind=kind,
-                                            payment_id=payment_id, amount_msat=amount_msat,
-                                            created_unix=now))
+        conn.execute(_INSERT_EVENT, {"sequence": sequence, "kind": kind,
+                                     "payment_id": payment_id, "amount_msat": amount_msat,
+                                     "created_unix": now})
         return sequence
     return write
 
@@ -115,12 +125,13 @@ def compose(*writes: Write) -> Write:
 
 def payment_insert(row: dict[str, Any]) -> Write:
     frozen = dict(row)
-    return lambda conn: conn.execute(payments.insert().values(**frozen))
+    return lambda conn: conn.execute(_INSERT_PAYMENT, frozen)
 
 
 def payment_update(payment_id: str, **values: Any) -> Write:
-    return lambda conn: conn.execute(
-        payments.update().where(payments.c.payment_id == payment_id).values(**values))
+    # The SET clause is the columns named in the parameters.
+    params = {**values, "of_payment": payment_id}
+    return lambda conn: conn.execute(_UPDATE_PAYMENT, params)
 
 
 def refund_reserve(original_id: str, amount_msat: int) -> Write:
@@ -145,13 +156,13 @@ def refund_release(original_id: str, amount_msat: int) -> Write:
 
 def invoice_insert(row: dict[str, Any]) -> Write:
     frozen = dict(row)
-    return lambda conn: conn.execute(invoices.insert().values(**frozen))
+    return lambda conn: conn.execute(_INSERT_INVOICE, frozen)
 
 
 def invoice_paid(payment_hash: bytes, amount_msat: int, payment_id: str) -> Write:
-    return lambda conn: conn.execute(
-        invoices.update().where(invoices.c.payment_hash == payment_hash)
-        .values(state="paid", paid_msat=amount_msat, paid_payment_id=payment_id))
+    params = {"state": "paid", "paid_msat": amount_msat, "paid_payment_id": payment_id,
+              "of_invoice": payment_hash}
+    return lambda conn: conn.execute(_INVOICE_PAID, params)
 
 
 def meta_write(name: str, value: str) -> Write:

@@ -30,6 +30,11 @@ from proto import client_pb2
 from protocol.driver.db import Database
 
 READ_BATCH = 500
+# Built once: SQLAlchemy memoizes a statement's cache key on the object, so a write
+# that builds its statement afresh pays that (and .values()) on every event.
+_LAST_SEQUENCE = (sa.select(sa.func.max(events.c.sequence))
+                  .where(events.c.client_node_id == sa.bindparam("of_client")))
+_INSERT_EVENT = events.insert()
 
 
 def event_kind(event: client_pb2.Event) -> str:
@@ -50,20 +55,21 @@ class EventLog:
         prepared = [(event_kind(body), body) for body in bodies]
 
         def write(conn: sa.Connection) -> list[int]:
-            last = conn.execute(sa.select(sa.func.max(events.c.sequence))
-                                .where(events.c.client_node_id == client_node_id)).scalar()
+            last = conn.execute(_LAST_SEQUENCE, {"of_client": client_node_id}).scalar()
             sequence = int(last or 0)
-            assigned = []
+            rows, assigned = [], []
             for kind, body in prepared:
                 sequence += 1
+                assigned.append(sequence)
                 stored = client_pb2.Event()
                 stored.CopyFrom(body)
                 stored.sequence = sequence
                 stored.created_at_unix = created
-                conn.execute(events.insert().values(
-                    client_node_id=client_node_id, sequence=sequence,
-                    created_at_unix=created, kind=kind, body=stored.SerializeToString()))
-                assigned.append(sequence)
+                rows.append({"client_node_id": client_node_id, "sequence": sequence,
+                             "created_at_unix": created, "kind": kind,
+                             "body": stored.SerializeToString()})
+            if rows:
+                conn.execute(_INSERT_EVENT, rows)
             return assigned
 
         return write

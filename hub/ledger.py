@@ -165,31 +165,42 @@ def forward_from_row(row: Any) -> ForwardRecord:
 # -- write functions ----------------------------------------------------------------------
 
 
+# The forward statements, built once (SQLAlchemy memoizes a statement's cache key on
+# the object: one built per write pays it, and .values(), every time).
+_FORWARD_EXISTS = sa.select(forwards.c.payment_id).where(
+    forwards.c.payment_id == sa.bindparam("of_payment"))
+_INSERT_FORWARD = forwards.insert()
+_RESOLUTION_COLUMNS = ("state", "payment_preimage", "fee_msat", "failure_reason",
+                       "failure_message", "failure_blob", "resolved_at_unix")
+_RESOLVE_FORWARD = (forwards.update()
+                    .where(forwards.c.payment_id == sa.bindparam("of_payment"))
+                    .where(forwards.c.state == IN_FLIGHT)
+                    .values({name: sa.bindparam(f"new_{name}")
+                             for name in _RESOLUTION_COLUMNS}))
+
+
 def insert_forward(record: ForwardRecord) -> WriteFn:
     """Insert the record unless it is there already: a resolution can reach the store
     before the record attached to a snapshot does, and this write must never raise
     inside that snapshot's transaction."""
     row = record.row()
+    key = {"of_payment": record.payment_id}
 
     def write(conn: sa.Connection) -> None:
-        exists = conn.execute(sa.select(forwards.c.payment_id)
-                              .where(forwards.c.payment_id == record.payment_id)).first()
-        if not exists:
-            conn.execute(forwards.insert().values(**row))
+        if conn.execute(_FORWARD_EXISTS, key).first() is None:
+            conn.execute(_INSERT_FORWARD, row)
 
     return write
 
 
 def resolve_forward(record: ForwardRecord) -> WriteFn:
     """Store the outcome; only an in-flight record changes (a resolution is final)."""
-    values = {k: v for k, v in record.row().items() if k in (
-        "state", "payment_preimage", "fee_msat", "failure_reason", "failure_message",
-        "failure_blob", "resolved_at_unix")}
+    row = record.row()
+    params = {f"new_{name}": row[name] for name in _RESOLUTION_COLUMNS}
+    params["of_payment"] = record.payment_id
 
     def write(conn: sa.Connection) -> None:
-        conn.execute(forwards.update()
-                     .where(forwards.c.payment_id == record.payment_id)
-                     .where(forwards.c.state == IN_FLIGHT).values(**values))
+        conn.execute(_RESOLVE_FORWARD, params)
 
     return write
 
