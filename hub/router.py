@@ -22,10 +22,12 @@ nursery.
   payee with a queue joins its end), offered again after each frame from the payee
   (``retry_parked``, HubNode) up to the first that must wait again; each attempt
   re-runs ``decide_forward``, so one whose payee went offline, whose expiry came too
-  close or whose liquidity went is refused as a new one would be. One that waited
-  ``PARKED_FORWARD_TIMEOUT_S`` is refused (``INSUFFICIENT_CAPACITY``). Parked forwards
-  are memory only: nothing of them was offered or stored, and after a restart their
-  incoming HTLCs have no record, so ``settle_received`` routes them as new.
+  close or whose liquidity went is refused as a new one would be, and one whose
+  payer's channel failed or went on chain meanwhile is refused (``TEMPORARY_FAILURE``).
+  One that waited ``PARKED_FORWARD_TIMEOUT_S`` is refused (``INSUFFICIENT_CAPACITY``).
+  Parked forwards are memory only: nothing of them was offered or stored, and after a
+  restart their incoming HTLCs have no record, so ``settle_received`` routes them as
+  new.
 - ``HtlcFulfilled`` on an outgoing HTLC: the preimage is stored (awaited, retried
   through a failed commit), and only then the incoming HTLC is fulfilled.
 - ``HtlcFailed`` on an outgoing HTLC: the payee's signed reason is relayed unchanged
@@ -143,6 +145,9 @@ def payment_proto(record: ForwardRecord, client_node_id: bytes) -> client_pb2.Pa
         failure_message=record.failure_message)
     return payment
 
+
+# Channel states with no off-chain future: nothing is forwarded from them.
+_GONE = (ChannelState.FAILED, ChannelState.ON_CHAIN, ChannelState.RESOLVED)
 
 # How long a forward may wait for the payee's acknowledgement (module docstring)
 # before it is refused as if the channel could not take it.
@@ -324,6 +329,12 @@ class Router:
         """Decide and offer (or refuse) one forward: False when it must wait for the
         payee's acknowledgement, and nothing was done."""
         record, forward = parked.record, parked.forward
+        incoming = self.drivers.get(record.incoming_channel_key)
+        if incoming is None or incoming.channel.state in _GONE:
+            # The payer's channel failed or went on chain while this forward waited:
+            # nothing goes out for an HTLC that is settled on chain, if at all.
+            self._refuse(record, Failure(FailureCode.TEMPORARY_FAILURE), parked.packet)
+            return True
         out_driver, outgoing = self._outgoing_channel(forward.payee_node_id)
         decision = decide_forward(
             incoming=IncomingHtlc(record.amount_in_msat, record.cltv_in,

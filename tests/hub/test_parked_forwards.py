@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 
+from channel.commitment import Side
 from hub import ledger, router
 from protocol.driver.db import sqlite_url
 from protocol.routing import FailureCode, FailureReport
@@ -79,23 +80,35 @@ async def _park_some(net: Net, alice: Client, bob: Client) -> list[bytes]:
     return hashes
 
 
+def stop_reading(net: Net, client: Client) -> trio.Event:
+    """The client's session stops reading its link (nothing it owes the hub arrives any
+    more) until the returned event is set."""
+    link = net._client_links[client.name]
+    release = trio.Event()
+    real_receive = link.receive
+
+    async def receive_later() -> Any:
+        await release.wait()
+        return await real_receive()
+
+    link.receive = receive_later
+    return release
+
+
+def offered_to(net: Net, client: Client) -> set[bytes]:
+    """Payment hashes of the HTLCs the hub has offered on the client's channel."""
+    driver = net.hub.sessions[client.node_id].drivers[0]
+    return {h.payment_hash for (side, _), h in driver.channel.d.book.htlcs.items()
+            if side is Side.LOCAL}
+
+
 @pytest.mark.parametrize("ending", ["payee offline", "timeout"])
 async def test_a_parked_forward_fails_back_in_time(
         ending: str, regtest_node: Node, tmp_path: Path, autojump_clock: Any) -> None:
     net = Net(regtest_node, sqlite_url(tmp_path / "hub.sqlite"))
     async with trio.open_nursery() as nursery:
         alice, bob = await alice_and_bob(net, nursery, tmp_path)
-        a0 = alice.balance_msat()
-        # Bob's session stops reading: nothing he owes the hub arrives any more.
-        bob_link = net._client_links[bob.name]
-        stuck = trio.Event()
-        real_receive = bob_link.receive
-
-        async def receive_nothing() -> Any:
-            await stuck.wait()
-            return await real_receive()
-
-        bob_link.receive = receive_nothing  # type: ignore[method-assign]
+        release = stop_reading(net, bob)
         hashes = await _park_some(net, alice, bob)
         parked = [p.record.payment_hash for p in net.hub.router.parked[bob.node_id]]
         assert parked and set(parked) <= set(hashes)
@@ -117,10 +130,36 @@ async def test_a_parked_forward_fails_back_in_time(
         else:
             assert waited < router.PARKED_FORWARD_TIMEOUT_S
         assert not net.hub.router.parked and not net.hub.router.parked_incoming
-        # Nothing of a refused forward reached Bob, and Alice got her HTLCs back.
-        await net.hub.drain()
-        assert alice.balance_msat() <= a0
-        stuck.set()
+        # Nothing of a refused forward was offered to Bob.
+        assert not offered_to(net, bob) & set(parked)
+        release.set()
         nursery.cancel_scope.cancel()
     net.hub.close()
 
+
+async def test_a_parked_forward_from_a_failed_channel_is_not_offered(
+        regtest_node: Node, tmp_path: Path, autojump_clock: Any) -> None:
+    """Alice's channel fails (the hub goes on chain with it) while her forwards wait:
+    when Bob's acknowledgements come, they are refused, not offered to him."""
+    net = Net(regtest_node, sqlite_url(tmp_path / "hub.sqlite"))
+    async with trio.open_nursery() as nursery:
+        alice, bob = await alice_and_bob(net, nursery, tmp_path)
+        release = stop_reading(net, bob)
+        await _park_some(net, alice, bob)
+        parked = {p.record.payment_hash for p in net.hub.router.parked[bob.node_id]}
+        forwarded = net.hub.router.stats.forwarded
+        net.hub.sessions[alice.node_id].drivers[0].fail("the payer's channel fails")
+        await net.hub.sessions[alice.node_id].idle()
+        release.set()  # Bob answers now: the hub retries what waited for him
+        while net.hub.router.parked:
+            await trio.sleep(0.01)
+        await net.hub.router.idle()
+        assert net.hub.router.stats.forwarded == forwarded
+        assert not offered_to(net, bob) & parked
+        records = await net.hub.db.read(lambda c: ledger.list_forwards(c, limit=1000))
+        refused = [r for r in records if r.payment_hash in parked]
+        assert len(refused) == len(parked)
+        assert {(r.state, r.failure_message) for r in refused} == {
+            (ledger.FAILED, FailureCode.TEMPORARY_FAILURE.name)}
+        nursery.cancel_scope.cancel()
+    net.hub.close()
