@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -33,7 +34,7 @@ from protocol.actions import (
     HtlcReceived,
     PeerWarning,
 )
-from protocol.driver.db import Database
+from protocol.driver.db import Database, sqlite_url
 from protocol.driver.driver import ChannelDriver, DriverContext
 from protocol.driver.link import memory_link_pair
 from protocol.driver.peer import PeerSession
@@ -340,6 +341,20 @@ class Net:
         await self._client_links[client.name].aclose()
         while client.session.connected or self.hub.sessions[client.node_id].connected:
             await trio.sleep(0.01)
+
+    async def start_alice_and_bob(self, nursery: trio.Nursery, tmp_path: Path, *,
+                                  funding_sat: int, bob_push_msat: int
+                                  ) -> tuple[Client, Client]:
+        """The hub, then Alice (her channel all hers) and Bob (he pushes
+        ``bob_push_msat`` to the hub at opening, so it can pay him), each on a SQLite
+        store of its own with a ``funding_sat`` channel."""
+        await self.start_hub(nursery)
+        alice = self.add_client("alice", sqlite_url(tmp_path / "alice.sqlite"))
+        bob = self.add_client("bob", sqlite_url(tmp_path / "bob.sqlite"))
+        for client, push_msat in ((alice, 0), (bob, bob_push_msat)):
+            await self.start_client(nursery, client)
+            await self.open_channel(client, funding_sat, push_msat)
+        return alice, bob
 
     async def open_channel(self, client: Client, funding_sat: int, push_msat: int = 0
                            ) -> ChannelDriver:

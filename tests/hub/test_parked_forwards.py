@@ -37,22 +37,12 @@ def autojump_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0.25)
 
 
-async def alice_and_bob(net: Net, nursery: trio.Nursery, tmp_path: Path
-                        ) -> tuple[Client, Client]:
-    await net.start_hub(nursery)
-    alice = net.add_client("alice", sqlite_url(tmp_path / "alice.sqlite"))
-    bob = net.add_client("bob", sqlite_url(tmp_path / "bob.sqlite"))
-    for client, push_msat in ((alice, 0), (bob, BOB_PUSH_MSAT)):
-        await net.start_client(nursery, client)
-        await net.open_channel(client, FUNDING_SAT, push_msat)
-    return alice, bob
-
-
 async def test_a_hundred_in_flight_toward_a_thin_funder_all_succeed(
         regtest_node: Node, tmp_path: Path, autojump_clock: Any) -> None:
     net = Net(regtest_node, sqlite_url(tmp_path / "hub.sqlite"))
     async with trio.open_nursery() as nursery:
-        alice, bob = await alice_and_bob(net, nursery, tmp_path)
+        alice, bob = await net.start_alice_and_bob(
+            nursery, tmp_path, funding_sat=FUNDING_SAT, bob_push_msat=BOB_PUSH_MSAT)
         bob_driver = net.hub.sessions[bob.node_id].drivers[0]
         b0 = bob.balance_msat()
         hashes = [alice.pay(bob, AMOUNT_MSAT + i, f"p {i}") for i in range(PAYMENTS)]
@@ -107,7 +97,8 @@ async def test_a_parked_forward_fails_back_in_time(
         ending: str, regtest_node: Node, tmp_path: Path, autojump_clock: Any) -> None:
     net = Net(regtest_node, sqlite_url(tmp_path / "hub.sqlite"))
     async with trio.open_nursery() as nursery:
-        alice, bob = await alice_and_bob(net, nursery, tmp_path)
+        alice, bob = await net.start_alice_and_bob(
+            nursery, tmp_path, funding_sat=FUNDING_SAT, bob_push_msat=BOB_PUSH_MSAT)
         release = stop_reading(net, bob)
         hashes = await _park_some(net, alice, bob)
         parked = [p.record.payment_hash for p in net.hub.router.parked[bob.node_id]]
@@ -143,7 +134,8 @@ async def test_a_parked_forward_from_a_failed_channel_is_not_offered(
     when Bob's acknowledgements come, they are refused, not offered to him."""
     net = Net(regtest_node, sqlite_url(tmp_path / "hub.sqlite"))
     async with trio.open_nursery() as nursery:
-        alice, bob = await alice_and_bob(net, nursery, tmp_path)
+        alice, bob = await net.start_alice_and_bob(
+            nursery, tmp_path, funding_sat=FUNDING_SAT, bob_push_msat=BOB_PUSH_MSAT)
         release = stop_reading(net, bob)
         await _park_some(net, alice, bob)
         parked = {p.record.payment_hash for p in net.hub.router.parked[bob.node_id]}

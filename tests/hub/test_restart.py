@@ -15,7 +15,7 @@ from protocol.driver.db import sqlite_url
 from protocol.driver.link import LinkClosed
 from protocol.routing import FailureCode, FailureReport
 from regtest.node import Node
-from tests.hub.parties import Client, Net
+from tests.hub.parties import Net
 from tests.hub.test_routing import FUNDING_SAT, PUSH_MSAT, fee
 
 
@@ -39,21 +39,12 @@ class Collector:
             await self.changed.wait()
 
 
-async def setup(net: Net, nursery: trio.Nursery, tmp_path: Path) -> tuple[Client, Client]:
-    await net.start_hub(nursery)
-    alice = net.add_client("alice", sqlite_url(tmp_path / "alice.sqlite"))
-    bob = net.add_client("bob", sqlite_url(tmp_path / "bob.sqlite"))
-    for client, push in ((alice, 0), (bob, PUSH_MSAT)):
-        await net.start_client(nursery, client)
-        await net.open_channel(client, FUNDING_SAT, push)
-    return alice, bob
-
-
 async def test_restart_with_the_payee_holding_then_settling(
         regtest_node: Node, tmp_path: Path, autojump_clock: Any) -> None:
     net = Net(regtest_node, sqlite_url(tmp_path / "hub.sqlite"))
     async with trio.open_nursery() as nursery:
-        alice, bob = await setup(net, nursery, tmp_path)
+        alice, bob = await net.start_alice_and_bob(
+            nursery, tmp_path, funding_sat=FUNDING_SAT, bob_push_msat=PUSH_MSAT)
         a0, b0 = alice.balance_msat(), bob.balance_msat()
         bob.online_payee = False  # Bob sits on what he receives
         held = [alice.pay(bob, 7_000_000 + i, f"held {i}") for i in range(5)]
@@ -87,7 +78,8 @@ async def test_restart_with_the_payee_gone_fails_back_and_events_have_no_gap(
         regtest_node: Node, tmp_path: Path, autojump_clock: Any) -> None:
     net = Net(regtest_node, sqlite_url(tmp_path / "hub.sqlite"))
     async with trio.open_nursery() as nursery:
-        alice, bob = await setup(net, nursery, tmp_path)
+        alice, bob = await net.start_alice_and_bob(
+            nursery, tmp_path, funding_sat=FUNDING_SAT, bob_push_msat=PUSH_MSAT)
         a0 = alice.balance_msat()
         first = Collector()
         nursery.start_soon(net.hub.subscribe_events, alice.node_id,

@@ -34,21 +34,12 @@ def fee(amount_msat: int) -> int:
     return 1_000 + amount_msat * 1_000 // 1_000_000
 
 
-async def two_clients(net: Net, nursery: trio.Nursery, tmp_path: Path) -> tuple[Client, Client]:
-    await net.start_hub(nursery)
-    alice = net.add_client("alice", sqlite_url(tmp_path / "alice.sqlite"))
-    bob = net.add_client("bob", sqlite_url(tmp_path / "bob.sqlite"))
-    for client, push_msat in ((alice, 0), (bob, PUSH_MSAT)):
-        await net.start_client(nursery, client)
-        await net.open_channel(client, FUNDING_SAT, push_msat)
-    return alice, bob
-
-
 async def test_alice_pays_bob_and_bob_pays_back_hub_keeps_its_fees(
         hub_url: str, regtest_node: Node, tmp_path: Path, autojump_clock: Any) -> None:
     net = Net(regtest_node, hub_url)
     async with trio.open_nursery() as nursery:
-        alice, bob = await two_clients(net, nursery, tmp_path)
+        alice, bob = await net.start_alice_and_bob(
+            nursery, tmp_path, funding_sat=FUNDING_SAT, bob_push_msat=PUSH_MSAT)
         a0, b0 = alice.balance_msat(), bob.balance_msat()
         h1 = alice.pay(bob, 200_000_000, "1")
         await alice.wait_for(lambda: h1 in alice.outcomes)
@@ -71,7 +62,8 @@ async def test_many_in_flight_are_batched_under_few_signatures(
         hub_url: str, regtest_node: Node, tmp_path: Path, autojump_clock: Any) -> None:
     net = Net(regtest_node, hub_url)
     async with trio.open_nursery() as nursery:
-        alice, bob = await two_clients(net, nursery, tmp_path)
+        alice, bob = await net.start_alice_and_bob(
+            nursery, tmp_path, funding_sat=FUNDING_SAT, bob_push_msat=PUSH_MSAT)
         bob_driver = net.hub.sessions[bob.node_id].drivers[0]
         before = bob_driver.channel.d.remote_ctn
         hashes = [alice.pay(bob, 5_000_000 + i, f"many {i}") for i in range(60)]
@@ -92,7 +84,8 @@ async def test_failures_come_back_typed_and_move_nothing(
         hub_url: str, regtest_node: Node, tmp_path: Path, autojump_clock: Any) -> None:
     net = Net(regtest_node, hub_url)
     async with trio.open_nursery() as nursery:
-        alice, bob = await two_clients(net, nursery, tmp_path)
+        alice, bob = await net.start_alice_and_bob(
+            nursery, tmp_path, funding_sat=FUNDING_SAT, bob_push_msat=PUSH_MSAT)
         a0 = alice.balance_msat()
 
         async def outcome(h: bytes) -> FailureReport:
