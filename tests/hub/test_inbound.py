@@ -21,6 +21,7 @@ from hub.edge import FailedPrecondition, InvalidArgument, NotFound
 from hub.node import HubNode
 from proto import client_pb2
 from protocol.driver.db import sqlite_url
+from protocol.driver.driver import ChannelDriver
 from protocol.driver.link import FrameLink, memory_link_pair
 from protocol.table import ChannelState
 from regtest.node import Node
@@ -45,6 +46,30 @@ async def fund_hub_wallet(hub: HubNode, hub_chain: ChainServices, node: Node) ->
     await synced(hub_chain, node)
 
 
+async def start_hub_on_chain(world: World, url: str, rpc: BitcoinRpc, nursery: trio.Nursery
+                             ) -> tuple[HubNode, ChainServices]:
+    """The world's hub on ``url``, following the embedded node's chain, running."""
+    hub = world.hub = HubNode.open(hub_settings(url), height=world.height,
+                                   broadcaster=NullBroadcaster())
+    hub_chain = await hub.attach_chain(rpc, poll_interval_s=0.5)
+    await nursery.start(hub.run)
+    return hub, hub_chain
+
+
+async def open_confirmed_channel(hub: HubNode, hub_chain: ChainServices, node: Node,
+                                 client: ClientNode, funding_sat: int) -> ChannelDriver:
+    """The client funds a channel; the hub confirms it from its chain, the client (it
+    follows none of its own) is told."""
+    driver = client.open_channel(funding_sat)
+    await until(lambda: driver.channel.state is ChannelState.AWAIT_CHANNEL_READY)
+    await hub.sessions[client.node_id].idle()
+    node.mine(hub.settings.minimum_depth)
+    await synced(hub_chain, node)
+    driver.funding_confirmed()
+    await until(lambda: is_normal(driver))
+    return driver
+
+
 def request(amount_sat: int, key: str = "", **fields: Any) -> client_pb2.RequestInboundRequest:
     return client_pb2.RequestInboundRequest(lsp_balance_sat=amount_sat, idempotency_key=key,
                                             **fields)
@@ -56,10 +81,7 @@ async def test_hub_funds_inbound_channel_then_a_payment_arrives(
     world = World(regtest_node, tmp_path, store_url)
     async with BitcoinRpc(regtest_rpc.url, cookie_file=Path(regtest_rpc.cookie_path),
                           timeout_s=None) as rpc, trio.open_nursery() as nursery:
-        hub = world.hub = HubNode.open(hub_settings(store_url), height=world.height,
-                                       broadcaster=NullBroadcaster())
-        hub_chain = await hub.attach_chain(rpc, poll_interval_s=0.5)
-        await nursery.start(hub.run)
+        hub, hub_chain = await start_hub_on_chain(world, store_url, rpc, nursery)
         alice = ClientNode.open(world.client_url("alice"), TEST_PASSPHRASE, world.terms())
         alice_chain = await alice.attach_chain(rpc, poll_interval_s=0.5)
         await world.start_client(nursery, alice)
@@ -129,13 +151,7 @@ async def test_hub_funds_inbound_channel_then_a_payment_arrives(
         # bob pays alice through the new channel
         bob = world.open_client("bob")
         await world.start_client(nursery, bob)
-        bob_driver = bob.open_channel(1_000_000)
-        await until(lambda: bob_driver.channel.state is ChannelState.AWAIT_CHANNEL_READY)
-        await hub.sessions[bob.node_id].idle()
-        regtest_node.mine(hub.settings.minimum_depth)
-        await synced(hub_chain, regtest_node)
-        bob_driver.funding_confirmed()  # bob follows no chain of his own
-        await until(lambda: is_normal(bob_driver))
+        await open_confirmed_channel(hub, hub_chain, regtest_node, bob, 1_000_000)
         invoice = await alice.add_invoice(100_000_000, "inbound works")
         await hub.sessions[alice.node_id].idle()
         paid = await bob.pay(idempotency_key="first", bolt11=invoice)
@@ -186,10 +202,7 @@ async def test_order_of_a_channel_lost_in_a_restart_fails(
     async with BitcoinRpc(regtest_rpc.url, cookie_file=Path(regtest_rpc.cookie_path),
                           timeout_s=None) as rpc:
         async with trio.open_nursery() as nursery:
-            hub = world.hub = HubNode.open(hub_settings(url), height=world.height,
-                                           broadcaster=NullBroadcaster())
-            hub_chain = await hub.attach_chain(rpc, poll_interval_s=0.5)
-            await nursery.start(hub.run)
+            hub, hub_chain = await start_hub_on_chain(world, url, rpc, nursery)
             await fund_hub_wallet(hub, hub_chain, regtest_node)
             alice = world.open_client("alice")
             await world.start_client(nursery, alice)
@@ -237,10 +250,7 @@ async def test_sdk_request_inbound(regtest_node: Node, regtest_rpc: Any, tmp_pat
     world = World(regtest_node, tmp_path, url)
     async with BitcoinRpc(regtest_rpc.url, cookie_file=Path(regtest_rpc.cookie_path),
                           timeout_s=None) as rpc, trio.open_nursery() as nursery:
-        hub = world.hub = HubNode.open(hub_settings(url), height=world.height,
-                                       broadcaster=NullBroadcaster())
-        hub_chain = await hub.attach_chain(rpc, poll_interval_s=0.5)
-        await nursery.start(hub.run)
+        hub, hub_chain = await start_hub_on_chain(world, url, rpc, nursery)
         await fund_hub_wallet(hub, hub_chain, regtest_node)
         alice_node = under_autojump(
             ClientNode.open(world.client_url("alice"), TEST_PASSPHRASE, world.terms()))
@@ -301,10 +311,7 @@ async def test_many_payments_at_once_on_a_channel_the_hub_funds(
     world = World(regtest_node, tmp_path, url)
     async with BitcoinRpc(regtest_rpc.url, cookie_file=Path(regtest_rpc.cookie_path),
                           timeout_s=None) as rpc, trio.open_nursery() as nursery:
-        hub = world.hub = HubNode.open(hub_settings(url), height=world.height,
-                                       broadcaster=NullBroadcaster())
-        hub_chain = await hub.attach_chain(rpc, poll_interval_s=0.5)
-        await nursery.start(hub.run)
+        hub, hub_chain = await start_hub_on_chain(world, url, rpc, nursery)
         await fund_hub_wallet(hub, hub_chain, regtest_node)
         alice = world.open_client("alice")
         alice_chain = await alice.attach_chain(rpc, poll_interval_s=0.5)
@@ -321,13 +328,7 @@ async def test_many_payments_at_once_on_a_channel_the_hub_funds(
 
         bob = world.open_client("bob")
         await world.start_client(nursery, bob)
-        bob_driver = bob.open_channel(1_000_000)
-        await until(lambda: bob_driver.channel.state is ChannelState.AWAIT_CHANNEL_READY)
-        await hub.sessions[bob.node_id].idle()
-        regtest_node.mine(hub.settings.minimum_depth)
-        await synced(hub_chain, regtest_node)
-        bob_driver.funding_confirmed()  # bob follows no chain of his own
-        await until(lambda: is_normal(bob_driver))
+        await open_confirmed_channel(hub, hub_chain, regtest_node, bob, 1_000_000)
         paid = await bob.pay(idempotency_key="in",
                              bolt11=await alice.add_invoice(RECEIVED_MSAT, "in"))
         assert (await bob.wait_payment(paid["payment_id"]))["state"] == ledger.SUCCEEDED
