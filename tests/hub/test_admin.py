@@ -18,15 +18,15 @@ from protocol.routing import FailureCode, FailureReport
 from protocol.table import ChannelState
 from regtest.node import Node
 from tests.hub.parties import Net
-from tests.hub.test_restart import setup
-from tests.hub.test_routing import fee
+from tests.hub.test_routing import FUNDING_SAT, PUSH_MSAT, fee
 
 
 async def test_admin_and_client_views(regtest_node: Node, tmp_path: Path,
                                       autojump_clock: Any) -> None:
     net = Net(regtest_node, sqlite_url(tmp_path / "hub.sqlite"))
     async with trio.open_nursery() as nursery:
-        alice, bob = await setup(net, nursery, tmp_path)
+        alice, bob = await net.start_alice_and_bob(
+            nursery, tmp_path, funding_sat=FUNDING_SAT, bob_push_msat=PUSH_MSAT)
         hashes = [alice.pay(bob, 3_000_000, f"p{i}") for i in range(3)]
         await alice.wait_for(lambda: all(h in alice.outcomes for h in hashes))
         await net.hub.drain()

@@ -30,8 +30,7 @@ from regtest.node import Node
 from regtest.pytest_plugin import ManualClock
 from tests.conftest import AUTOJUMP_THRESHOLD_SECONDS
 from tests.hub.parties import Client, Net
-from tests.hub.test_restart import setup
-from tests.hub.test_routing import fee
+from tests.hub.test_routing import FUNDING_SAT, PUSH_MSAT, fee
 
 OPS = st.lists(st.sampled_from(["pay", "pay", "pay", "fulfill", "refuse", "hold", "release",
                                 "restart", "disconnect", "reconnect"]),
@@ -85,7 +84,8 @@ async def scenario(ops: list[str], template: Path, workdir: Path) -> None:
     net = Net(node, sqlite_url(workdir / "hub.sqlite"))
     try:
         async with trio.open_nursery() as nursery:
-            alice, bob = await setup(net, nursery, workdir)
+            alice, bob = await net.start_alice_and_bob(
+                nursery, workdir, funding_sat=FUNDING_SAT, bob_push_msat=PUSH_MSAT)
             start = (hub_balance(net), alice.balance_msat() + bob.balance_msat())
             bob_connected = True
             paid: dict[bytes, int] = {}
