@@ -440,10 +440,10 @@ class ClientNode:
                 with trio.move_on_at(deadline):
                     await self.session.wait_changed()
 
-    async def _pay_once(self, *, idempotency_key: str, bolt11: str | None,
-                        payee_node_id: bytes | None, amount_msat: int | None,
-                        refund_of: str | None, max_fee_msat: int | None,
-                        timeout_seconds: float | None) -> dict[str, Any]:
+    async def _pay_once(self, *, idempotency_key: str, bolt11: str | None = None,
+                        payee_node_id: bytes | None = None, amount_msat: int | None = None,
+                        refund_of: str | None = None, max_fee_msat: int | None = None,
+                        timeout_seconds: float | None = None) -> dict[str, Any]:
         """``pay``, one attempt (its docstring).
 
         ``max_fee_msat``: refused (``FeeAboveMaximum``) before any HTLC is offered and
@@ -579,9 +579,7 @@ class ClientNode:
         if original is None or original["direction"] != ledger.RECEIVED:
             raise errors.NotFound(f"no received payment {payment_id}")
         if idempotency_key in self._by_key:
-            return await self._pay_once(idempotency_key=idempotency_key, bolt11=None,
-                                        payee_node_id=None, amount_msat=None, refund_of=None,
-                                        max_fee_msat=None, timeout_seconds=None)
+            return await self._pay_once(idempotency_key=idempotency_key)
         stated = original.get("payer_node_id")
         destination = payer_node_id if payer_node_id is not None else (
             bytes(stated) if stated is not None else None)
@@ -598,10 +596,9 @@ class ClientNode:
             raise errors.RefundExceedsReceived(
                 f"refunds would total {in_flight + amount_msat} msat of "
                 f"{original['amount_msat']} received")
-        return await self._pay_once(idempotency_key=idempotency_key, bolt11=None,
-                                    payee_node_id=destination, amount_msat=amount_msat,
-                                    refund_of=payment_id, max_fee_msat=max_fee_msat,
-                                    timeout_seconds=None)
+        return await self._pay_once(idempotency_key=idempotency_key, payee_node_id=destination,
+                                    amount_msat=amount_msat, refund_of=payment_id,
+                                    max_fee_msat=max_fee_msat)
 
     async def wait_payment(self, payment_id: str) -> dict[str, Any]:
         row = self._payments[payment_id]

@@ -502,14 +502,12 @@ class HubNode:
                 for driver in session.drivers:
                     if driver.channel_key in self.router.deferred:
                         self.router.retry_deferred(driver)
-            if client_node_id in self.router.parked:
-                self.router.retry_parked(client_node_id)  # its frame may be the awaited ack
+            self.router.retry_parked(client_node_id)  # its frame may be the awaited ack
 
         try:
             await session.run(_WatchedLink(link, after_frame))
         finally:
-            if client_node_id in self.router.parked:
-                self.router.retry_parked(client_node_id)  # offline now: refused, in order
+            self.router.retry_parked(client_node_id)  # offline now: refused, in order
 
     async def get_info(self, client_node_id: bytes) -> client_pb2.GetInfoResponse:
         session = self.sessions.get(client_node_id)

@@ -316,7 +316,7 @@ class Router:
         """Offer the forwards waiting for this payee, in order, up to the first that
         must wait again (HubNode calls it after each of the payee's frames, and when
         its link ends: then each is refused, the payee offline)."""
-        queue = self.parked.get(payee_node_id)
+        queue = self.parked.get(payee_node_id)  # none, most of the time: one lookup
         while queue:
             head = queue.popleft()
             if not self._forward(head):
