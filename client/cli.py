@@ -205,8 +205,11 @@ async def _deliver_appointments(client: AsyncHubClient, towers: list[TowerClient
                        "the next command", err=True)
 
 
-def _run(ctx: click.Context, action: Callable[[Settings], Any]) -> None:
-    """Run one command: its result printed (``--json`` or a table), or one error line."""
+def _run(ctx: click.Context, action: Callable[[Settings], Any], *, bare: str | None = None
+         ) -> None:
+    """Run one command: its result printed (``--json`` or a table), or one error line.
+    ``bare``: without ``--json``, print only that field of the result, as is (an
+    invoice: a table would wrap it, and ``INVOICE=$(chanhub invoice ...)`` takes it)."""
     settings: Settings = ctx.obj
     try:
         result = trio.run(action, settings)
@@ -218,6 +221,9 @@ def _run(ctx: click.Context, action: Callable[[Settings], Any]) -> None:
         sys.exit(1)
     if result is None:
         return
+    if bare is not None and not settings.as_json:
+        click.echo(result[bare])
+        return
     _print(settings, result)
 
 
@@ -226,12 +232,24 @@ def _print(settings: Settings, result: Any) -> None:
         click.echo(json.dumps(result, default=lambda v: v.hex() if isinstance(v, bytes)
                               else str(v)))
         return
-    rows = result if isinstance(result, list) else [result]
-    if rows and isinstance(rows[0], dict):
-        table = Table(*rows[0].keys())
-        for row in rows:
-            table.add_row(*[v.hex() if isinstance(v, bytes) else str(v) for v in row.values()])
+    if isinstance(result, dict):
+        # One record: a field per line, which an 80-column terminal shows whole (a
+        # payment's dozen columns, two of them 64 hex digits, would be wrapped).
+        table = Table("field")
+        table.add_column("value", overflow="fold")  # hashes whole, over two lines if need be
+        for name, value in result.items():
+            table.add_row(name, _cell(value))
         Console().print(table)
+        return
+    if isinstance(result, list) and result and isinstance(result[0], dict):
+        table = Table(*result[0].keys())
+        for row in result:
+            table.add_row(*[_cell(v) for v in row.values()])
+        Console().print(table)
+
+
+def _cell(value: Any) -> str:
+    return value.hex() if isinstance(value, bytes) else str(value)
 
 
 def _chanhub_error(exc: BaseException) -> errors.ChanhubError | None:
@@ -445,12 +463,12 @@ def tower_remove(ctx: click.Context, target: str) -> None:
 @click.pass_context
 def invoice(ctx: click.Context, amount_msat: int, description: str, expiry_seconds: int
             ) -> None:
-    """Make a BOLT #11 invoice (stay online with `serve` to be paid)."""
+    """Make a BOLT #11 invoice and print it (stay online with `serve` to be paid)."""
     async def action(s: Settings) -> dict[str, Any]:
         async with s.client() as client:
             return {"invoice": await client.add_invoice(amount_msat, description,
                                                         expiry_seconds)}
-    _run(ctx, action)
+    _run(ctx, action, bare="invoice")
 
 
 @main.command()

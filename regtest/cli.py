@@ -5,7 +5,7 @@
     chanhub-regtest fund ADDRESS AMOUNT_BTC [--confirm]
     chanhub-regtest up --clients N [--store sqlite|postgres] [--channel-sat SAT]
                        [--inbound-sat SAT] [--no-proxy] [--tower]
-    chanhub-regtest down | status
+    chanhub-regtest down | status | env NAME
 
 Faults and cheats on a network (TEST-ONLY; docs/testing-scenarios.md):
 
@@ -33,6 +33,7 @@ exit non-zero.
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -273,6 +274,20 @@ def status(datadir: Path) -> None:
         raise click.ClickException(str(exc)) from exc
     for line in regtest_network.describe(loaded):
         click.echo(line)
+
+
+@main.command("env")
+@click.argument("name")
+@datadir_option
+def env(name: str, datadir: Path) -> None:
+    """Print the `export CHANHUB_...` lines that make `chanhub` act as client NAME
+    (`eval "$(chanhub-regtest env alice)"`). Stop the client first to run a one-shot
+    command: its `serve` holds the store."""
+    network = _network(datadir)
+    _client_dir(network, name)
+    variables = _harness_call(lambda: regtest_network.client_shell_env(network, name))
+    for variable, value in variables.items():
+        click.echo(f"export {variable}={shlex.quote(value)}")
 
 
 # ---------------------------------------------------------------------------

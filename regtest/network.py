@@ -44,6 +44,8 @@ from typing import Any
 
 from regtest.harness import (
     CLIENT_LOG_FILE,
+    CLIENT_PASSPHRASE,
+    CLIENT_PASSPHRASE_ENV,
     CLIENT_WALLET_FILE,
     ClientEndpoint,
     HarnessError,
@@ -256,6 +258,29 @@ def describe(network: Network) -> list[str]:
             lines.append(f"        link     via proxy {proxy.target} (cut it: chanhub-regtest "
                          f"link cut {name} --datadir {network.datadir})")
     return lines
+
+
+def client_shell_env(network: Network, name: str) -> dict[str, str]:
+    """The `CHANHUB_*` variables that make a plain `chanhub` command act as client
+    `name` (what `chanhub-regtest env` prints): its data directory, the address it
+    dials (its link proxy if it has one running, else the hub), the hub's certificate
+    and the harness passphrase; the node's RPC and cookie too for a client with
+    towers (its online commands need the chain). Works while the client is stopped:
+    that is when a one-shot command may open its store."""
+    hub = network.hub()
+    if hub is None:
+        raise HarnessError("the network's hub is not running")
+    datadir = network.client_dir(name)
+    proxy = running_proxy(datadir)
+    env = {"CHANHUB_DATA_DIR": str(datadir),
+           "CHANHUB_HUB": proxy.target if proxy is not None else hub.target,
+           "CHANHUB_TLS_CERT": str(hub.tls_cert_file),
+           CLIENT_PASSPHRASE_ENV: CLIENT_PASSPHRASE}
+    node = network.node()
+    if node is not None and client_towers(datadir):
+        env["CHANHUB_BITCOIND_RPC"] = node.url
+        env["CHANHUB_BITCOIND_COOKIE"] = str(node.cookie_file)
+    return env
 
 
 # ---------------------------------------------------------------------------

@@ -127,6 +127,11 @@ def test_a_tester_replays_a_breach_a_cut_a_kill_and_a_reorg(network_dir: Path) -
     unknown = CliRunner().invoke(regtest_cli, ["client", "kill", "mallory",
                                                "--datadir", str(network_dir)])
     assert unknown.exit_code == 1 and "no client 'mallory'" in unknown.output
+    unknown = CliRunner().invoke(regtest_cli, ["env", "mallory", "--datadir", str(network_dir)])
+    assert unknown.exit_code == 1 and "no client 'mallory'" in unknown.output
+    exports = _cli(network_dir, "env", "alice").output.splitlines()
+    assert f"export CHANHUB_DATA_DIR={alice_dir}" in exports, exports
+    assert f"export CHANHUB_HUB={alice.hub_target}" in exports, exports  # its proxy
     missing = CliRunner().invoke(regtest_cli, ["cheat", "publish", "hub", "never",
                                                "--datadir", str(network_dir)])
     assert missing.exit_code == 1 and "no backup" in missing.output
