@@ -502,6 +502,9 @@ class HubNode:
                 for driver in session.drivers:
                     if driver.channel_key in self.router.deferred:
                         self.router.retry_deferred(driver)
+            if self.router.settling:
+                for driver in session.drivers:
+                    self.router.forget_settled(driver)
             self.router.retry_parked(client_node_id)  # its frame may be the awaited ack
 
         try:

@@ -40,10 +40,18 @@ Why the hub cannot lose on a forward: the outgoing HTLC is offered only from an
 irrevocably committed incoming HTLC, with policy's amount and expiry margins; every
 outgoing HTLC has a durable record naming its incoming HTLC; the incoming HTLC is
 failed only once its outgoing HTLC failed or never existed, and fulfilled with the
-stored preimage. ``reconcile`` re-applies these rules after a restart from the store
-and the restored channel books: outgoing fulfilled -> fulfill incoming; outgoing
-failed or absent -> fail incoming; still pending -> wait for its event; an incoming
-HTLC with no record -> routed as new.
+stored preimage. An incoming HTLC is decided once: its record stays in ``by_incoming``
+from the decision until the HTLC has left its channel's book (``forget_settled``),
+not only until its fulfill or fail is queued: a disconnect reverts a queued removal
+the peer never signed for (the channel re-sends it), and the stored records
+``settle_received`` is given were read when the link opened, perhaps before the
+decision was stored. Without that, the HTLC would look new and be routed a second
+time (seen in the kill -9 test: refused while the payee was offline, then offered to
+it once it was back, fulfilled by the payee and failed to the payer).
+``reconcile`` re-applies these rules after a restart from the store and the restored
+channel books: outgoing fulfilled -> fulfill incoming; outgoing failed or absent ->
+fail incoming; still pending -> wait for its event; an incoming HTLC with no record ->
+routed as new.
 
 On chain (the channels' watches, protocol/driver/enforce.py): only a NORMAL channel
 is forwarded into (an ON_CHAIN or RESOLVED one never: ``UNKNOWN_PAYEE``, as for a
@@ -197,9 +205,13 @@ class Router:
         self.now_unix = now_unix
         self.preimage_to_chain = preimage_to_chain
         self.stats = RouterStats()
-        # In-flight forwards, by incoming and by outgoing HTLC.
+        # Forwards by incoming HTLC, from the decision until that HTLC has left its
+        # channel's book (module docstring); by outgoing HTLC while in flight.
         self.by_incoming: dict[tuple[bytes, int], ForwardRecord] = {}
         self.by_outgoing: dict[tuple[bytes, int], ForwardRecord] = {}
+        # Incoming HTLCs settled off chain (fulfill or fail queued) and still in their
+        # channel's book: channel key -> htlc ids (``forget_settled``).
+        self.settling: dict[bytes, set[int]] = {}
         # Resolved forwards whose incoming HTLC waits for its link: key -> htlc id -> record.
         self.deferred: dict[bytes, dict[int, ForwardRecord]] = {}
         # Forwards waiting for their payee's acknowledgement, in arrival order per payee.
@@ -285,7 +297,10 @@ class Router:
               payment_hash: bytes, cltv_expiry: int, packet: bytes) -> None:
         key = (driver.channel_key, htlc_id)
         if key in self.by_incoming or key in self.parked_incoming:
-            return  # already being forwarded, or held (a replayed event)
+            return  # decided already (being forwarded or settled), or held
+        htlc = driver.channel.d.book.htlcs.get((Side.REMOTE, htlc_id))
+        if htlc is None or htlc.removal is not None or htlc.payment_hash != payment_hash:
+            return  # not an unresolved HTLC of this channel (any more): nothing to route
         now = self.now_unix()
         record = ForwardRecord(
             payment_id=new_payment_id(), payer_node_id=driver.peer_node_id,
@@ -514,9 +529,28 @@ class Router:
             if driver.channel.link is not LinkState.UP:
                 self.deferred.setdefault(record.incoming_channel_key, {})[
                     record.incoming_htlc_id] = record
+                return
+            # Refused on a link that is up: settled already (a removal the channel
+            # re-sent after a disconnect, a second attempt); kept like the others.
+        # Kept until the HTLC leaves the book (module docstring), also when this is a
+        # stored record after a restart: it was not in the map then.
+        self.by_incoming[record.incoming] = record
+        self.settling.setdefault(record.incoming_channel_key, set()).add(
+            record.incoming_htlc_id)
+
+    def forget_settled(self, driver: ChannelDriver) -> None:
+        """Drop the records of this channel's settled incoming HTLCs that have left its
+        book (HubNode calls it after each frame of the channel's client: the frame that
+        completes a removal's commitment round)."""
+        settled = self.settling.get(driver.channel_key)
+        if not settled:
             return
-        if self.by_incoming.get(record.incoming) is record:
-            del self.by_incoming[record.incoming]
+        book = driver.channel.d.book.htlcs
+        for htlc_id in [i for i in settled if (Side.REMOTE, i) not in book]:
+            settled.discard(htlc_id)
+            self.by_incoming.pop((driver.channel_key, htlc_id), None)
+        if not settled:
+            del self.settling[driver.channel_key]
 
     def retry_deferred(self, driver: ChannelDriver) -> None:
         """Settle what was refused while this channel's link was not up."""

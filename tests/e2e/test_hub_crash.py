@@ -337,7 +337,7 @@ async def test_kill_9_the_hub_while_200_payments_run(
                 assert [e.SerializeToString() for e in party.hub_events] == \
                     [e.SerializeToString() for e in stored], party.name
 
-            duplicated = check_outcomes(specs, parties, forwards)
+            check_outcomes(specs, parties, forwards)
             fees_msat = sum(r["fee_msat"] for p in everyone for r in p.node.payments()
                             if r["direction"] == ledger.SENT and r["state"] == ledger.SUCCEEDED)
             assert info.fees_earned_msat == fees_msat
@@ -345,7 +345,7 @@ async def test_kill_9_the_hub_while_200_payments_run(
             assert hub_end - hub_start == fees_msat
             assert clients_start - clients_end == fees_msat
             assert clients_end + hub_end == clients_start + hub_start
-            check_event_logs(parties, duplicated)
+            check_event_logs(parties)
             outcomes = [next(r for r in parties[s.payer].node.payments()
                              if r["payment_id"] == issued[s.key].payment_id) for s in specs]
             succeeded = sum(r["state"] == ledger.SUCCEEDED for r in outcomes)
@@ -355,7 +355,7 @@ async def test_kill_9_the_hub_while_200_payments_run(
 
     FIGURES[hub_store] = dict(seed=SEED, kills=hub.kills, stages=stage_counts, succeeded=succeeded,
                               failed=PAYMENTS - succeeded,
-                              failures=dict(failures), duplicated=len(duplicated),
+                              failures=dict(failures),
                               fees_msat=fees_msat,
                               restart_s_mean=round(statistics.mean(hub.restart_seconds), 2),
                               restart_s_max=round(max(hub.restart_seconds), 2),
@@ -363,12 +363,6 @@ async def test_kill_9_the_hub_while_200_payments_run(
                               wall_s=round(time.monotonic() - began, 1))
     print(f"\nhub crash figures ({hub_store}): {FIGURES[hub_store]}")
     assert hub.kills == KILLS
-    if duplicated:
-        # Seen about once in 25 runs (seed 22 on PostgreSQL): a payment the hub refused
-        # was recorded (and reported to the payer's event log) twice, both failed. No
-        # money moves; everything else held. Not found yet: reported, not hidden.
-        pytest.xfail("known bug: a failed payment recorded twice at the hub: "
-                     + "; ".join(duplicated.values()))
 
 
 async def issue(parties: dict[str, Party], spec: PaymentSpec) -> Issued:
@@ -442,10 +436,10 @@ def failure_kind(row: dict[str, Any]) -> str:
 
 
 def check_outcomes(specs: list[PaymentSpec], parties: dict[str, Party], forwards: Any
-                   ) -> dict[bytes, str]:
-    """Asserts every payment's outcome; returns the failed payments the hub recorded
-    more than once (payment hash -> description): the known bug reported by the test."""
-    duplicated: dict[bytes, str] = {}
+                   ) -> None:
+    """Asserts every payment's outcome: at the payer, at the payee and at the hub, where
+    each payment that reached it has one record (an incoming HTLC routed twice once
+    paid the payee and failed the payer: ``hub/router.py``, decided once)."""
     by_hash: dict[bytes, list[Any]] = {}
     for forward in forwards:
         by_hash.setdefault(bytes(forward.payment_hash), []).append(forward)
@@ -472,23 +466,18 @@ def check_outcomes(specs: list[PaymentSpec], parties: dict[str, Party], forwards
                                   f"({row['failure_code']}, {row['failure_message']!r}), "
                                   f"received by the payee; at the hub {at_hub}")
             # a forward the hub never stored (the HTLC never reached it) is no record
-            assert all(s == client_pb2.PAYMENT_STATE_FAILED for s in hub_states), \
-                f"{spec.key}: failed at the payer, {hub_states} at the hub"
-            if len(at_hub) > 1:
-                forward_summary = [(f.payment_id[:8], f.failure_reason, f.created_at_unix,
-                                    f.resolved_at_unix) for f in at_hub]
-                duplicated[payment_hash] = (
-                    f"{spec.key} ({spec.payer} -> {spec.payee}, {row['failure_message']!r}): "
-                    f"{len(at_hub)} failed forwards at the hub (id, reason, created, "
-                    f"resolved): {forward_summary}")
+            summary = [(f.payment_id[:8], f.state, f.failure_reason, f.created_at_unix)
+                       for f in at_hub]
+            assert hub_states in ([], [client_pb2.PAYMENT_STATE_FAILED]), (
+                f"{spec.key} ({spec.payer} -> {spec.payee}, {row['failure_message']!r}): "
+                f"failed at the payer, at the hub (id, state, reason, created) {summary}")
             if spec.payee is None:
                 assert row["failure_code"] != 0
     assert sum(len(v) for v in by_hash.values()) == len(forwards)
     assert not [f for f in forwards if f.state == client_pb2.PAYMENT_STATE_IN_FLIGHT]
-    return duplicated
 
 
-def check_event_logs(parties: dict[str, Party], duplicated: dict[bytes, str]) -> None:
+def check_event_logs(parties: dict[str, Party]) -> None:
     for party in parties.values():
         sequences = [e.sequence for e in party.hub_events]
         assert sequences == list(range(1, len(sequences) + 1)), \
@@ -498,8 +487,8 @@ def check_event_logs(parties: dict[str, Party], duplicated: dict[bytes, str]) ->
         hashes = [bytes(e.payment_succeeded.payment.payment_hash
                         if e.HasField("payment_succeeded")
                         else e.payment_failed.payment.payment_hash) for e in resolutions]
-        twice = {h for h in hashes if hashes.count(h) > 1}
-        assert twice <= set(duplicated), f"{party.name}: a payment resolved twice"
+        twice = {h.hex()[:16] for h in hashes if hashes.count(h) > 1}
+        assert not twice, f"{party.name}: payments resolved twice: {twice}"
         own = party.node.db.read_sync(lambda conn: ledger.events_after(conn, 0))
         assert [e.sequence for e in own] == list(range(1, len(own) + 1))
         per_payment: dict[str, int] = {}
@@ -509,8 +498,7 @@ def check_event_logs(parties: dict[str, Party], duplicated: dict[bytes, str]) ->
         mine = [r for r in party.node.payments() if r["direction"] == ledger.SENT]
         assert sorted(per_payment) == sorted(r["payment_id"] for r in mine)
         assert set(per_payment.values()) <= {1}
-        # The hub told the payer only of its own payments, each once (but for the known
-        # bug's, checked above and reported by the caller).
+        # The hub told the payer only of its own payments, each once (checked above).
         strangers = set(hashes) - {r["payment_hash"] for r in mine}
         assert not strangers, f"{party.name}: told of payments not its own: {strangers}"
 
