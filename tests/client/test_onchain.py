@@ -25,6 +25,7 @@ from regtest.node import Node
 from tests.client.world import World, is_normal, under_autojump
 from tests.driver.conftest import TEST_PASSPHRASE
 from tests.driver.parties import until
+from tests.fees import priced_fee_of
 from tests.hub.parties import NullBroadcaster
 
 FAUCET_SAT = 2_000_000
@@ -37,6 +38,7 @@ def client_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return sqlite_url(tmp_path / "alice.sqlite")
     url: str = request.getfixturevalue("postgres_url")
     return url
+
 
 
 async def synced(chain: ChainServices, node: Node) -> None:
@@ -236,10 +238,9 @@ async def test_force_close_sweeps_to_local_into_the_wallet(
         assert final.confirmed_sat == after_open + sweep.outputs[0].amount_sat
         assert (final.unconfirmed_sat, final.reserved_sat) == (0, 0)
         # the sweep's fee is the estimator's rate (regtest: the fallback) on its weight,
-        # priced with the largest signature (73 bytes; the real one may be 1-2 shorter)
+        # priced with the largest signature (tests/fees.py)
         feerate = await chain.fee_estimator.feerate_sat_per_kw(6)
-        assert -(-feerate * sweep.weight() // 1000) <= fee_of(regtest_node, sweep) \
-            <= -(-feerate * (sweep.weight() + 2) // 1000)
+        assert fee_of(regtest_node, sweep) == priced_fee_of(sweep, feerate)
         nursery.cancel_scope.cancel()
     client.close()
     world.hub.close()
@@ -289,9 +290,8 @@ async def test_to_local_worth_less_than_its_fee_at_the_estimate_is_swept_at_the_
         [sweep_txid] = regtest_node.call("getrawmempool")
         sweep = mempool_tx(regtest_node, sweep_txid)
         assert sweep.inputs[0].outpoint.txid_hex() == commitment_txid
-        # the floor, 253 sat/kw, on its weight (the signature up to 2 bytes shorter)
-        assert -(-253 * sweep.weight() // 1000) <= fee_of(regtest_node, sweep) \
-            <= -(-253 * (sweep.weight() + 2) // 1000)
+        # the floor, 253 sat/kw, on its weight (priced with the largest signature)
+        assert fee_of(regtest_node, sweep) == priced_fee_of(sweep, 253)
         regtest_node.mine(1)
         await synced(chain, regtest_node)
         assert chain.wallet.balance().confirmed_sat == after_pay + sweep.outputs[0].amount_sat

@@ -38,6 +38,7 @@ from regtest.harness import (
 from regtest.proxy import running_proxy
 from regtest.pytest_plugin import ClientFactory, Faults, wait_until
 from tests.e2e.node_calls import node_call, spenders_in_mempool
+from tests.fees import priced_fee_of_json
 
 CHANNEL_SAT = 400_000
 INBOUND_SAT = 100_000  # the hub's channel toward Alice, which her self-payment ends in
@@ -75,10 +76,8 @@ def _csv_delay(to_local_script: bytes) -> int:
 
 def _priced_at(tx: dict[str, Any], fee_sat: int, feerate_per_kw: int) -> bool:
     """Whether `fee_sat` is `feerate_per_kw` on the transaction's weight with its
-    signatures at their longest, 73 bytes (up to 2 weight units an input above the
-    signed ones), rounded up."""
-    return any(fee_sat == -(-feerate_per_kw * (int(tx["weight"]) + slack) // 1000)
-               for slack in range(2 * len(tx["vin"]) + 1))
+    signatures at their longest, 73 bytes, rounded up (tests/fees.py)."""
+    return fee_sat == priced_fee_of_json(tx, feerate_per_kw)
 
 
 def _reconnected(faults: Faults, alice: ClientEndpoint, forwarded_before: int) -> bool:

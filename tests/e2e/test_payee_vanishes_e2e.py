@@ -41,6 +41,7 @@ from tests.e2e.test_payments_e2e import (
     SCRYPT_N,
     open_channels,
 )
+from tests.fees import priced_fee_of_json
 
 AMOUNT_MSAT = 30_000_000  # 30,000 sat, held by Bob, then timed out on chain
 SCENARIO_TIMEOUT_S = 120
@@ -251,10 +252,9 @@ def test_a_payee_vanishes_and_the_hub_times_the_htlc_out_on_chain(
                 [out] = sweep["vout"]
                 fee_sat = sum(swept_in[i] for i in inputs) - sat(out["value"])
                 # at the sweep feerate (the node has no estimate: the fallback, the
-                # channel's opening one), priced with the longest signatures: up to
-                # 2 weight units an input above the signed transaction's
-                slack_wu = fee_sat * 1000 // feerate - int(sweep["weight"])
-                assert 0 <= slack_wu <= 2 * len(inputs), (fee_sat, sweep["weight"])
+                # channel's opening one), priced with the longest signatures
+                # (tests/fees.py)
+                assert fee_sat == priced_fee_of_json(sweep, feerate), (fee_sat, sweep)
                 paid_out += sat(out["value"])
             assert sorted(i for s in sweeps.values()
                           for i in ((v["txid"], v["vout"]) for v in s["vin"])) == \

@@ -35,6 +35,7 @@ from regtest.network import (
 )
 from regtest.pytest_plugin import ClientFactory, Faults, wait_until
 from tests.e2e.node_calls import node_call, spenders_in_mempool
+from tests.fees import priced_fee_of_json
 
 CHANNEL_SAT = 400_000
 FIRST_MSAT = 100_000_000  # 100,000 sat: the hub's balance in Alice's channel
@@ -142,11 +143,8 @@ def test_the_tower_punishes_the_hub_while_the_client_is_offline(network_dir: Pat
     penalty_fee_sat = hub_local_sat + htlc_sat - sat(paid_out["value"])
     # signed ahead at twice the 2-block estimate (the node has none: the fallback, the
     # channel's opening feerate too): it cannot be bumped later. Priced on the weight
-    # with the longest signatures (73 bytes), so up to 2 weight units an input above
-    # the signed transaction's
-    penalty_feerate = PENALTY_FEERATE_MULTIPLIER * feerate
-    slack_wu = penalty_fee_sat * 1000 // penalty_feerate - int(penalty["weight"])
-    assert 0 <= slack_wu <= 2 * len(penalty["vin"])
+    # with the longest signatures (73 bytes: tests/fees.py)
+    assert penalty_fee_sat == priced_fee_of_json(penalty, PENALTY_FEERATE_MULTIPLIER * feerate)
     alice_sat = values[to_remote_index] + sat(paid_out["value"])
     assert alice_sat + commitment_fee_sat + penalty_fee_sat == CHANNEL_SAT
 

@@ -37,6 +37,7 @@ from protocol.driver.appointment import open_sealed
 from protocol.driver.grpc_bridge import GrpcBridge, open_grpc_bridge
 from regtest.node import Node
 from regtest.twoparty import Party, TwoPartyChannel, derived_secret
+from tests.fees import priced_fee_of
 from tests.wire.hubfixture import new_node_secret
 
 FUNDING_SAT = 1_000_000
@@ -202,10 +203,8 @@ async def test_tower_punishes_an_offline_clients_breach_htlcs_included(world: Wo
     assert penalty.outputs[0].script_pubkey == pair.b.wallet_script
     assert penalty.outputs[0].amount_sat == revocable_sat - fee_sat(world, penalty)
     # the fee is the client's rate over the weight with 73-byte signatures (the
-    # largest), so at most 2 bytes per input above the real weight
-    real_weight = penalty.weight()
-    assert (PENALTY_FEERATE * real_weight // 1000 <= fee_sat(world, penalty)
-            <= -(-PENALTY_FEERATE * (real_weight + 2 * len(penalty.inputs)) // 1000))
+    # largest: tests/fees.py)
+    assert fee_sat(world, penalty) == priced_fee_of(penalty, PENALTY_FEERATE)
     assert [unspent(world, revoked_tx, i) for i in range(len(revoked_tx.outputs))] == [
         i == to_remote for i in range(len(revoked_tx.outputs))]
     assert world.node.call("gettxout", penalty.txid_hex(), 0)["confirmations"] == 1
