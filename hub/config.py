@@ -61,6 +61,7 @@ class HubConfig:
     min_channel_size_sat: int = 20_000
     max_channel_size_sat: int = 16_777_215
     max_inbound_sat: int = 1_000_000
+    max_inbound_total_sat: int = 50_000_000
     min_htlc_msat: int = 1
     max_htlc_msat: int = 5_000_000_000
     max_accepted_htlcs: int = 483
@@ -119,6 +120,9 @@ HELP: dict[str, str] = {
     "min_channel_size_sat": "Smallest channel the hub accepts or funds, in sat.",
     "max_channel_size_sat": "Largest channel the hub accepts or funds, in sat.",
     "max_inbound_sat": "Most inbound liquidity one RequestInbound may ask for, in sat.",
+    "max_inbound_total_sat": "Most the hub's wallet puts into inbound channels still open, "
+                             "all clients together, in sat (orders are free: this bounds "
+                             "what strangers can lock up).",
     "min_htlc_msat": "Smallest HTLC accepted or forwarded, in msat.",
     "max_htlc_msat": "Largest HTLC accepted or forwarded, in msat.",
     "max_accepted_htlcs": "Most HTLCs in flight per channel and direction (at most 483).",

@@ -7,14 +7,18 @@ by its ``idempotency_key`` (the same key answers the same order, never a second
 channel). ``request`` checks the policy (the hub has a wallet; the client's peer link is
 up; ``lsp_balance_sat`` within the channel limits and ``max_inbound_sat``; the wallet's
 confirmed balance covers it; ``client_balance_sat`` is 0, as this hub sells no client
-balance; the client's channel count), raises ``required_channel_confirmations`` to the
+balance; the client's channel count; ``max_inbound_total_sat``, the most all inbound
+channels not closed may hold together, which bounds what strangers can lock up while
+orders are free), raises ``required_channel_confirmations`` to the
 hub's ``minimum_depth``, writes the order (state FUNDING, with the channel's key) and
 only then starts the channel (``open_channel``): a crash in between leaves an order
 whose channel does not exist, failed by ``restore`` on the next start. The channel is
 the ordinary funder flow of ``protocol.driver.onchain`` (the hub's wallet funds it,
 broadcast on FundingSigned); its ``ChannelOpened`` completes the order, a
 ``ChannelFailed`` before that fails it with the reason. The order is free (fee 0,
-no invoice): payment for liquidity is not built.
+no invoice): payment for liquidity is not built. The checks and the order's indexing
+run without an await between them, so concurrent requests cannot overshoot a limit;
+the order is indexed before its row is written and dropped if the write fails.
 """
 
 from __future__ import annotations
@@ -111,6 +115,11 @@ class InboundOrders:
         if order.channel_key is not None:
             self.by_channel[order.channel_key] = order
 
+    def _unindex(self, order: Order) -> None:
+        self.orders.pop(order.order_id, None)
+        if order.channel_key is not None:
+            self.by_channel.pop(order.channel_key, None)
+
     async def restore(self) -> None:
         """Orders left FUNDING whose channel never came to be (or failed unseen)."""
         for order in list(self.orders.values()):
@@ -171,9 +180,20 @@ class InboundOrders:
         if session is None or not session.connected:
             raise FailedPrecondition("open the peer link first: the hub opens the channel "
                                      "over it")
-        live = sum(d.channel.state not in ENDED_STATES for d in session.drivers)
+        target = int(request.funding_confirms_within_blocks) or DEFAULT_CONF_TARGET_BLOCKS
+        feerate = await node.onchain.chain.fee_estimator.feerate_sat_per_kw(target)
+        # From here to the order's indexing no await: two requests at once cannot both
+        # pass a limit that has room for one.
+        live = sum(d.channel.state not in ENDED_STATES for d in session.drivers) + sum(
+            1 for o in self.orders.values() if o.client_node_id == client_node_id
+            and o.state == FUNDING and (o.channel_key or b"") not in node.drivers)
         if live >= s.max_channels_per_client:
             raise FailedPrecondition(f"you have {live} channels, the most this hub allows")
+        committed_sat = self.committed_sat()
+        if committed_sat + amount_sat > s.max_inbound_total_sat:
+            raise FailedPrecondition(
+                f"the hub has {committed_sat} sat in inbound channels; {amount_sat} more "
+                f"would pass its limit of {s.max_inbound_total_sat} sat")
         confirmed_sat = node.onchain.chain.wallet.balance().confirmed_sat
         if confirmed_sat < amount_sat:
             raise FailedPrecondition(f"the hub's wallet cannot fund {amount_sat} sat now "
@@ -182,17 +202,31 @@ class InboundOrders:
         accepted.CopyFrom(request)
         accepted.required_channel_confirmations = max(
             int(request.required_channel_confirmations), s.minimum_depth)
-        target = int(request.funding_confirms_within_blocks) or DEFAULT_CONF_TARGET_BLOCKS
-        feerate = await node.onchain.chain.fee_estimator.feerate_sat_per_kw(target)
         driver = node.new_outbound_channel(client_node_id)
         order = Order(secrets.token_hex(16), client_node_id, key, accepted, FUNDING,
                       driver.channel_key, "", self.now_unix())
-        await node.writer.write(_insert(order))  # before the channel can exist anywhere
         self._index(order)
+        try:
+            await node.writer.write(_insert(order))  # before the channel can exist anywhere
+        except BaseException:
+            self._unindex(order)  # nothing stored, no channel started
+            raise
         node.start_outbound_channel(driver, funding_sat=amount_sat, feerate_per_kw=feerate)
         log.info("inbound order %s: %d sat toward %s", order.order_id, amount_sat,
                  client_node_id.hex())
         return self.proto(order)
+
+    def committed_sat(self) -> int:
+        """What the hub's wallet has put, or is putting, into inbound channels that are
+        not closed: the orders funding or completed whose channel has not ended."""
+        total = 0
+        for order in self.orders.values():
+            if order.state == FAILED:
+                continue
+            driver = self.node.drivers.get(order.channel_key or b"")
+            if driver is None or driver.channel.state not in ENDED_STATES:
+                total += int(order.request.lsp_balance_sat)
+        return total
 
     async def get(self, client_node_id: bytes, order_id: str) -> client_pb2.InboundOrder:
         order = self.orders.get(order_id)

@@ -97,6 +97,7 @@ class HubSettings:
     min_channel_size_sat: int = 20_000
     max_channel_size_sat: int = 16_777_215
     max_inbound_sat: int = 1_000_000
+    max_inbound_total_sat: int = 50_000_000
     min_htlc_msat: int = 1
     max_htlc_msat: int = 5_000_000_000
     max_accepted_htlcs: int = 483
@@ -114,6 +115,7 @@ class HubSettings:
                    min_channel_size_sat=config.min_channel_size_sat,
                    max_channel_size_sat=config.max_channel_size_sat,
                    max_inbound_sat=config.max_inbound_sat,
+                   max_inbound_total_sat=config.max_inbound_total_sat,
                    min_htlc_msat=config.min_htlc_msat, max_htlc_msat=config.max_htlc_msat,
                    max_accepted_htlcs=config.max_accepted_htlcs,
                    max_channels_per_client=config.max_channels_per_client)

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hub.config import HubConfig
 from regtest.harness import (
     CLIENT_LOG_FILE,
     CLIENT_PASSPHRASE,
@@ -171,7 +172,13 @@ def up(datadir: Path, *, clients: int, store: str = "sqlite",
         hub = start_hub(network.hub_dir, node,
                         store_url=hub_store_url(network.hub_dir, store),
                         application=hub_application,
-                        options={"minimum_depth": "1", **(hub_options or {})})
+                        options={"minimum_depth": "1",
+                                 # room for every client's order, however many asked for
+                                 **({"max_inbound_total_sat": str(max(
+                                     clients * inbound_sat,
+                                     HubConfig.max_inbound_total_sat))} if inbound_sat
+                                    else {}),
+                                 **(hub_options or {})})
         watchtower = start_tower(network.tower_dir, node) if tower else None
         addresses = []
         for index in range(clients):

@@ -46,10 +46,11 @@ async def fund_hub_wallet(hub: HubNode, hub_chain: ChainServices, node: Node) ->
     await synced(hub_chain, node)
 
 
-async def start_hub_on_chain(world: World, url: str, rpc: BitcoinRpc, nursery: trio.Nursery
-                             ) -> tuple[HubNode, ChainServices]:
-    """The world's hub on ``url``, following the embedded node's chain, running."""
-    hub = world.hub = HubNode.open(hub_settings(url), height=world.height,
+async def start_hub_on_chain(world: World, url: str, rpc: BitcoinRpc, nursery: trio.Nursery,
+                             **overrides: Any) -> tuple[HubNode, ChainServices]:
+    """The world's hub on ``url`` (settings ``overrides``), following the embedded
+    node's chain, running."""
+    hub = world.hub = HubNode.open(hub_settings(url, **overrides), height=world.height,
                                    broadcaster=NullBroadcaster())
     hub_chain = await hub.attach_chain(rpc, poll_interval_s=0.5)
     await nursery.start(hub.run)
@@ -350,4 +351,54 @@ async def test_many_payments_at_once_on_a_channel_the_hub_funds(
         nursery.cancel_scope.cancel()
     alice.close()
     bob.close()
+    hub.close()
+
+
+async def test_inbound_liquidity_all_clients_together_is_bounded(
+        regtest_node: Node, regtest_rpc: Any, tmp_path: Path, autojump_clock: Any) -> None:
+    """Orders are free, so what strangers (a key each costs nothing) can make the hub
+    lock up is bounded by ``max_inbound_total_sat``: two clients ask at once for more
+    than it has room for together; one order is taken, the other refused with the
+    figures, and nothing of it is started."""
+    url = sqlite_url(tmp_path / "hub.sqlite")
+    world = World(regtest_node, tmp_path, url)
+    async with BitcoinRpc(regtest_rpc.url, cookie_file=Path(regtest_rpc.cookie_path),
+                          timeout_s=None) as rpc, trio.open_nursery() as nursery:
+        hub, hub_chain = await start_hub_on_chain(
+            world, url, rpc, nursery, max_inbound_total_sat=INBOUND_SAT + INBOUND_SAT // 2)
+        await fund_hub_wallet(hub, hub_chain, regtest_node)
+        clients = [ClientNode.open(world.client_url(name), TEST_PASSPHRASE, world.terms())
+                   for name in ("alice", "bob")]
+        for client in clients:
+            await client.attach_chain(rpc, poll_interval_s=0.5)
+            await world.start_client(nursery, client)
+            await until(lambda c=client: c.node_id in hub.sessions
+                        and hub.sessions[c.node_id].connected)
+        outcomes: list[object] = []
+
+        async def ask(client: ClientNode) -> None:
+            try:
+                outcomes.append(await hub.request_inbound(client.node_id,
+                                                          request(INBOUND_SAT, "k")))
+            except FailedPrecondition as exc:
+                outcomes.append(exc)
+
+        async with trio.open_nursery() as asking:
+            for client in clients:
+                asking.start_soon(ask, client)
+        orders = [o for o in outcomes if isinstance(o, client_pb2.InboundOrder)]
+        [refused] = [o for o in outcomes if isinstance(o, FailedPrecondition)]
+        assert len(orders) == 1
+        assert f"{INBOUND_SAT} more would pass its limit of {INBOUND_SAT * 3 // 2}" \
+            in str(refused)
+        assert hub.inbound.committed_sat() == INBOUND_SAT
+        await until(lambda: len(regtest_node.call("getrawmempool")) == 1)  # one funding
+        assert sorted(len(c.session.drivers) for c in clients) == [0, 1]
+        assert len(hub.drivers) == 1
+        # the same refusal for a smaller order still above the room left
+        with pytest.raises(FailedPrecondition, match="limit"):
+            await hub.request_inbound(clients[0].node_id, request(INBOUND_SAT // 2 + 1, "k2"))
+        nursery.cancel_scope.cancel()
+    for client in clients:
+        client.close()
     hub.close()
